@@ -1,0 +1,196 @@
+"""The pre-training run's settings: a typed dataclass, its command line, and checks that run before any work."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from dataclasses import asdict, dataclass, field, fields
+from typing import List, Optional
+
+from .model import MODEL_PRESETS
+from .objectives import DEFAULT_OBJECTIVES
+
+
+class ConfigError(ValueError):
+    """A bad flag or config field; the message names it. Raised before any training work."""
+
+
+@dataclass
+class PretrainConfig:
+    deepspeed_config: Optional[str] = None
+    train_files: List[str] = field(default_factory=list)
+    text_field: str = "text"
+    output_dir: str = "runs/pretrain"
+    model_name_or_path: Optional[str] = None
+    model_config: Optional[str] = None
+    tokenizer: Optional[str] = None
+    train_tokenizer: Optional[int] = None
+    seq_len: int = 128
+    objectives: List[str] = field(default_factory=lambda: list(DEFAULT_OBJECTIVES))
+    sampler: str = "mometas"
+    sampler_args: dict = field(default_factory=dict)
+    meta_interval: int = 100
+    meta_lr: float = 0.1
+    meta_gamma: float = 2.0
+    meta_batch_size: int = 128
+    max_steps: int = 1000
+    steps_this_run: Optional[int] = None
+    save_steps: int = 1000
+    resume: Optional[str] = None
+    seed: int = 1234
+    log_steps: int = 10
+    cache_dir: Optional[str] = None
+    num_proc: int = 1
+    dist_timeout_minutes: float = 30.0
+    max_skipped_steps: int = 10
+    local_rank: int = -1
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2, sort_keys=True)
+
+
+def _csv(value: str) -> List[str]:
+    return [item.strip() for item in value.split(",") if item.strip()]
+
+
+def build_arg_parser() -> argparse.ArgumentParser:
+    d = PretrainConfig()
+    p = argparse.ArgumentParser(
+        prog="mometas-pretrain",
+        description="Multi-objective continual pre-training of a BERT encoder on DeepSpeed, "
+        "with the MOMETAS sampler choosing the objective of every micro-batch.",
+    )
+    p.add_argument("--deepspeed_config", "--deepspeed-config", dest="deepspeed_config", required=True,
+                   help="DeepSpeed JSON config (batch sizes, optimizer, scheduler, ZeRO stage, bf16/fp16), e.g. ds_configs/cpu_demo.json")
+    p.add_argument("--deepspeed", action="store_true", help="accepted for DeepSpeed launcher compatibility; no effect")
+    p.add_argument("--train_files", nargs="+", required=True,
+                   help="corpus files or globs: .jsonl, .jsonl.gz, .txt, .parquet, or datasets.save_to_disk directories")
+    p.add_argument("--text_field", default=d.text_field, help="JSON/parquet field holding the document text (default: text)")
+    p.add_argument("--output_dir", default=d.output_dir, help="where metrics, traces, checkpoints and hf_model/ go")
+    p.add_argument("--model_name_or_path", default=None,
+                   help="local HF BERT checkpoint directory to continue pre-training from")
+    p.add_argument("--model_config", default=None,
+                   help=f"train from scratch with a preset ({' | '.join(MODEL_PRESETS)}) or a BertConfig JSON path")
+    p.add_argument("--tokenizer", default=None, help="local HF tokenizer directory")
+    p.add_argument("--train_tokenizer", type=int, default=None, metavar="VOCAB_SIZE",
+                   help="train a BERT WordPiece tokenizer of this vocabulary size on the corpus (saved in output_dir/tokenizer)")
+    p.add_argument("--seq_len", type=int, default=d.seq_len, help="tokens per packed sequence, cls and sep included")
+    p.add_argument("--objectives", type=_csv, default=list(d.objectives),
+                   help="comma-separated objective names (default: mlm,gmlm,atd,dtd,cse)")
+    p.add_argument("--sampler", default=d.sampler, help="objective sampler: mometas (default), uniform, round_robin, fixed, temperature, exp3")
+    p.add_argument("--sampler_args", type=json.loads, default={},
+                   help='extra sampler keyword arguments as JSON, e.g. \'{"weights": [2,1,1,1,1]}\' or \'{"prob_floor": 0.05}\'')
+    p.add_argument("--meta_interval", type=int, default=d.meta_interval, help="optimizer steps between sampler updates (K)")
+    p.add_argument("--meta_lr", type=float, default=d.meta_lr, help="SGD learning rate of the sampler's policy")
+    p.add_argument("--meta_gamma", type=float, default=d.meta_gamma, help="entropy weight of the sampler's policy loss")
+    p.add_argument("--meta_batch_size", type=int, default=d.meta_batch_size,
+                   help="meta-validation sequences per objective per update, split across ranks")
+    p.add_argument("--max_steps", type=int, default=d.max_steps, help="optimizer steps of the whole schedule")
+    p.add_argument("--steps_this_run", type=int, default=None,
+                   help="stop after this many steps with a checkpoint, without changing the schedule (resume later)")
+    p.add_argument("--save_steps", type=int, default=d.save_steps, help="checkpoint every N optimizer steps (and at the end)")
+    p.add_argument("--resume", nargs="?", const="auto", default=None,
+                   help="resume from a checkpoint: 'auto' (or no value) = latest in output_dir/checkpoints, or a checkpoint tag directory")
+    p.add_argument("--seed", type=int, default=d.seed, help="seed of data order, corruption, dropout and the sampler")
+    p.add_argument("--log_steps", type=int, default=d.log_steps, help="progress-bar refresh and console log interval")
+    p.add_argument("--cache_dir", default=None, help="tokenized-data cache (default: output_dir/../.cache/tokenized)")
+    p.add_argument("--num_proc", type=int, default=d.num_proc, help="processes for tokenizing with HF datasets")
+    p.add_argument("--dist_timeout_minutes", type=float, default=d.dist_timeout_minutes,
+                   help="collective timeout: a rank that died or hangs ends the run after this long")
+    p.add_argument("--max_skipped_steps", type=int, default=d.max_skipped_steps,
+                   help="stop after this many consecutive steps skipped for a non-finite loss")
+    p.add_argument("--local_rank", "--local-rank", type=int, default=-1, help="set by the deepspeed launcher")
+    return p
+
+
+def parse_args(argv=None) -> PretrainConfig:
+    ns = build_arg_parser().parse_args(argv)
+    values = {f.name: getattr(ns, f.name) for f in fields(PretrainConfig) if hasattr(ns, f.name)}
+    return PretrainConfig(**values)
+
+
+def validate_config(cfg: PretrainConfig) -> dict:
+    """Check every flag that can be checked without doing work; return the parsed DeepSpeed config."""
+    from .objectives import available_objectives
+    from .samplers import available_samplers
+
+    def fail(flag, message):
+        raise ConfigError(f"--{flag}: {message}")
+
+    if not cfg.deepspeed_config or not os.path.isfile(cfg.deepspeed_config):
+        fail("deepspeed_config", f"file not found: {cfg.deepspeed_config}")
+    try:
+        with open(cfg.deepspeed_config, encoding="utf-8") as f:
+            ds_config = json.load(f)
+    except json.JSONDecodeError as exc:
+        fail("deepspeed_config", f"{cfg.deepspeed_config} is not valid JSON ({exc})")
+    if not isinstance(ds_config, dict):
+        fail("deepspeed_config", f"{cfg.deepspeed_config} must hold a JSON object")
+    if not cfg.train_files:
+        fail("train_files", "no corpus given")
+    if (cfg.model_name_or_path is None) == (cfg.model_config is None):
+        fail("model_config", "give exactly one of --model_name_or_path (continual) or --model_config (from scratch)")
+    if cfg.model_config is not None and cfg.model_config not in MODEL_PRESETS and not os.path.isfile(cfg.model_config):
+        fail("model_config", f"{cfg.model_config!r} is neither a preset ({', '.join(MODEL_PRESETS)}) nor a JSON file")
+    if cfg.model_name_or_path is not None and not os.path.isdir(cfg.model_name_or_path):
+        fail("model_name_or_path", f"{cfg.model_name_or_path} is not a local directory")
+    if cfg.tokenizer is None and cfg.train_tokenizer is None:
+        tok_in_model = cfg.model_name_or_path and os.path.exists(os.path.join(cfg.model_name_or_path, "tokenizer_config.json"))
+        if not tok_in_model:
+            fail("tokenizer", "no tokenizer: give --tokenizer DIR or --train_tokenizer VOCAB_SIZE")
+    if cfg.tokenizer is not None and cfg.train_tokenizer is not None:
+        fail("tokenizer", "give --tokenizer or --train_tokenizer, not both")
+    if cfg.tokenizer is not None and not os.path.isdir(cfg.tokenizer):
+        fail("tokenizer", f"{cfg.tokenizer} is not a directory")
+    if cfg.train_tokenizer is not None and cfg.train_tokenizer < 50:
+        fail("train_tokenizer", f"vocabulary size must be >= 50, got {cfg.train_tokenizer}")
+    if cfg.seq_len < 8:
+        fail("seq_len", f"must be >= 8, got {cfg.seq_len}")
+    if not cfg.objectives:
+        fail("objectives", "no objective given")
+    unknown = [name for name in cfg.objectives if name not in available_objectives()]
+    if unknown:
+        fail("objectives", f"unknown objective(s) {', '.join(unknown)}; available: {', '.join(available_objectives())}")
+    if len(set(cfg.objectives)) != len(cfg.objectives):
+        fail("objectives", f"duplicate names in {','.join(cfg.objectives)}")
+    if cfg.sampler not in available_samplers():
+        fail("sampler", f"unknown sampler {cfg.sampler!r}; available: {', '.join(available_samplers())}")
+    for flag in ("meta_interval", "meta_batch_size", "max_steps", "save_steps", "log_steps", "num_proc", "max_skipped_steps"):
+        if getattr(cfg, flag) < 1:
+            fail(flag, f"must be >= 1, got {getattr(cfg, flag)}")
+    if cfg.meta_lr <= 0:
+        fail("meta_lr", f"must be > 0, got {cfg.meta_lr}")
+    if cfg.meta_gamma < 0:
+        fail("meta_gamma", f"must be >= 0, got {cfg.meta_gamma}")
+    if cfg.steps_this_run is not None and cfg.steps_this_run < 1:
+        fail("steps_this_run", f"must be >= 1, got {cfg.steps_this_run}")
+    if cfg.dist_timeout_minutes <= 0:
+        fail("dist_timeout_minutes", f"must be > 0, got {cfg.dist_timeout_minutes}")
+    _check_batch_fields(ds_config, cfg.deepspeed_config)
+    return ds_config
+
+
+def _check_batch_fields(ds_config: dict, path: str, world_size: Optional[int] = None) -> None:
+    micro = ds_config.get("train_micro_batch_size_per_gpu")
+    gas = ds_config.get("gradient_accumulation_steps", 1)
+    total = ds_config.get("train_batch_size")
+    for key, value in (("train_micro_batch_size_per_gpu", micro), ("gradient_accumulation_steps", gas), ("train_batch_size", total)):
+        if value is not None and (not isinstance(value, int) or value < 1):
+            raise ConfigError(f"{path}: {key} must be a positive integer, got {value!r}")
+    if micro is None and total is None:
+        raise ConfigError(f"{path}: set train_micro_batch_size_per_gpu (and optionally gradient_accumulation_steps)")
+    if world_size is not None and total is not None and micro is not None:
+        if total != micro * gas * world_size:
+            raise ConfigError(
+                f"{path}: train_batch_size={total} != train_micro_batch_size_per_gpu={micro} x "
+                f"gradient_accumulation_steps={gas} x world_size={world_size}"
+            )
+
+
+def check_world_size(cfg: PretrainConfig, ds_config: dict, world_size: int) -> None:
+    """Checks that need the number of ranks; still before any work."""
+    _check_batch_fields(ds_config, cfg.deepspeed_config, world_size)
+    if cfg.meta_batch_size % world_size:
+        raise ConfigError(
+            f"--meta_batch_size: {cfg.meta_batch_size} sequences per objective do not divide across {world_size} ranks"
+        )

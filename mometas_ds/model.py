@@ -1,0 +1,102 @@
+"""A BERT encoder with one head per objective: ``model(batch, objective) -> {"loss": ...}``."""
+from __future__ import annotations
+
+import json
+import logging
+import os
+from typing import Dict, Mapping, Optional
+
+import torch
+from torch import nn
+from transformers import BertConfig, BertModel
+
+from .objectives import Objective
+
+logger = logging.getLogger(__name__)
+
+# Sizes of the presets; vocab_size and max_position_embeddings come from the tokenizer and seq_len.
+MODEL_PRESETS: Dict[str, dict] = {
+    "tiny": dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=2, intermediate_size=256),
+    "mini": dict(hidden_size=256, num_hidden_layers=4, num_attention_heads=4, intermediate_size=1024),
+    "base": dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072),
+    "large": dict(hidden_size=1024, num_hidden_layers=24, num_attention_heads=16, intermediate_size=4096),
+}
+
+
+def build_bert_config(model_config: str, vocab_size: int, max_position_embeddings: int = 512) -> BertConfig:
+    """A BertConfig from a preset name or a JSON file of BertConfig fields."""
+    if model_config in MODEL_PRESETS:
+        fields = dict(MODEL_PRESETS[model_config])
+    elif os.path.isfile(model_config):
+        try:
+            with open(model_config, encoding="utf-8") as f:
+                fields = json.load(f)
+        except (OSError, json.JSONDecodeError) as exc:
+            raise ValueError(f"--model_config {model_config}: not a readable JSON file ({exc})") from exc
+        if not isinstance(fields, dict):
+            raise ValueError(f"--model_config {model_config}: expected a JSON object of BertConfig fields")
+    else:
+        raise ValueError(
+            f"--model_config {model_config!r} is neither a preset ({', '.join(MODEL_PRESETS)}) nor a JSON file"
+        )
+    fields.setdefault("vocab_size", vocab_size)
+    fields.setdefault("max_position_embeddings", max_position_embeddings)
+    if fields["vocab_size"] < vocab_size:
+        raise ValueError(f"--model_config vocab_size={fields['vocab_size']} < tokenizer vocabulary {vocab_size}")
+    return BertConfig(**fields)
+
+
+class MultiObjectiveBert(nn.Module):
+    """transformers' BertModel (SDPA attention) plus the heads of the given objectives.
+
+    Objectives sharing a ``head_name`` (mlm, gmlm) share one head. Each head's forward
+    computes its own loss so that ZeRO-3 gathers the head's parameters when it runs.
+    """
+
+    def __init__(self, encoder: BertModel, objectives: Mapping[str, Objective]):
+        super().__init__()
+        if not objectives:
+            raise ValueError("MultiObjectiveBert needs at least one objective")
+        self.bert = encoder
+        self.objectives = dict(objectives)
+        self.heads = nn.ModuleDict()
+        word_embeddings = self.bert.get_input_embeddings()
+        for objective in self.objectives.values():
+            if objective.head_name not in self.heads:
+                head = objective.build_head(self.bert.config, word_embeddings)
+                self.heads[objective.head_name] = head
+                tied = getattr(head, "tied_weight", None)
+                if tied is not None:
+                    # The head reads the embedding matrix outside the embedding's own forward:
+                    # under ZeRO-3 DeepSpeed must gather it for the head too (a no-op otherwise).
+                    from deepspeed.zero import register_external_parameter
+
+                    register_external_parameter(head, tied)
+
+    @classmethod
+    def from_config(cls, config: BertConfig, objectives: Mapping[str, Objective]) -> "MultiObjectiveBert":
+        config._attn_implementation = "sdpa"
+        return cls(BertModel(config, add_pooling_layer=False), objectives)
+
+    @classmethod
+    def from_pretrained(cls, path: str, objectives: Mapping[str, Objective]) -> "MultiObjectiveBert":
+        """Continual pre-training: the encoder from a local HF checkpoint, fresh heads."""
+        if not os.path.isdir(path):
+            raise ValueError(f"--model_name_or_path {path}: not a local directory (no model hub here)")
+        encoder = BertModel.from_pretrained(path, add_pooling_layer=False, attn_implementation="sdpa")
+        return cls(encoder, objectives)
+
+    def forward(self, batch: Mapping[str, torch.Tensor], objective: str) -> Dict[str, torch.Tensor]:
+        if objective not in self.objectives:
+            raise ValueError(f"unknown objective {objective!r}; this model has {', '.join(self.objectives)}")
+        hidden = self.bert(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
+        return self.heads[self.objectives[objective].head_name](hidden, batch)
+
+    def save_hf(self, out_dir: str, tokenizer=None, state_dict: Optional[dict] = None) -> None:
+        """The encoder in HF format: ``transformers.AutoModel.from_pretrained(out_dir)`` loads it."""
+        if state_dict is not None:
+            prefix = "bert."
+            state_dict = {k[len(prefix):]: v for k, v in state_dict.items() if k.startswith(prefix)}
+        self.bert.save_pretrained(out_dir, state_dict=state_dict, safe_serialization=True)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(out_dir)

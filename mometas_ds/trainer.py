@@ -1,0 +1,455 @@
+"""The pre-training loop, top to bottom: set up, train with the sampler choosing objectives, checkpoint, export.
+
+Every rank runs this same code. Agreement between ranks comes from determinism, not
+messages: the sampler's draw for a micro-step depends only on (seed, micro-step,
+probabilities), and the probabilities change only in the meta-validation update,
+where they are all-reduced.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import random
+import signal
+import time
+from typing import Dict, List, Optional
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from . import checkpoint as ckpt
+from .config import ConfigError, PretrainConfig, check_world_size, validate_config
+from .model import MultiObjectiveBert, build_bert_config
+from .objectives import build_objective
+from .optim import Lamb, bert_param_groups
+
+logger = logging.getLogger("mometas_ds")
+
+
+def _seed_for(*parts: int) -> int:
+    """A 63-bit seed from integers, stable across processes (Python's hash() is salted)."""
+    value = 0x9E3779B97F4A7C15
+    for part in parts:
+        value = (value ^ (int(part) & 0xFFFFFFFFFFFFFFFF)) * 0xBF58476D1CE4E5B9 & 0xFFFFFFFFFFFFFFFF
+        value ^= value >> 31
+    return value & 0x7FFFFFFFFFFFFFFF
+
+
+class Trainer:
+    def __init__(self, cfg: PretrainConfig):
+        self.cfg = cfg
+        # Every check that needs no work runs first: a bad flag stops the run here.
+        self.ds_config = validate_config(cfg)
+
+        from .launch import init_distributed
+
+        self.launch = init_distributed(cfg.dist_timeout_minutes)
+        self.rank, self.world_size = self.launch.rank, self.launch.world_size
+        check_world_size(cfg, self.ds_config, self.world_size)
+        _setup_logging(self.rank)
+        if self.rank == 0:
+            logger.info("launcher: %s, %d rank(s)", self.launch.launcher, self.world_size)
+
+        self.stop_requested = False
+        self._install_signal_handlers()
+        self._check_output_dir()
+
+        random.seed(cfg.seed)
+        np.random.seed(cfg.seed)
+        torch.manual_seed(cfg.seed)
+
+        self.tokenizer = self._load_tokenizer()
+        from .tokenizer import special_tokens_of
+
+        self.special = special_tokens_of(self.tokenizer)
+        self.data = self._prepare_data()
+        self.objectives = {name: build_objective(name, self.special) for name in cfg.objectives}
+        self.objective_names: List[str] = list(cfg.objectives)
+        self.model = self._build_model()
+        self.engine = self._build_engine()
+        self.device = self.engine.device
+        self.gas = self.engine.gradient_accumulation_steps()
+        self.micro_batch = self.engine.train_micro_batch_size_per_gpu()
+
+        from .data import ShardedBatches
+        from .samplers import build_sampler
+
+        self.batches = ShardedBatches(self.data.train, batch_size=self.micro_batch, rank=self.rank,
+                                      world_size=self.world_size, seed=cfg.seed)
+        sampler_args = dict(cfg.sampler_args)
+        if cfg.sampler == "mometas":
+            sampler_args.setdefault("lr", cfg.meta_lr)
+            sampler_args.setdefault("gamma", cfg.meta_gamma)
+        self.sampler = build_sampler(cfg.sampler, num_objectives=len(self.objective_names), seed=cfg.seed,
+                                     interval=cfg.meta_interval, **sampler_args)
+        self.step = 0            # optimizer steps done
+        self.micro_step = 0      # micro-batches drawn (the sampler's clock)
+        self.num_updates = 0     # sampler updates done
+        self.skipped_steps = 0   # micro-steps skipped for a non-finite loss
+        self.consecutive_skips = 0
+        if cfg.resume:
+            self._resume(cfg.resume)
+
+    # ---------------------------------------------------------------- set-up
+    def _install_signal_handlers(self):
+        # SLURM sends USR1 (--signal) before the time limit and TERM at it: finish the step, save, exit 0.
+        def request_stop(signum, frame):
+            self.stop_requested = True
+            logger.warning("rank %d: got signal %d, will save and stop after this step", self.rank, signum)
+
+        for sig in (signal.SIGUSR1, signal.SIGTERM):
+            signal.signal(sig, request_stop)
+
+    def _check_output_dir(self):
+        cfg = self.cfg
+        if self.rank == 0:
+            try:
+                os.makedirs(os.path.join(cfg.output_dir, "checkpoints"), exist_ok=True)
+                probe = os.path.join(cfg.output_dir, ".write_test")
+                with open(probe, "w") as f:
+                    f.write("ok")
+                os.remove(probe)
+            except OSError as exc:
+                raise ConfigError(f"--output_dir: {cfg.output_dir} cannot be written ({exc})") from exc
+            with open(os.path.join(cfg.output_dir, "run_config.json"), "w") as f:
+                f.write(cfg.to_json())
+        self._barrier()
+        os.makedirs(os.path.join(cfg.output_dir, "trace"), exist_ok=True)
+
+    def _load_tokenizer(self):
+        from .tokenizer import load_tokenizer, train_wordpiece_tokenizer
+
+        cfg = self.cfg
+        if cfg.tokenizer:
+            return load_tokenizer(cfg.tokenizer)
+        if cfg.train_tokenizer is None:
+            return load_tokenizer(cfg.model_name_or_path)
+        out_dir = os.path.join(cfg.output_dir, "tokenizer")
+        if self.rank == 0 and not os.path.exists(os.path.join(out_dir, "tokenizer.json")):
+            from .data import CorpusReport, iter_texts
+
+            logger.info("training a WordPiece tokenizer (vocab %d) on the corpus", cfg.train_tokenizer)
+            train_wordpiece_tokenizer(iter_texts(cfg.train_files, cfg.text_field, CorpusReport()),
+                                      cfg.train_tokenizer, out_dir)
+        self._barrier()
+        return load_tokenizer(out_dir)
+
+    def _prepare_data(self):
+        from .data import DataConfig, prepare_data
+
+        cfg = self.cfg
+        cache_dir = cfg.cache_dir or os.path.join(cfg.output_dir, "cache")
+        data_cfg = DataConfig(train_files=list(cfg.train_files), text_field=cfg.text_field, seq_len=cfg.seq_len,
+                              cache_dir=cache_dir, num_proc=cfg.num_proc,
+                              meta_sequences=2 * cfg.meta_batch_size, seed=cfg.seed)
+        # Rank 0 tokenizes and writes the cache; the others then read it.
+        prepared = prepare_data(data_cfg, self.tokenizer) if self.rank == 0 else None
+        self._barrier()
+        if self.rank != 0:
+            prepared = prepare_data(data_cfg, self.tokenizer)
+        if self.rank == 0:
+            logger.info("%s tokenized data at %s", "reusing" if prepared.cache_hit else "wrote", prepared.cache_path)
+            summary = prepared.report.summary()
+            if summary:
+                logger.warning("corpus: %s", summary)
+        return prepared
+
+    def _build_model(self) -> MultiObjectiveBert:
+        cfg = self.cfg
+        if cfg.model_name_or_path:
+            return MultiObjectiveBert.from_pretrained(cfg.model_name_or_path, self.objectives)
+        config = build_bert_config(cfg.model_config, vocab_size=len(self.tokenizer),
+                                   max_position_embeddings=max(512, cfg.seq_len))
+        return MultiObjectiveBert.from_config(config, self.objectives)
+
+    def _build_engine(self):
+        import deepspeed
+        from deepspeed.accelerator import get_accelerator
+
+        ds_config = json.loads(json.dumps(self.ds_config))
+        _fit_schedule_to_max_steps(ds_config, self.cfg.max_steps)
+        opt_cfg = ds_config.get("optimizer", {})
+        weight_decay = float(opt_cfg.get("params", {}).get("weight_decay", 0.01))
+        groups = bert_param_groups(self.model, weight_decay)
+        client_optimizer = None
+        if opt_cfg.get("type", "").lower() == "lamb" and get_accelerator().device_name() == "cpu":
+            # DeepSpeed's FusedLamb has no CPU kernel: same hyper-parameters, torch implementation.
+            params = {k: v for k, v in opt_cfg.get("params", {}).items() if k in ("lr", "betas", "eps", "weight_decay", "max_coeff", "min_coeff", "bias_correction")}
+            client_optimizer = Lamb(groups, **params)
+            del ds_config["optimizer"]
+            if self.rank == 0:
+                logger.info("optimizer: torch LAMB (FusedLamb is not available on the CPU)")
+        engine, _, _, _ = deepspeed.initialize(
+            model=self.model, model_parameters=groups if client_optimizer is None else None,
+            optimizer=client_optimizer, config=ds_config,
+        )
+        return engine
+
+    # ---------------------------------------------------------------- resume
+    def _resume(self, resume: str):
+        ckpt_root = os.path.join(self.cfg.output_dir, "checkpoints")
+        tag = ckpt.find_resume_tag(ckpt_root, resume)
+        if tag is None:
+            if self.rank == 0:
+                logger.info("--resume: no complete checkpoint in %s, starting from step 0", ckpt_root)
+            return
+        load_path, client_state = self.engine.load_checkpoint(ckpt_root, tag=tag)
+        if load_path is None or client_state is None:
+            raise RuntimeError(f"--resume: could not load checkpoint {tag} from {ckpt_root}")
+        state = client_state["mometas"]
+        self.step = state["step"]
+        self.micro_step = state["micro_step"]
+        self.num_updates = state["num_updates"]
+        self.skipped_steps = state.get("skipped_steps", 0)
+        self.sampler.load_state_dict(state["sampler"])
+        self.batches.load_state_dict(state["data"][self.rank] if isinstance(state["data"], list) else state["data"])
+        rng = state["rng"][self.rank]
+        random.setstate(rng["python"])
+        np.random.set_state(rng["numpy"])
+        torch.set_rng_state(rng["torch"])
+        if self.rank == 0:
+            logger.info("resumed from %s at step %d", os.path.join(ckpt_root, tag), self.step)
+
+    def _client_state(self) -> dict:
+        # RNG and data positions differ per rank: gather them so every rank's can be restored.
+        mine = {
+            "data": self.batches.state_dict(),
+            "rng": {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()},
+        }
+        per_rank = [None] * self.world_size
+        if self.world_size > 1:
+            dist.all_gather_object(per_rank, mine)
+        else:
+            per_rank = [mine]
+        return {"mometas": {
+            "step": self.step, "micro_step": self.micro_step, "num_updates": self.num_updates,
+            "skipped_steps": self.skipped_steps, "sampler": self.sampler.state_dict(),
+            "objectives": self.objective_names,
+            "data": [r["data"] for r in per_rank], "rng": [r["rng"] for r in per_rank],
+        }}
+
+    def save_checkpoint(self):
+        ckpt_root = os.path.join(self.cfg.output_dir, "checkpoints")
+        ckpt.save(self.engine, ckpt_root, self.step, self._client_state(), self.rank, self._barrier)
+        if self.rank == 0:
+            logger.info("saved checkpoint step%d in %s", self.step, ckpt_root)
+
+    # ---------------------------------------------------------------- training
+    def train(self) -> dict:
+        cfg = self.cfg
+        end_step = cfg.max_steps
+        if cfg.steps_this_run is not None:
+            end_step = min(end_step, self.step + cfg.steps_this_run)
+        metrics_file = open(os.path.join(cfg.output_dir, "metrics.jsonl"), "a") if self.rank == 0 else None
+        sampler_file = open(os.path.join(cfg.output_dir, "sampler.jsonl"), "a") if self.rank == 0 else None
+        trace_file = open(os.path.join(cfg.output_dir, "trace", f"rank{self.rank}.txt"), "a")
+        progress = None
+        if self.rank == 0:
+            from tqdm.auto import tqdm
+
+            progress = tqdm(total=cfg.max_steps, initial=self.step, desc="pre-training", mininterval=1.0)
+
+        # The first update only stores the baseline losses: take it before training starts.
+        if self.step == 0 and self.num_updates == 0 and self.sampler.needs_meta_validation:
+            self._meta_update(sampler_file)
+
+        self.engine.train()
+        tokens_per_step = self.micro_batch * self.gas * self.world_size * cfg.seq_len
+        stopped_by_signal = False
+        while self.step < end_step:
+            started = time.perf_counter()
+            losses, names = [], []
+            while True:  # micro-steps until DeepSpeed's accumulation boundary
+                name, loss = self._micro_step(trace_file)
+                if loss is None:
+                    if self.consecutive_skips >= cfg.max_skipped_steps:
+                        raise RuntimeError(
+                            f"stopping: {self.consecutive_skips} consecutive micro-steps had a non-finite loss "
+                            f"(--max_skipped_steps {cfg.max_skipped_steps}); last good checkpoint is kept in "
+                            f"{os.path.join(cfg.output_dir, 'checkpoints')}"
+                        )
+                    continue
+                losses.append(loss)
+                names.append(name)
+                if self._boundary_done:
+                    break
+            self.step += 1
+            elapsed = time.perf_counter() - started
+            if metrics_file is not None:
+                record = {
+                    "step": self.step, "objective": ",".join(dict.fromkeys(names)),
+                    "loss": sum(losses) / len(losses), "lr": float(self.engine.get_lr()[0]),
+                    "grad_norm": _as_float(self.engine.get_global_grad_norm()),
+                    "samples_per_s": self.micro_batch * self.gas * self.world_size / elapsed,
+                    "tokens_per_s": tokens_per_step / elapsed, "skipped_micro_steps": self.skipped_steps,
+                }
+                metrics_file.write(json.dumps(record) + "\n")
+                metrics_file.flush()
+                self._monitor([("Train/loss", record["loss"]), ("Train/lr", record["lr"])])
+                progress.update(1)
+                if self.step % cfg.log_steps == 0 or self.step == end_step:
+                    progress.set_postfix(loss=f"{record['loss']:.3f}", objective=record["objective"],
+                                         samples_s=f"{record['samples_per_s']:.1f}")
+            if self.sampler.needs_meta_validation and self.step % cfg.meta_interval == 0:
+                self._meta_update(sampler_file)
+            if self._stop_agreed():
+                stopped_by_signal = True
+                break
+            if self.step % cfg.save_steps == 0 and self.step < end_step:
+                self.save_checkpoint()
+        self.save_checkpoint()
+        for f in (metrics_file, sampler_file, trace_file):
+            if f is not None:
+                f.close()
+        if progress is not None:
+            progress.close()
+        finished = self.step >= cfg.max_steps
+        if finished:
+            self.export_hf()
+        if self.rank == 0:
+            logger.info("stopped at step %d (%s)", self.step,
+                        "signal" if stopped_by_signal else "finished" if finished else "--steps_this_run")
+        return {"step": self.step, "finished": finished, "stopped_by_signal": stopped_by_signal}
+
+    def _micro_step(self, trace_file):
+        """One micro-batch: draw the objective, corrupt, forward, backward, maybe the optimizer step.
+
+        Returns (objective name, loss) or (name, None) when the micro-step was skipped
+        because some rank's loss was not finite.
+        """
+        index = self.sampler.sample(self.micro_step)
+        name = self.objective_names[index]
+        clean = next(self.batches)
+        generator = torch.Generator(device=self.device)
+        generator.manual_seed(_seed_for(self.cfg.seed, self.micro_step, self.rank))
+        batch = self._corrupt(name, clean, generator)
+        trace_file.write(name + "\n")
+        trace_file.flush()
+        self.micro_step += 1
+        loss = self.engine(batch, name)["loss"]
+        if not self._all_finite(loss):
+            self.skipped_steps += 1
+            self.consecutive_skips += 1
+            logger.warning("rank %d: non-finite loss at micro-step %d (%s): skipped", self.rank, self.micro_step - 1, name)
+            self._boundary_done = False
+            return name, None
+        self.consecutive_skips = 0
+        self.engine.backward(loss)
+        self._boundary_done = self.engine.is_gradient_accumulation_boundary()
+        self.engine.step()
+        return name, float(loss.detach().float())
+
+    def _corrupt(self, name: str, clean: Dict[str, torch.Tensor], generator) -> Dict[str, torch.Tensor]:
+        input_ids = clean["input_ids"].to(self.device)
+        attention_mask = clean["attention_mask"].to(self.device)
+        return self.objectives[name].corrupt(input_ids, attention_mask, generator=generator)
+
+    # ---------------------------------------------------------------- sampler update
+    @torch.no_grad()
+    def _meta_update(self, sampler_file):
+        """Every rank measures every objective's loss on its shard of the meta-validation batch."""
+        from .samplers import meta_update_distributed, shard_range
+
+        cfg = self.cfg
+        meta = self.data.meta
+        fixed = bool(getattr(self.sampler, "fixed_meta_set", False))
+        draw_id = 0 if fixed else self.num_updates
+        lo, hi = shard_range(cfg.meta_batch_size, self.rank, self.world_size)
+        n = len(self.objective_names)
+        loss_sums = torch.zeros(n, dtype=torch.float64)
+        counts = torch.zeros(n, dtype=torch.float64)
+        self.engine.eval()
+        try:
+            for k, name in enumerate(self.objective_names):
+                # Same rows on every rank for a given update; each rank takes its own slice.
+                rows_gen = torch.Generator().manual_seed(_seed_for(cfg.seed, 7, draw_id, k))
+                rows = torch.randperm(len(meta), generator=rows_gen)[: cfg.meta_batch_size][lo:hi]
+                generator = torch.Generator(device=self.device)
+                generator.manual_seed(_seed_for(cfg.seed, 11, draw_id, k, self.rank))
+                for start in range(0, len(rows), self.micro_batch):
+                    chunk = meta[rows[start:start + self.micro_batch].tolist()]
+                    clean = {key: torch.as_tensor(chunk[key], dtype=torch.long) for key in ("input_ids", "attention_mask")}
+                    batch = self._corrupt(name, clean, generator)
+                    loss = self.engine(batch, name)["loss"].float()
+                    loss_sums[k] += float(loss) * len(clean["input_ids"])
+                    counts[k] += len(clean["input_ids"])
+        finally:
+            self.engine.train()
+        info = meta_update_distributed(self.sampler, loss_sums, counts, device=self.device)
+        self.num_updates += 1
+        if sampler_file is not None:
+            val_losses = (loss_sums / counts.clamp(min=1)).tolist() if self.world_size == 1 else info.get("val_losses")
+            record = {
+                "step": self.step,
+                "probs": dict(zip(self.objective_names, [float(p) for p in self.sampler.probs.tolist()])),
+                "reward": _as_float(info.get("reward")),
+                "val_losses": dict(zip(self.objective_names, [float(v) for v in val_losses])) if val_losses is not None else None,
+                "policy_loss": _as_float(info.get("policy_loss")),
+                "skipped": bool(info.get("skipped", False)),
+            }
+            sampler_file.write(json.dumps(record) + "\n")
+            sampler_file.flush()
+            self._monitor([(f"Sampler/p_{name}", p) for name, p in record["probs"].items()])
+
+    # ---------------------------------------------------------------- agreement between ranks
+    def _all_finite(self, loss: torch.Tensor) -> bool:
+        """Whether every rank's loss is finite, and whether any rank asked to stop (same collective)."""
+        flags = torch.tensor([0.0 if torch.isfinite(loss.detach()).all() else 1.0,
+                              1.0 if self.stop_requested else 0.0], device=self.device)
+        if self.world_size > 1:
+            dist.all_reduce(flags, op=dist.ReduceOp.MAX)
+        if flags[1] > 0:
+            self.stop_requested = True
+        return bool(flags[0] == 0)
+
+    def _stop_agreed(self) -> bool:
+        # stop_requested was all-reduced with the last micro-step's loss check, so every rank agrees.
+        return self.stop_requested
+
+    def _barrier(self):
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            dist.barrier()
+
+    def _monitor(self, events):
+        monitor = getattr(self.engine, "monitor", None)
+        if monitor is not None and getattr(monitor, "enabled", False):
+            monitor.write_events([(tag, value, self.step) for tag, value in events])
+
+    # ---------------------------------------------------------------- export
+    def export_hf(self):
+        out_dir = os.path.join(self.cfg.output_dir, "hf_model")
+        state_dict = ckpt.consolidated_state_dict(self.engine, os.path.join(self.cfg.output_dir, "checkpoints"), self.step)
+        if self.rank == 0:
+            self.model.save_hf(out_dir, self.tokenizer, state_dict=state_dict)
+            logger.info("exported the encoder and tokenizer to %s", out_dir)
+        self._barrier()
+
+
+def _fit_schedule_to_max_steps(ds_config: dict, max_steps: int) -> None:
+    """WarmupDecayLR's total steps follow --max_steps; the warm-up keeps its fraction of the schedule."""
+    scheduler = ds_config.get("scheduler")
+    if not scheduler or scheduler.get("type") != "WarmupDecayLR":
+        return
+    params = scheduler.setdefault("params", {})
+    total = params.get("total_num_steps")
+    warmup = params.get("warmup_num_steps", 0)
+    if total and total != max_steps:
+        params["warmup_num_steps"] = max(1, round(warmup / total * max_steps)) if warmup else 0
+        params["total_num_steps"] = max_steps
+
+
+def _as_float(value) -> Optional[float]:
+    if value is None:
+        return None
+    value = float(value)
+    return value if math.isfinite(value) else None
+
+
+def _setup_logging(rank: int) -> None:
+    logging.basicConfig(
+        level=logging.INFO if rank == 0 else logging.WARNING,
+        format=f"[%(asctime)s] [rank {rank}] %(levelname)s %(name)s: %(message)s",
+    )

@@ -1,0 +1,34 @@
+from setuptools import find_packages, setup
+
+setup(
+    name="mometas_ds",
+    version="0.1.0",
+    description="Multi-objective continual pre-training of BERT encoders with the MOMETAS adaptive sampler on DeepSpeed",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    license="Apache-2.0",
+    python_requires=">=3.9",
+    packages=find_packages(include=["mometas_ds", "mometas_ds.*"]),
+    install_requires=[
+        "torch>=2.1,<3",
+        "deepspeed>=0.14",
+        "transformers>=4.40",
+        "datasets>=2.18",
+        "tokenizers>=0.15",
+        "numpy",
+        "tqdm",
+        "matplotlib",
+    ],
+    extras_require={
+        "mpi": ["mpi4py>=3.1"],
+        "triton": ["triton>=2.2"],
+        "test": ["pytest>=7", "pyarrow"],
+    },
+    entry_points={
+        "console_scripts": [
+            "mometas-pretrain=mometas_ds.pretrain:main",
+            "mometas-bench=mometas_ds.bench:main",
+            "mometas-plot=mometas_ds.plot:main",
+        ]
+    },
+)
