@@ -69,7 +69,7 @@ class MultiObjectiveBert(nn.Module):
                 if tied is not None:
                     # The head reads the embedding matrix outside the embedding's own forward:
                     # under ZeRO-3 DeepSpeed must gather it for the head too (a no-op otherwise).
-                    from deepspeed.zero import register_external_parameter
+                    from deepspeed.runtime.zero.partition_parameters import register_external_parameter
 
                     register_external_parameter(head, tied)
 

@@ -9,11 +9,12 @@ from .config import ConfigError, parse_args
 
 def main(argv=None) -> int:
     cfg = parse_args(argv)
+    from .data import DataError
     from .trainer import Trainer
 
     try:
         trainer = Trainer(cfg)
-    except ConfigError as exc:
+    except (ConfigError, DataError) as exc:
         print(f"mometas-pretrain: error: {exc}", file=sys.stderr)
         return 2
     trainer.train()

@@ -22,6 +22,7 @@ import torch.distributed as dist
 
 from . import checkpoint as ckpt
 from .config import ConfigError, PretrainConfig, check_world_size, validate_config
+from .data import DataError
 from .model import MultiObjectiveBert, build_bert_config
 from .objectives import build_objective
 from .optim import Lamb, bert_param_groups
@@ -83,6 +84,8 @@ class Trainer:
         if cfg.sampler == "mometas":
             sampler_args.setdefault("lr", cfg.meta_lr)
             sampler_args.setdefault("gamma", cfg.meta_gamma)
+        if cfg.sampler == "temperature":
+            sampler_args.setdefault("total_steps", cfg.max_steps * self.gas)
         self.sampler = build_sampler(cfg.sampler, num_objectives=len(self.objective_names), seed=cfg.seed,
                                      interval=cfg.meta_interval, **sampler_args)
         self.step = 0            # optimizer steps done
@@ -128,13 +131,16 @@ class Trainer:
         if cfg.train_tokenizer is None:
             return load_tokenizer(cfg.model_name_or_path)
         out_dir = os.path.join(cfg.output_dir, "tokenizer")
-        if self.rank == 0 and not os.path.exists(os.path.join(out_dir, "tokenizer.json")):
-            from .data import CorpusReport, iter_texts
 
-            logger.info("training a WordPiece tokenizer (vocab %d) on the corpus", cfg.train_tokenizer)
-            train_wordpiece_tokenizer(iter_texts(cfg.train_files, cfg.text_field, CorpusReport()),
-                                      cfg.train_tokenizer, out_dir)
-        self._barrier()
+        def train():
+            if not os.path.exists(os.path.join(out_dir, "tokenizer.json")):
+                from .data import CorpusReport, iter_texts
+
+                logger.info("training a WordPiece tokenizer (vocab %d) on the corpus", cfg.train_tokenizer)
+                train_wordpiece_tokenizer(iter_texts(cfg.train_files, cfg.text_field, CorpusReport()),
+                                          cfg.train_tokenizer, out_dir)
+
+        self._on_rank0_first(train)
         return load_tokenizer(out_dir)
 
     def _prepare_data(self):
@@ -146,15 +152,12 @@ class Trainer:
                               cache_dir=cache_dir, num_proc=cfg.num_proc,
                               meta_sequences=2 * cfg.meta_batch_size, seed=cfg.seed)
         # Rank 0 tokenizes and writes the cache; the others then read it.
-        prepared = prepare_data(data_cfg, self.tokenizer) if self.rank == 0 else None
-        self._barrier()
+        prepared = self._on_rank0_first(lambda: prepare_data(data_cfg, self.tokenizer))
         if self.rank != 0:
             prepared = prepare_data(data_cfg, self.tokenizer)
         if self.rank == 0:
-            logger.info("%s tokenized data at %s", "reusing" if prepared.cache_hit else "wrote", prepared.cache_path)
-            summary = prepared.report.summary()
-            if summary:
-                logger.warning("corpus: %s", summary)
+            if prepared.report.total_skipped:
+                logger.warning("corpus: %s", prepared.report.summary())
         return prepared
 
     def _build_model(self) -> MultiObjectiveBert:
@@ -293,7 +296,7 @@ class Trainer:
                 if self.step % cfg.log_steps == 0 or self.step == end_step:
                     progress.set_postfix(loss=f"{record['loss']:.3f}", objective=record["objective"],
                                          samples_s=f"{record['samples_per_s']:.1f}")
-            if self.sampler.needs_meta_validation and self.step % cfg.meta_interval == 0:
+            if self.step % cfg.meta_interval == 0:
                 self._meta_update(sampler_file)
             if self._stop_agreed():
                 stopped_by_signal = True
@@ -348,15 +351,43 @@ class Trainer:
         return self.objectives[name].corrupt(input_ids, attention_mask, generator=generator)
 
     # ---------------------------------------------------------------- sampler update
-    @torch.no_grad()
     def _meta_update(self, sampler_file):
-        """Every rank measures every objective's loss on its shard of the meta-validation batch."""
-        from .samplers import meta_update_distributed, shard_range
+        """Measure every objective on the meta-validation batch across ranks, then update the sampler."""
+        from .samplers import meta_update_distributed
+
+        if self.sampler.needs_meta_validation:
+            loss_sums, counts = self._measure_meta_losses()
+            info = meta_update_distributed(self.sampler, loss_sums, counts, device=self.device)
+        else:
+            info = self.sampler.update()  # rule-based: clears the rollout, probabilities unchanged
+        self.num_updates += 1
+        if sampler_file is not None:
+            names = self.objective_names
+            val_losses = info.get("val_losses")
+            record = {
+                "step": self.step,
+                "probs": dict(zip(names, [float(p) for p in self.sampler.probs.tolist()])),
+                "reward": _as_float(info.get("reward")),
+                "val_losses": dict(zip(names, [_as_float(v) for v in val_losses])) if val_losses is not None else None,
+                "policy_loss": _as_float(info.get("policy_loss")),
+                "skipped": bool(info.get("skipped", False)),
+            }
+            sampler_file.write(json.dumps(record) + "\n")
+            sampler_file.flush()
+            self._monitor([(f"Sampler/p_{name}", p) for name, p in record["probs"].items()])
+
+    @torch.no_grad()
+    def _measure_meta_losses(self):
+        """This rank's per-objective loss sums and sequence counts on its shard of the meta-validation batch.
+
+        Each rank evaluates meta_batch_size / world_size sequences per objective (the
+        published code evaluates the whole batch on every rank).
+        """
+        from .samplers import shard_range
 
         cfg = self.cfg
         meta = self.data.meta
-        fixed = bool(getattr(self.sampler, "fixed_meta_set", False))
-        draw_id = 0 if fixed else self.num_updates
+        draw_id = 0 if getattr(self.sampler, "fixed_meta_set", False) else self.num_updates
         lo, hi = shard_range(cfg.meta_batch_size, self.rank, self.world_size)
         n = len(self.objective_names)
         loss_sums = torch.zeros(n, dtype=torch.float64)
@@ -364,7 +395,7 @@ class Trainer:
         self.engine.eval()
         try:
             for k, name in enumerate(self.objective_names):
-                # Same rows on every rank for a given update; each rank takes its own slice.
+                # The same rows on every rank for a given update; each rank takes its own slice.
                 rows_gen = torch.Generator().manual_seed(_seed_for(cfg.seed, 7, draw_id, k))
                 rows = torch.randperm(len(meta), generator=rows_gen)[: cfg.meta_batch_size][lo:hi]
                 generator = torch.Generator(device=self.device)
@@ -378,21 +409,7 @@ class Trainer:
                     counts[k] += len(clean["input_ids"])
         finally:
             self.engine.train()
-        info = meta_update_distributed(self.sampler, loss_sums, counts, device=self.device)
-        self.num_updates += 1
-        if sampler_file is not None:
-            val_losses = (loss_sums / counts.clamp(min=1)).tolist() if self.world_size == 1 else info.get("val_losses")
-            record = {
-                "step": self.step,
-                "probs": dict(zip(self.objective_names, [float(p) for p in self.sampler.probs.tolist()])),
-                "reward": _as_float(info.get("reward")),
-                "val_losses": dict(zip(self.objective_names, [float(v) for v in val_losses])) if val_losses is not None else None,
-                "policy_loss": _as_float(info.get("policy_loss")),
-                "skipped": bool(info.get("skipped", False)),
-            }
-            sampler_file.write(json.dumps(record) + "\n")
-            sampler_file.flush()
-            self._monitor([(f"Sampler/p_{name}", p) for name, p in record["probs"].items()])
+        return loss_sums, counts
 
     # ---------------------------------------------------------------- agreement between ranks
     def _all_finite(self, loss: torch.Tensor) -> bool:
@@ -408,6 +425,24 @@ class Trainer:
     def _stop_agreed(self) -> bool:
         # stop_requested was all-reduced with the last micro-step's loss check, so every rank agrees.
         return self.stop_requested
+
+    def _on_rank0_first(self, work):
+        """Run ``work`` on rank 0 while the others wait; if it fails, every rank raises its error
+        (the others would otherwise wait at the barrier until the collective timeout)."""
+        result, error = None, None
+        if self.rank == 0:
+            try:
+                result = work()
+            except (ConfigError, DataError) as exc:
+                error = exc
+        if self.world_size > 1:
+            box = [None if error is None else (type(error).__name__, str(error))]
+            dist.broadcast_object_list(box, src=0)
+            if box[0] is not None and error is None:
+                error = (DataError if box[0][0] == "DataError" else ConfigError)(box[0][1])
+        if error is not None:
+            raise error
+        return result
 
     def _barrier(self):
         if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:

@@ -1,0 +1,751 @@
+"""Pre-training data: read corpora, tokenize once into a cached packed Arrow dataset, hold out a
+meta-validation split, and serve each rank its own seeded, resumable shard of batches.
+
+Corpus formats (chosen by file name; ``--train_files`` entries may be globs):
+
+* ``.jsonl`` / ``.json`` (JSON Lines), optionally ``.gz``: one JSON object per line, text under ``text_field``.
+* ``.txt``, optionally ``.gz``. The layout is detected per file: if a blank line (empty or whitespace only)
+  sits between two non-blank lines, documents are blocks of consecutive non-blank lines (paragraphs,
+  joined with newlines); otherwise every non-blank line is a document. A file of single lines separated by
+  blank lines reads the same either way.
+* ``.parquet``: column ``text_field``.
+* a directory written by ``datasets.save_to_disk``: column ``text_field``; of a ``DatasetDict`` only the
+  ``train`` split is read when there is one, otherwise every split.
+
+Bad input never stops a run midway. Each record that cannot be used is skipped and counted under one of
+``SKIP_REASONS`` in a ``CorpusReport`` with up to ``max_examples`` "file:line" examples. Only when no
+usable document is left does ``prepare_data`` raise ``DataError``, before any training.
+
+Packing: the token ids of all documents (no special tokens) are concatenated in corpus order and cut
+into chunks of ``seq_len - 2``; each chunk becomes ``[CLS] chunk [SEP]``; the last, shorter chunk is
+right-padded with ``[PAD]``. Rows hold ``input_ids`` and ``attention_mask`` of length ``seq_len``.
+"""
+from __future__ import annotations
+
+import glob
+import gzip
+import hashlib
+import itertools
+import json
+import logging
+import os
+import shutil
+import tempfile
+import zlib
+from dataclasses import asdict, dataclass, field
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple
+
+import datasets
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import torch
+
+from mometas_ds.tokenizer import required_token_id
+
+logger = logging.getLogger(__name__)
+
+MIN_DOC_TOKENS = 2
+CACHE_FORMAT_VERSION = 1  # bump when the cached layout or packing rule changes
+REPORT_FILE = "corpus_report.json"
+SKIP_REASONS = {
+    "missing_file": "path or glob that matched no file",
+    "empty_file": "file without a non-blank line or row",
+    "unreadable_file": "corrupt or truncated file (gzip, parquet, dataset directory)",
+    "unsupported_format": "file whose name is not .jsonl/.json/.txt[.gz], .parquet, nor a save_to_disk directory",
+    "malformed_json": "line that is not valid JSON or not a JSON object",
+    "missing_text_field": "record without the text field, or with null there",
+    "non_string_text": "record whose text field is not a string",
+    "non_utf8": "line (or text) that is not valid UTF-8",
+    "too_short": f"document with fewer than {MIN_DOC_TOKENS} tokens",
+}
+
+
+class DataError(ValueError):
+    """The corpus cannot feed a run (no usable document, too few sequences for the meta split)."""
+
+
+# ----------------------------------------------------------------------------------------------- report
+
+@dataclass
+class CorpusReport:
+    """What was read and what was skipped, and why. ``sources`` are the files read, in order
+    (a ``DatasetDict`` directory contributes ``path[split]`` entries)."""
+
+    max_examples: int = 5
+    sources: List[str] = field(default_factory=list)
+    documents: int = 0  # usable documents
+    tokens: int = 0  # tokens of usable documents (before cls/sep/pad are added)
+    train_sequences: int = 0
+    meta_sequences: int = 0
+    skipped: Dict[str, int] = field(default_factory=dict)
+    examples: Dict[str, List[str]] = field(default_factory=dict)
+
+    def skip(self, reason: str, where: Optional[str], count: int = 1) -> None:
+        """Count ``count`` skipped records; keep ``where`` ("file:line ...") as an example while there is room."""
+        if reason not in SKIP_REASONS:
+            raise ValueError(f"unknown skip reason {reason!r}")
+        self.skipped[reason] = self.skipped.get(reason, 0) + count
+        examples = self.examples.setdefault(reason, [])
+        if where is not None and len(examples) < self.max_examples:
+            examples.append(where)
+
+    @property
+    def total_skipped(self) -> int:
+        return sum(self.skipped.values())
+
+    def summary(self) -> str:
+        lines = [
+            f"{len(self.sources)} source(s), {self.documents} document(s), {self.tokens} token(s) -> "
+            f"{self.train_sequences} training + {self.meta_sequences} meta-validation sequence(s)"
+        ]
+        if self.skipped:
+            lines.append(f"skipped {self.total_skipped}:")
+            for reason in SKIP_REASONS:
+                if reason in self.skipped:
+                    shown = "; ".join(self.examples.get(reason, []))
+                    lines.append(f"  {reason} ({SKIP_REASONS[reason]}): {self.skipped[reason]}, e.g. {shown}")
+        return "\n".join(lines)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "CorpusReport":
+        return cls(**d)
+
+
+# ------------------------------------------------------------------------------------------- reading
+
+def resolve_files(train_files: Sequence[str]) -> Tuple[List[str], List[str]]:
+    """Expand globs. Returns (existing paths in order, without duplicates; entries that matched nothing)."""
+    paths: List[str] = []
+    missing: List[str] = []
+    seen = set()
+    for entry in train_files:
+        pattern = os.path.expanduser(str(entry))
+        if glob.has_magic(pattern):
+            matches = sorted(glob.glob(pattern, recursive=True))
+        else:
+            matches = [pattern] if os.path.exists(pattern) else []
+        if not matches:
+            missing.append(str(entry))
+        for path in matches:
+            resolved = os.path.abspath(path)
+            if resolved not in seen:
+                seen.add(resolved)
+                paths.append(resolved)
+    return paths, missing
+
+
+def iter_documents(
+    train_files: Sequence[str], text_field: str, report: CorpusReport
+) -> Iterator[Tuple[str, int, int]]:
+    """Yield ``(text, source_index, line)`` for every readable document; ``source_index`` indexes
+    ``report.sources``. Unusable records are skipped into ``report`` (too-short ones are counted later,
+    once tokenized)."""
+    paths, missing = resolve_files(train_files)
+    for entry in missing:
+        report.skip("missing_file", f"{entry}: " + ("glob matched no file" if glob.has_magic(entry) else "no such file"))
+    for path in paths:
+        if os.path.isdir(path):
+            yield from _read_saved_dataset(path, text_field, report)
+            continue
+        kind = _file_kind(path)
+        if kind is None:
+            report.skip("unsupported_format", path)
+            continue
+        if os.path.getsize(path) == 0:
+            report.skip("empty_file", path)
+            continue
+        source = len(report.sources)
+        report.sources.append(path)
+        reader = {"jsonl": _read_jsonl, "txt": _read_txt, "parquet": _read_parquet}[kind]
+        for text, line in reader(path, text_field, report):
+            report.documents += 1
+            yield text, source, line
+
+
+def iter_texts(train_files: Sequence[str], text_field: str = "text",
+               report: Optional[CorpusReport] = None) -> Iterator[str]:
+    """The usable texts of the corpus, in order (for tokenizer training)."""
+    report = CorpusReport() if report is None else report
+    for text, _, _ in iter_documents(train_files, text_field, report):
+        yield text
+
+
+def _file_kind(path: str) -> Optional[str]:
+    name = path.lower()
+    if name.endswith(".parquet"):
+        return "parquet"
+    if name.endswith(".gz"):
+        name = name[:-3]
+    if name.endswith((".jsonl", ".json")):
+        return "jsonl"
+    if name.endswith(".txt"):
+        return "txt"
+    return None
+
+
+def _open_binary(path: str):
+    return gzip.open(path, "rb") if path.lower().endswith(".gz") else open(path, "rb")
+
+
+_READ_ERRORS = (OSError, EOFError, zlib.error)  # gzip.BadGzipFile is an OSError
+
+
+def _read_jsonl(path: str, text_field: str, report: CorpusReport) -> Iterator[Tuple[str, int]]:
+    lineno = 0
+    any_line = False
+    try:
+        with _open_binary(path) as f:
+            for lineno, raw in enumerate(f, 1):
+                if not raw.strip():
+                    continue
+                any_line = True
+                where = f"{path}:{lineno}"
+                try:
+                    line = raw.decode("utf-8")
+                except UnicodeDecodeError:
+                    report.skip("non_utf8", where)
+                    continue
+                if lineno == 1:
+                    line = line.lstrip("\ufeff")
+                try:
+                    record = json.loads(line)
+                except ValueError:
+                    report.skip("malformed_json", where)
+                    continue
+                if not isinstance(record, dict):
+                    report.skip("malformed_json", f"{where} (not a JSON object)")
+                    continue
+                text = record.get(text_field)
+                if text is None:
+                    report.skip("missing_text_field", where)
+                elif not isinstance(text, str):
+                    report.skip("non_string_text", f"{where} ({type(text).__name__})")
+                elif "\\u" in line and not _encodable(text):
+                    # A \ud800-style escape decodes to a lone surrogate, which Arrow cannot store.
+                    report.skip("non_utf8", f"{where} (lone surrogate escape)")
+                else:
+                    yield text, lineno
+    except _READ_ERRORS as err:
+        report.skip("unreadable_file", f"{path}:{lineno + 1} ({type(err).__name__}: {err})")
+        return
+    if not any_line:
+        report.skip("empty_file", path)
+
+
+def _txt_is_paragraphs(path: str) -> bool:
+    """True when a blank line sits between two non-blank lines (see the module docstring)."""
+    seen_text = pending_blank = False
+    try:
+        with _open_binary(path) as f:
+            for raw in f:
+                if raw.strip():
+                    if pending_blank:
+                        return True
+                    seen_text = True
+                elif seen_text:
+                    pending_blank = True
+    except _READ_ERRORS:
+        pass  # the reading pass reports the damage
+    return False
+
+
+def _read_txt(path: str, text_field: str, report: CorpusReport) -> Iterator[Tuple[str, int]]:
+    paragraphs = _txt_is_paragraphs(path)
+    lineno = 0
+    any_line = False
+    block: List[str] = []
+    block_start = 0
+    try:
+        with _open_binary(path) as f:
+            for lineno, raw in enumerate(f, 1):
+                if not raw.strip():
+                    if block:
+                        yield "\n".join(block), block_start
+                        block = []
+                    continue
+                any_line = True
+                try:
+                    line = raw.decode("utf-8").rstrip("\r\n")
+                except UnicodeDecodeError:
+                    report.skip("non_utf8", f"{path}:{lineno}")
+                    continue
+                if lineno == 1:
+                    line = line.lstrip("\ufeff")
+                if not paragraphs:
+                    yield line, lineno
+                    continue
+                if not block:
+                    block_start = lineno
+                block.append(line)
+    except _READ_ERRORS as err:
+        report.skip("unreadable_file", f"{path}:{lineno + 1} ({type(err).__name__}: {err})")
+    if block:
+        yield "\n".join(block), block_start
+    if not any_line:
+        report.skip("empty_file", path)
+
+
+def _check_value(value, where: str, report: CorpusReport) -> Optional[str]:
+    """The text of a column value, or None (and a skip) when it is unusable."""
+    if value is None:
+        report.skip("missing_text_field", where)
+        return None
+    if isinstance(value, bytes):
+        try:
+            return value.decode("utf-8")
+        except UnicodeDecodeError:
+            report.skip("non_utf8", where)
+            return None
+    if not isinstance(value, str):
+        report.skip("non_string_text", f"{where} ({type(value).__name__})")
+        return None
+    return value
+
+
+def _read_parquet(path: str, text_field: str, report: CorpusReport) -> Iterator[Tuple[str, int]]:
+    row = 0
+    try:
+        parquet = pq.ParquetFile(path)
+        num_rows = parquet.metadata.num_rows
+        columns = parquet.schema_arrow.names
+        if num_rows == 0:
+            report.skip("empty_file", path)
+            return
+        if text_field not in columns:
+            report.skip("missing_text_field", f"{path}: no column {text_field!r} (columns: {', '.join(columns)})",
+                        count=num_rows)
+            return
+        for batch in parquet.iter_batches(batch_size=1024, columns=[text_field]):
+            for value in batch.column(0).to_pylist():
+                row += 1
+                text = _check_value(value, f"{path}:{row}", report)
+                if text is not None:
+                    yield text, row
+    except (pa.ArrowException, *_READ_ERRORS) as err:
+        report.skip("unreadable_file", f"{path}:{row + 1} ({type(err).__name__}: {err})")
+
+
+def _is_saved_dataset(path: str) -> bool:
+    return any(os.path.isfile(os.path.join(path, name)) for name in ("dataset_dict.json", "state.json"))
+
+
+def _read_saved_dataset(path: str, text_field: str, report: CorpusReport) -> Iterator[Tuple[str, int, int]]:
+    if not _is_saved_dataset(path):
+        report.skip("unsupported_format", f"{path} (a directory not written by datasets.save_to_disk)")
+        return
+    try:
+        loaded = datasets.load_from_disk(path)
+    except Exception as err:  # datasets raises several types for damaged directories
+        report.skip("unreadable_file", f"{path} ({type(err).__name__}: {err})")
+        return
+    if isinstance(loaded, datasets.DatasetDict):
+        names = ["train"] if "train" in loaded else list(loaded)
+        splits = [(f"{path}[{name}]", loaded[name]) for name in names]
+    else:
+        splits = [(path, loaded)]
+    for label, split in splits:
+        if len(split) == 0:
+            report.skip("empty_file", label)
+            continue
+        if text_field not in split.column_names:
+            report.skip("missing_text_field",
+                        f"{label}: no column {text_field!r} (columns: {', '.join(split.column_names)})",
+                        count=len(split))
+            continue
+        source = len(report.sources)
+        report.sources.append(label)
+        row = 0
+        for table in split.select_columns([text_field]).with_format("arrow").iter(batch_size=1024):
+            for value in table.column(0).to_pylist():
+                row += 1
+                text = _check_value(value, f"{label}:{row}", report)
+                if text is not None:
+                    report.documents += 1
+                    yield text, source, row
+
+
+def _encodable(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+        return True
+    except UnicodeEncodeError:
+        return False
+
+
+# -------------------------------------------------------------------------------- tokenize, pack, cache
+
+@dataclass
+class DataConfig:
+    train_files: Sequence[str]
+    text_field: str = "text"
+    seq_len: int = 128
+    cache_dir: str = os.path.join("~", ".cache", "mometas_ds", "data")
+    num_proc: int = 1  # processes for tokenization
+    meta_sequences: int = 0  # packed sequences held out for the sampler's meta-validation
+    seed: int = 0  # picks the held-out sequences
+    max_examples: int = 5  # "file:line" examples kept per skip reason
+
+    def __post_init__(self):
+        if isinstance(self.train_files, (str, os.PathLike)):
+            self.train_files = [str(self.train_files)]
+        self.train_files = [str(f) for f in self.train_files]
+        if not self.train_files:
+            raise ValueError("--train_files: give at least one file, directory or glob")
+        if not isinstance(self.text_field, str) or not self.text_field:
+            raise ValueError(f"--text_field must be a non-empty string, got {self.text_field!r}")
+        for name, flag, minimum in (("seq_len", "--seq_len", 3), ("num_proc", "--num_proc", 1),
+                                    ("meta_sequences", "meta_sequences (from --meta_batch_size)", 0),
+                                    ("max_examples", "max_examples", 0)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+                raise ValueError(f"{flag} must be an int >= {minimum}, got {value!r}")
+        self.cache_dir = os.path.abspath(os.path.expanduser(str(self.cache_dir)))
+
+
+@dataclass
+class PreparedData:
+    train: datasets.Dataset  # columns input_ids, attention_mask: int lists of length seq_len
+    meta: datasets.Dataset  # held-out meta-validation sequences, same columns
+    report: CorpusReport
+    cache_hit: bool
+    cache_path: str
+
+
+def prepare_data(config: DataConfig, tokenizer) -> PreparedData:
+    """Tokenize and pack the corpus into ``config.cache_dir/<key>/``, or reuse that cache.
+
+    The key covers the resolved files with their sizes and mtimes, ``text_field``, the tokenizer,
+    ``seq_len`` and the meta split. The cache appears by an atomic rename, so a concurrent reader
+    sees it whole or not at all; in multi-rank runs call this on rank 0 first, then on the others.
+    """
+    pad_id, cls_id, sep_id = (required_token_id(tokenizer, role) for role in ("pad", "cls", "sep"))
+    paths, missing = resolve_files(config.train_files)
+    backend = _plain_backend(tokenizer)
+    key = _cache_key(config, paths, missing, _tokenizer_fingerprint(tokenizer, backend), (pad_id, cls_id, sep_id))
+    cache_path = os.path.join(config.cache_dir, key)
+    if os.path.isfile(os.path.join(cache_path, REPORT_FILE)):
+        logger.info("reusing tokenized cache at %s", cache_path)
+        return _load_cache(cache_path, cache_hit=True)
+
+    os.makedirs(config.cache_dir, exist_ok=True)
+    work = tempfile.mkdtemp(prefix=f".tmp-{key}-", dir=config.cache_dir)
+    try:
+        report = CorpusReport(max_examples=config.max_examples)
+        built = _build(config, tokenizer, backend, report, (pad_id, cls_id, sep_id), work, key)
+        with open(os.path.join(built, REPORT_FILE), "w") as f:
+            json.dump(report.to_dict(), f, indent=1)
+        _publish(built, cache_path)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    logger.info("wrote tokenized cache at %s", cache_path)
+    return _load_cache(cache_path, cache_hit=False)
+
+
+def _publish(built: str, cache_path: str) -> None:
+    """Move a finished cache into place with one rename (atomic on a POSIX file system)."""
+    try:
+        os.rename(built, cache_path)
+        return
+    except OSError:
+        if os.path.isfile(os.path.join(cache_path, REPORT_FILE)):
+            return  # another process published the same key first; its data is identical
+        if not os.path.isdir(cache_path):
+            raise
+    # A directory without the report was damaged by hand (ours appear whole): replace it.
+    logger.warning("replacing incomplete tokenized cache at %s", cache_path)
+    shutil.rmtree(cache_path)
+    os.rename(built, cache_path)
+
+
+def _load_cache(cache_path: str, cache_hit: bool) -> PreparedData:
+    splits = datasets.load_from_disk(cache_path)
+    with open(os.path.join(cache_path, REPORT_FILE)) as f:
+        report = CorpusReport.from_dict(json.load(f))
+    meta = splits["meta"] if "meta" in splits else splits["train"].select([])
+    return PreparedData(train=splits["train"], meta=meta, report=report,
+                        cache_hit=cache_hit, cache_path=cache_path)
+
+
+def _build(config: DataConfig, tokenizer, backend, report: CorpusReport, special: Tuple[int, int, int],
+           work: str, key: str) -> str:
+    """Read, tokenize, pack and split into ``work``; return the directory to publish."""
+    found = iter_documents(config.train_files, config.text_field, report)
+    first = next(found, None)  # datasets cannot build a dataset from an empty generator
+    if first is None:
+        raise DataError(f"no usable document in --train_files {list(config.train_files)} "
+                        f"(--text_field {config.text_field!r})\n{report.summary()}")
+
+    def documents():
+        for text, source, line in itertools.chain([first], found):
+            yield {"text": text, "source": source, "line": line}
+
+    raw = datasets.Dataset.from_generator(
+        documents,
+        features=datasets.Features({"text": datasets.Value("string"), "source": datasets.Value("int32"),
+                                    "line": datasets.Value("int64")}),
+        cache_dir=os.path.join(work, "raw"),
+        fingerprint=f"{key}-raw",
+    )
+    if config.num_proc > 1:
+        # Tokenizer threads in forked workers deadlock or warn; the processes are the parallelism.
+        os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    tokenized = raw.map(
+        _TokenizeBatch(tokenizer, backend),
+        batched=True,
+        input_columns=["text"],
+        remove_columns=["text"],
+        features=datasets.Features({"source": datasets.Value("int32"), "line": datasets.Value("int64"),
+                                    "ids": datasets.List(datasets.Value("int32"))}),
+        num_proc=config.num_proc if config.num_proc > 1 else None,
+        new_fingerprint=f"{key}-tokenized",
+        desc="tokenizing",
+    )
+    packed_file = os.path.join(work, "packed.arrow")
+    num_rows = _pack(tokenized, config.seq_len, special, packed_file, report)
+    if num_rows == 0:
+        raise DataError(f"no usable document in --train_files {list(config.train_files)}: every document has "
+                        f"fewer than {MIN_DOC_TOKENS} tokens\n{report.summary()}")
+    if num_rows <= config.meta_sequences:
+        raise DataError(
+            f"the corpus packs into {num_rows} sequence(s) of --seq_len {config.seq_len}, but the meta-validation "
+            f"split needs {config.meta_sequences} (from --meta_batch_size) plus at least one for training: "
+            f"add data, or lower --meta_batch_size or --seq_len"
+        )
+    packed = datasets.Dataset.from_file(packed_file)
+    order = np.random.default_rng(config.seed).permutation(num_rows)
+    meta_rows = np.sort(order[: config.meta_sequences])
+    train_rows = np.sort(order[config.meta_sequences:])
+    report.train_sequences, report.meta_sequences = len(train_rows), len(meta_rows)
+    out = os.path.join(work, "dataset")
+    splits = {"train": packed.select(train_rows)}
+    if len(meta_rows):  # datasets cannot reload a saved split of zero rows
+        splits["meta"] = packed.select(meta_rows)
+    datasets.DatasetDict(splits).save_to_disk(out)
+    return out
+
+
+class _TokenizeBatch:
+    """Batch function for ``Dataset.map``: document texts -> token ids without special tokens."""
+
+    def __init__(self, tokenizer, backend):
+        self.tokenizer = tokenizer
+        self.backend = backend
+
+    def __call__(self, texts: List[str]) -> dict:
+        if self.backend is not None:
+            ids = [encoding.ids for encoding in self.backend.encode_batch(texts, add_special_tokens=False)]
+        else:
+            ids = self.tokenizer(texts, add_special_tokens=False, truncation=False)["input_ids"]
+        return {"ids": ids}
+
+
+def _plain_backend(tokenizer):
+    """A copy of the fast tokenizer's backend with truncation and padding off (a tokenizer.json may set
+    them, and a truncated document would silently lose text), or None for a slow tokenizer."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None:
+        return None
+    from tokenizers import Tokenizer
+
+    plain = Tokenizer.from_str(backend.to_str())
+    plain.no_truncation()
+    plain.no_padding()
+    return plain
+
+
+def _tokenizer_fingerprint(tokenizer, backend) -> str:
+    if backend is not None:
+        content = backend.to_str()
+    else:
+        content = type(tokenizer).__name__ + json.dumps(sorted(tokenizer.get_vocab().items()))
+    return hashlib.sha256(content.encode("utf-8")).hexdigest()
+
+
+def _path_fingerprint(path: str) -> list:
+    if os.path.isdir(path):
+        entries = []
+        for root, dirs, files in os.walk(path):
+            dirs.sort()
+            for name in sorted(files):
+                full = os.path.join(root, name)
+                stat = os.stat(full)
+                entries.append([os.path.relpath(full, path), stat.st_mtime_ns, stat.st_size])
+        return [path, entries]
+    stat = os.stat(path)
+    return [path, stat.st_mtime_ns, stat.st_size]
+
+
+def _cache_key(config: DataConfig, paths: List[str], missing: List[str], tokenizer_fingerprint: str,
+               special: Tuple[int, int, int]) -> str:
+    payload = {
+        "format": CACHE_FORMAT_VERSION,
+        "files": [_path_fingerprint(p) for p in paths],
+        "missing": missing,
+        "text_field": config.text_field,
+        "tokenizer": tokenizer_fingerprint,
+        "special": list(special),
+        "seq_len": config.seq_len,
+        "min_doc_tokens": MIN_DOC_TOKENS,
+        "meta_sequences": config.meta_sequences,
+        "seed": config.seed,
+        "max_examples": config.max_examples,
+    }
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode("utf-8")).hexdigest()[:24]
+
+
+def _pack(tokenized: datasets.Dataset, seq_len: int, special: Tuple[int, int, int], out_file: str,
+          report: CorpusReport) -> int:
+    """Concatenate the documents' ids and cut them into [CLS] chunk [SEP] rows (see module docstring);
+    stream the rows to an Arrow file. Returns the number of rows."""
+    pad_id, cls_id, sep_id = special
+    inner = seq_len - 2
+    schema = pa.schema([("input_ids", pa.list_(pa.int32(), seq_len)),
+                        ("attention_mask", pa.list_(pa.int8(), seq_len))])
+    carry = np.empty(0, dtype=np.int32)
+    num_rows = 0
+    with pa.OSFile(out_file, "wb") as sink, pa.ipc.new_stream(sink, schema) as writer:
+        def write(ids: np.ndarray, mask: np.ndarray) -> None:
+            writer.write_batch(pa.record_batch(
+                [pa.FixedSizeListArray.from_arrays(pa.array(ids.ravel()), seq_len),
+                 pa.FixedSizeListArray.from_arrays(pa.array(mask.ravel()), seq_len)], schema=schema))
+
+        for table in tokenized.with_format("arrow").iter(batch_size=4096):
+            ids_column = table.column("ids").combine_chunks()
+            lengths = pc.list_value_length(ids_column).to_numpy(zero_copy_only=False).astype(np.int64)
+            short = lengths < MIN_DOC_TOKENS
+            if short.any():
+                _report_short(table, np.flatnonzero(short), report)
+            flat = pc.list_flatten(ids_column).to_numpy(zero_copy_only=False).astype(np.int32, copy=False)
+            kept = flat[np.repeat(~short, lengths)]
+            report.tokens += int(kept.size)
+            tokens = np.concatenate([carry, kept])
+            full = tokens.size // inner
+            if full:
+                rows = np.empty((full, seq_len), dtype=np.int32)
+                rows[:, 0] = cls_id
+                rows[:, 1:-1] = tokens[: full * inner].reshape(full, inner)
+                rows[:, -1] = sep_id
+                write(rows, np.ones((full, seq_len), dtype=np.int8))
+                num_rows += full
+            carry = tokens[full * inner:]
+        if carry.size:
+            row = np.full((1, seq_len), pad_id, dtype=np.int32)
+            row[0, 0], row[0, 1: carry.size + 1], row[0, carry.size + 1] = cls_id, carry, sep_id
+            mask = np.zeros((1, seq_len), dtype=np.int8)
+            mask[0, : carry.size + 2] = 1
+            write(row, mask)
+            num_rows += 1
+    return num_rows
+
+
+def _report_short(table: pa.Table, rows: np.ndarray, report: CorpusReport) -> None:
+    report.documents -= int(rows.size)
+    sources = table.column("source").to_numpy()
+    lines = table.column("line").to_numpy()
+    room = max(report.max_examples - len(report.examples.get("too_short", [])), 0)
+    for i in rows[:room]:
+        report.skip("too_short", f"{report.sources[sources[i]]}:{lines[i]}")
+    if rows.size > room:
+        report.skip("too_short", None, count=int(rows.size) - room)
+
+
+# ------------------------------------------------------------------------------------------- batches
+
+def _to_batch(rows: dict) -> Dict[str, torch.Tensor]:
+    return {name: torch.from_numpy(np.asarray(rows[name], dtype=np.int64))
+            for name in ("input_ids", "attention_mask")}
+
+
+class ShardedBatches:
+    """Infinite, seeded, resumable micro-batches of one rank's shard.
+
+    Epoch ``e`` shuffles all rows with ``seed`` and ``e``; global step ``k`` takes permuted rows
+    ``[k*G, (k+1)*G)`` with ``G = batch_size * world_size``, and rank ``r`` gets the ``r``-th block of
+    ``batch_size`` of them. Ranks thus read disjoint rows, the rows past the last full global batch are
+    dropped (equal step counts on every rank), and the data order depends only on the global batch size.
+    """
+
+    def __init__(self, dataset: datasets.Dataset, batch_size: int, rank: int = 0, world_size: int = 1,
+                 seed: int = 0):
+        for name, value, minimum in (("batch_size", batch_size, 1), ("world_size", world_size, 1), ("rank", rank, 0)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+                raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
+        if rank >= world_size:
+            raise ValueError(f"rank {rank} is not < world_size {world_size}")
+        self.num_rows = len(dataset)
+        self.batch_size, self.rank, self.world_size, self.seed = batch_size, rank, world_size, seed
+        self.global_batch_size = batch_size * world_size
+        self.steps_per_epoch = self.num_rows // self.global_batch_size
+        if self.steps_per_epoch == 0:
+            raise DataError(
+                f"the training split has {self.num_rows} sequence(s), fewer than one global batch of "
+                f"{self.global_batch_size} (micro batch size {batch_size} x {world_size} rank(s)): add data or "
+                f"lower the micro batch size"
+            )
+        self._rows = dataset.with_format("numpy", columns=["input_ids", "attention_mask"])
+        self.epoch = 0
+        self.offset = 0  # batches already served in this epoch
+        self._order: Optional[np.ndarray] = None
+
+    def _epoch_order(self) -> np.ndarray:
+        if self._order is None:
+            self._order = np.random.default_rng([self.seed, self.epoch]).permutation(self.num_rows)
+        return self._order
+
+    def __iter__(self) -> "ShardedBatches":
+        return self
+
+    def __next__(self) -> Dict[str, torch.Tensor]:
+        if self.offset >= self.steps_per_epoch:
+            self.epoch, self.offset, self._order = self.epoch + 1, 0, None
+        start = self.offset * self.global_batch_size + self.rank * self.batch_size
+        indices = self._epoch_order()[start: start + self.batch_size]
+        self.offset += 1
+        return _to_batch(self._rows[indices.tolist()])
+
+    def state_dict(self) -> dict:
+        return {"epoch": self.epoch, "offset": self.offset, "seed": self.seed, "num_rows": self.num_rows,
+                "batch_size": self.batch_size, "world_size": self.world_size}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Continue where ``state`` left off. With another batch size or world size the position is
+        carried over in samples (exact when the global batch size is unchanged)."""
+        if state["num_rows"] != self.num_rows or state["seed"] != self.seed:
+            raise ValueError(
+                f"cannot resume the data order: the saved position is for {state['num_rows']} training sequences "
+                f"with seed {state['seed']}, this run has {self.num_rows} with seed {self.seed} "
+                f"(did --train_files, --seq_len or --seed change?)"
+            )
+        epoch, offset = int(state["epoch"]), int(state["offset"])
+        saved_global = int(state["batch_size"]) * int(state["world_size"])
+        if saved_global != self.global_batch_size:
+            consumed = offset * saved_global
+            offset = consumed // self.global_batch_size
+            if consumed % self.global_batch_size:
+                logger.warning("global batch size changed from %d to %d: resuming the data order at sample %d "
+                               "of epoch %d instead of %d", saved_global, self.global_batch_size,
+                               offset * self.global_batch_size, epoch, consumed)
+        self.epoch, self.offset, self._order = epoch, offset, None
+
+
+def eval_batches(dataset: datasets.Dataset, batch_size: int, rank: int = 0,
+                 world_size: int = 1) -> Iterator[Dict[str, torch.Tensor]]:
+    """One pass, in order, over rank ``rank``'s contiguous share of ``dataset`` (e.g. the meta split).
+    Every rank gets ``len(dataset) // world_size`` rows; the last batch may be smaller."""
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
+    if not 0 <= rank < world_size:
+        raise ValueError(f"rank {rank} is not in [0, world_size={world_size})")
+    per_rank = len(dataset) // world_size
+    if per_rank == 0:
+        raise DataError(f"{len(dataset)} meta-validation sequence(s) cannot be shared by {world_size} rank(s): "
+                        f"raise --meta_batch_size")
+    rows = dataset.with_format("numpy", columns=["input_ids", "attention_mask"])
+    for start in range(rank * per_rank, (rank + 1) * per_rank, batch_size):
+        stop = min(start + batch_size, (rank + 1) * per_rank)
+        yield _to_batch(rows[start:stop])

@@ -1,0 +1,18 @@
+"""Uniform: every objective with probability 1/N at every step."""
+from __future__ import annotations
+
+import torch
+
+from .base import Sampler
+from .registry import register_sampler
+
+
+@register_sampler("uniform")
+class UniformSampler(Sampler):
+    def __init__(self, num_objectives: int, seed: int = 0, interval: int = 100):
+        super().__init__(num_objectives, seed, interval)
+        self._probs = torch.full((self.num_objectives,), 1.0 / self.num_objectives, dtype=torch.float64)
+
+    @property
+    def probs(self) -> torch.Tensor:
+        return self._probs.clone()

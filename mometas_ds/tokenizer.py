@@ -1,0 +1,125 @@
+"""BERT WordPiece tokenizers: train one on a corpus, load a local one, read its special-token ids.
+
+A trained tokenizer is a ``transformers`` BertTokenizer backed by HF ``tokenizers``
+(lowercasing BertNormalizer, BertPreTokenizer, WordPiece with ``##`` continuations),
+with ``[PAD]=0, [UNK]=1, [CLS]=2, [SEP]=3, [MASK]=4``. It is saved with
+``save_pretrained`` so ``AutoTokenizer.from_pretrained(out_dir)`` loads it.
+"""
+from __future__ import annotations
+
+import os
+from typing import Iterable, Iterator
+
+from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+from transformers import AutoTokenizer, BertTokenizerFast, PreTrainedTokenizerBase, PreTrainedTokenizerFast
+
+SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
+# Files save_pretrained may write; a directory holding none of them is not a tokenizer.
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "spiece.model", "sentencepiece.bpe.model")
+
+
+def train_wordpiece_tokenizer(
+    texts: Iterable[str],
+    vocab_size: int,
+    out_dir: str,
+    *,
+    min_frequency: int = 2,
+    lowercase: bool = True,
+    model_max_length: int = 512,
+) -> PreTrainedTokenizerFast:
+    """Train a BERT WordPiece tokenizer on ``texts``, save it to ``out_dir`` and return it.
+
+    The vocabulary holds at most ``vocab_size`` entries, unless the corpus has more
+    distinct characters than that (WordPiece always keeps every character).
+    """
+    if isinstance(vocab_size, bool) or not isinstance(vocab_size, int) or vocab_size < len(SPECIAL_TOKENS) + 5:
+        raise ValueError(f"--train_tokenizer: vocab_size must be an int >= {len(SPECIAL_TOKENS) + 5}, got {vocab_size!r}")
+    if isinstance(texts, str):
+        raise ValueError("texts must be an iterable of documents, not a single string")
+
+    counted = _CountingIterator(texts)
+    tokenizer = Tokenizer(models.WordPiece(unk_token="[UNK]", max_input_chars_per_word=100))
+    tokenizer.normalizer = normalizers.BertNormalizer(lowercase=lowercase)
+    tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tokenizer.decoder = decoders.WordPiece(prefix="##")
+    trainer = trainers.WordPieceTrainer(
+        vocab_size=vocab_size, min_frequency=min_frequency, special_tokens=list(SPECIAL_TOKENS),
+        continuing_subword_prefix="##", show_progress=False,
+    )
+    tokenizer.train_from_iterator(counted, trainer=trainer)
+    if counted.count == 0:
+        raise ValueError("cannot train a tokenizer: the corpus yielded no text (check --train_files and --text_field)")
+
+    cls_id, sep_id = tokenizer.token_to_id("[CLS]"), tokenizer.token_to_id("[SEP]")
+    tokenizer.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]",
+        pair="[CLS] $A [SEP] $B:1 [SEP]:1",
+        special_tokens=[("[CLS]", cls_id), ("[SEP]", sep_id)],
+    )
+    wrapped = BertTokenizerFast(
+        tokenizer_object=tokenizer, unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]",
+        sep_token="[SEP]", mask_token="[MASK]", do_lower_case=lowercase, model_max_length=model_max_length,
+    )
+    os.makedirs(out_dir, exist_ok=True)
+    wrapped.save_pretrained(out_dir)
+    return wrapped
+
+
+def load_tokenizer(path: str) -> PreTrainedTokenizerBase:
+    """Load a tokenizer from a local directory written by ``save_pretrained`` (no hub access)."""
+    if not isinstance(path, (str, os.PathLike)) or not str(path):
+        raise ValueError(f"--tokenizer: expected a local tokenizer directory, got {path!r}")
+    path = str(path)
+    if not os.path.exists(path):
+        raise ValueError(f"--tokenizer: directory {path!r} does not exist")
+    if not os.path.isdir(path):
+        raise ValueError(f"--tokenizer: {path!r} is a file; pass the directory save_pretrained wrote")
+    if not any(os.path.isfile(os.path.join(path, name)) for name in _TOKENIZER_FILES):
+        raise ValueError(
+            f"--tokenizer: {path!r} is not a tokenizer directory (none of {', '.join(_TOKENIZER_FILES)} in it)"
+        )
+    try:
+        return AutoTokenizer.from_pretrained(path, local_files_only=True)
+    except Exception as err:  # transformers raises many types here; the user needs the path and the cause
+        raise ValueError(f"--tokenizer: could not load a tokenizer from {path!r}: {type(err).__name__}: {err}") from err
+
+
+def required_token_id(tokenizer: PreTrainedTokenizerBase, role: str) -> int:
+    """Id of the tokenizer's ``role`` token (pad, cls, sep, mask), or a ValueError naming the missing one."""
+    token_id = getattr(tokenizer, f"{role}_token_id", None)
+    if token_id is None:
+        where = getattr(tokenizer, "name_or_path", "") or type(tokenizer).__name__
+        raise ValueError(
+            f"tokenizer {where!r} has no {role} token ({role}_token_id is None); "
+            f"BERT pre-training needs [PAD], [CLS], [SEP] and [MASK]"
+        )
+    return int(token_id)
+
+
+def special_tokens_of(tokenizer: PreTrainedTokenizerBase):
+    """The ``SpecialTokens`` the objectives need, read from ``tokenizer``; ``vocab_size`` is ``len(tokenizer)``."""
+    from mometas_ds.objectives.base import SpecialTokens
+
+    return SpecialTokens(
+        pad_id=required_token_id(tokenizer, "pad"),
+        cls_id=required_token_id(tokenizer, "cls"),
+        sep_id=required_token_id(tokenizer, "sep"),
+        mask_id=required_token_id(tokenizer, "mask"),
+        vocab_size=len(tokenizer),
+    )
+
+
+class _CountingIterator:
+    """Wraps an iterable of texts, counting what it yields (to detect an empty corpus)."""
+
+    def __init__(self, texts: Iterable[str]):
+        self._texts: Iterator[str] = iter(texts)
+        self.count = 0
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> str:
+        text = next(self._texts)
+        self.count += 1
+        return text
