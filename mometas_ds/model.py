@@ -93,10 +93,17 @@ class MultiObjectiveBert(nn.Module):
         return self.heads[self.objectives[objective].head_name](hidden, batch)
 
     def save_hf(self, out_dir: str, tokenizer=None, state_dict: Optional[dict] = None) -> None:
-        """The encoder in HF format: ``transformers.AutoModel.from_pretrained(out_dir)`` loads it."""
-        if state_dict is not None:
-            prefix = "bert."
-            state_dict = {k[len(prefix):]: v for k, v in state_dict.items() if k.startswith(prefix)}
-        self.bert.save_pretrained(out_dir, state_dict=state_dict, safe_serialization=True)
+        """The encoder in HF format: ``transformers.AutoModel.from_pretrained(out_dir)`` loads it.
+
+        ``state_dict`` (e.g. consolidated from a ZeRO checkpoint) overrides the module's own weights.
+        """
+        full = state_dict if state_dict is not None else self.state_dict()
+        encoder = {k[len("bert."):]: v.detach().float().contiguous() for k, v in full.items() if k.startswith("bert.")}
+        # BERT's pooler is dense + tanh on [CLS], the cse head's layout: export it so that every
+        # weight AutoModel expects is a trained one (without cse the pooler is left out).
+        if "heads.cse.dense.weight" in full:
+            encoder["pooler.dense.weight"] = full["heads.cse.dense.weight"].detach().float().contiguous()
+            encoder["pooler.dense.bias"] = full["heads.cse.dense.bias"].detach().float().contiguous()
+        self.bert.save_pretrained(out_dir, state_dict=encoder, safe_serialization=True)
         if tokenizer is not None:
             tokenizer.save_pretrained(out_dir)
