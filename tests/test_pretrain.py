@@ -1,0 +1,185 @@
+"""Real pre-training runs on the CPU: 1 rank and 2 ranks (ZeRO-2, ZeRO-3), exact resume, outputs, bad config."""
+import glob
+import json
+import os
+import struct
+
+import pytest
+
+from tests.pretrain_helpers import (
+    CPU_CONFIG, REPO_ROOT, make_corpus_and_tokenizer, pretrain_args, read_jsonl, read_trace, run_pretrain,
+)
+
+OBJECTIVES = ["mlm", "gmlm", "atd", "dtd", "cse"]
+
+
+@pytest.fixture(scope="module")
+def assets(tmp_path_factory):
+    root = str(tmp_path_factory.mktemp("pretrain_assets"))
+    corpus, tokenizer_dir = make_corpus_and_tokenizer(root)
+    return {"root": root, "corpus": corpus, "tokenizer": tokenizer_dir, "cache": os.path.join(root, "cache")}
+
+
+def _ok(result):
+    assert result.returncode == 0, f"exit {result.returncode}\nSTDOUT:\n{result.stdout[-3000:]}\nSTDERR:\n{result.stderr[-6000:]}"
+
+
+def test_every_ds_config_is_accepted_by_deepspeed():
+    from deepspeed.runtime.config import DeepSpeedConfig
+
+    from mometas_ds.config import PretrainConfig, validate_config
+
+    paths = sorted(glob.glob(os.path.join(REPO_ROOT, "ds_configs", "*.json")))
+    names = {os.path.basename(p) for p in paths}
+    assert {"bert_base_zero2.json", "bert_large_zero2.json", "bert_large_zero3_offload.json", "cpu_demo.json"} <= names
+    for path in paths:
+        parsed = DeepSpeedConfig(path)
+        assert parsed.train_micro_batch_size_per_gpu >= 1
+        cfg = PretrainConfig(deepspeed_config=path, train_files=["x.jsonl"], model_config="tiny", train_tokenizer=100)
+        assert validate_config(cfg)["zero_optimization"]["stage"] == parsed.zero_optimization_stage
+
+
+def test_single_rank_run_outputs_and_exact_resume(assets, tmp_path):
+    full_dir, part_dir = str(tmp_path / "full"), str(tmp_path / "part")
+    # A corpus with bad lines: they are skipped and counted, the run goes on.
+    corpus = str(tmp_path / "with_bad_lines.jsonl")
+    with open(assets["corpus"], encoding="utf-8") as src, open(corpus, "w", encoding="utf-8") as dst:
+        lines = src.readlines()
+        dst.writelines(lines[:100])
+        dst.write("{not json\n")
+        dst.write('{"title": "no text field"}\n')
+        dst.writelines(lines[100:])
+    steps = 30
+    _ok(run_pretrain(pretrain_args(corpus, assets["tokenizer"], full_dir, assets["cache"], max_steps=steps)))
+    first = run_pretrain(pretrain_args(corpus, assets["tokenizer"], part_dir, assets["cache"], max_steps=steps,
+                                       extra=["--steps_this_run", "13"]))
+    _ok(first)
+    assert "malformed_json" in first.stderr + first.stdout and "with_bad_lines.jsonl:101" in first.stderr + first.stdout
+    assert not os.path.exists(os.path.join(part_dir, "hf_model")), "a partial run must not export"
+    second = run_pretrain(pretrain_args(corpus, assets["tokenizer"], part_dir, assets["cache"], max_steps=steps,
+                                        extra=["--resume"]))
+    _ok(second)
+    assert "reusing tokenized cache" in second.stderr + second.stdout
+    assert "resumed from" in second.stderr + second.stdout
+
+    full = read_jsonl(os.path.join(full_dir, "metrics.jsonl"))
+    part = read_jsonl(os.path.join(part_dir, "metrics.jsonl"))
+    assert [m["step"] for m in full] == list(range(1, steps + 1))
+    assert [m["step"] for m in part] == list(range(1, steps + 1))
+    # After the restart the drawn objectives and the logged losses equal the uninterrupted run's.
+    assert [m["objective"] for m in part] == [m["objective"] for m in full]
+    assert [m["loss"] for m in part] == [m["loss"] for m in full]
+    assert read_trace(part_dir, 0) == read_trace(full_dir, 0)
+    assert set(read_trace(full_dir, 0)) == set(OBJECTIVES), "every objective is drawn"
+    for m in full:
+        assert set(m) >= {"step", "objective", "loss", "lr", "grad_norm", "samples_per_s", "tokens_per_s"}
+        assert m["samples_per_s"] > 0 and m["tokens_per_s"] > 0
+
+    updates_full = read_jsonl(os.path.join(full_dir, "sampler.jsonl"))
+    updates_part = read_jsonl(os.path.join(part_dir, "sampler.jsonl"))
+    assert [u["step"] for u in updates_full] == list(range(0, steps + 1, 5))
+    assert updates_full[0]["reward"] is None and all(u["reward"] is not None for u in updates_full[1:])
+    assert [u["probs"] for u in updates_part] == [u["probs"] for u in updates_full]
+    assert updates_full[-1]["probs"] != updates_full[0]["probs"], "the policy moved"
+    assert set(updates_full[0]["val_losses"]) == set(OBJECTIVES)
+
+    # The exported encoder loads with plain transformers, weights equal to the checkpoint's.
+    import torch
+    from transformers import AutoModel, AutoTokenizer
+
+    model = AutoModel.from_pretrained(os.path.join(full_dir, "hf_model"))
+    tokenizer = AutoTokenizer.from_pretrained(os.path.join(full_dir, "hf_model"))
+    enc = tokenizer(["the river flows north"], return_tensors="pt")
+    with torch.no_grad():
+        hidden = model(**enc).last_hidden_state
+    assert hidden.shape[-1] == model.config.hidden_size and torch.isfinite(hidden).all()
+    part_model = AutoModel.from_pretrained(os.path.join(part_dir, "hf_model"))
+    for (name, a), (_, b) in zip(model.state_dict().items(), part_model.state_dict().items()):
+        assert torch.equal(a, b), name
+
+    # mometas-plot renders the real run.
+    from mometas_ds.plot import plot_run
+
+    figures = plot_run(full_dir)
+    assert {os.path.basename(p) for p in figures} == {"sampling_probs.png", "meta_val_loss.png", "reward.png", "train_loss.png"}
+    for path in figures:
+        with open(path, "rb") as f:
+            head = f.read(24)
+        assert head[:8] == b"\x89PNG\r\n\x1a\n"
+        assert struct.unpack(">II", head[16:24]) == (800, 450)
+
+
+@pytest.mark.parametrize("stage", [2, 3])
+def test_two_ranks_draw_the_same_objectives(assets, tmp_path, stage):
+    with open(CPU_CONFIG) as f:
+        ds_config = json.load(f)
+    ds_config["zero_optimization"] = {"stage": stage}
+    if stage == 3:
+        ds_config["bf16"] = {"enabled": True}
+    config_path = str(tmp_path / f"zero{stage}.json")
+    with open(config_path, "w") as f:
+        json.dump(ds_config, f)
+    out = str(tmp_path / "run")
+    result = run_pretrain(pretrain_args(assets["corpus"], assets["tokenizer"], out, assets["cache"], max_steps=24,
+                                        config=config_path), ranks=2)
+    _ok(result)
+    rank0, rank1 = read_trace(out, 0), read_trace(out, 1)
+    assert len(rank0) == 24 and rank0 == rank1
+    assert set(rank0) == set(OBJECTIVES)
+    assert os.path.isfile(os.path.join(out, "checkpoints", "step24", "COMPLETE"))
+    assert os.path.isfile(os.path.join(out, "hf_model", "config.json"))
+    updates = read_jsonl(os.path.join(out, "sampler.jsonl"))
+    assert len(updates) == 1 + 24 // 5 and all(abs(sum(u["probs"].values()) - 1) < 1e-9 for u in updates)
+
+
+@pytest.mark.parametrize("flags, field", [
+    (["--objectives", "mlm,nope"], "--objectives"),
+    (["--meta_interval", "0"], "--meta_interval"),
+    (["--sampler", "nope"], "--sampler"),
+    (["--model_config", "huge"], "--model_config"),
+])
+def test_bad_flags_stop_before_any_work(assets, tmp_path, flags, field, capsys):
+    from mometas_ds.pretrain import main
+
+    out = str(tmp_path / "never")
+    args = pretrain_args(assets["corpus"], assets["tokenizer"], out, assets["cache"])
+    for i in range(0, len(flags), 2):
+        if flags[i] in args:
+            args[args.index(flags[i]) + 1] = flags[i + 1]
+        else:
+            args += flags[i:i + 2]
+    assert main(args) == 2
+    assert field in capsys.readouterr().err
+    assert not os.path.exists(out), "nothing is written before the flags are checked"
+
+
+def test_missing_tokenizer_and_bad_batch_config(assets, tmp_path, capsys):
+    from mometas_ds.pretrain import main
+
+    out = str(tmp_path / "never")
+    args = pretrain_args(assets["corpus"], assets["tokenizer"], out, assets["cache"])
+    no_tok = args[:args.index("--tokenizer")] + args[args.index("--tokenizer") + 2:]
+    assert main(no_tok) == 2
+    assert "--tokenizer" in capsys.readouterr().err
+
+    with open(CPU_CONFIG) as f:
+        ds_config = json.load(f)
+    ds_config["train_batch_size"] = 7  # != micro 8 x accumulation 1 x 1 rank
+    bad = str(tmp_path / "bad.json")
+    with open(bad, "w") as f:
+        json.dump(ds_config, f)
+    result = run_pretrain(pretrain_args(assets["corpus"], assets["tokenizer"], out, assets["cache"], config=bad))
+    assert result.returncode == 2
+    assert "train_batch_size" in result.stderr and "bad.json" in result.stderr
+    assert not os.path.exists(os.path.join(out, "checkpoints"))
+
+
+def test_corpus_without_usable_documents_stops_at_start(assets, tmp_path):
+    corpus = str(tmp_path / "bad.jsonl")
+    with open(corpus, "w") as f:
+        f.write("{broken\n" + json.dumps({"text": "x"}) + "\n" + json.dumps({"other": "y"}) + "\n")
+    out = str(tmp_path / "run")
+    result = run_pretrain(pretrain_args(corpus, assets["tokenizer"], out, str(tmp_path / "cache")))
+    assert result.returncode == 2
+    assert "bad.jsonl" in result.stderr and "no usable" in result.stderr.lower()
+    assert not os.path.exists(os.path.join(out, "metrics.jsonl"))
