@@ -27,6 +27,7 @@ class PretrainConfig:
     train_tokenizer: Optional[int] = None
     seq_len: int = 128
     objectives: List[str] = field(default_factory=lambda: list(DEFAULT_OBJECTIVES))
+    user_modules: List[str] = field(default_factory=list)
     sampler: str = "mometas"
     sampler_args: dict = field(default_factory=dict)
     meta_interval: int = 100
@@ -77,6 +78,8 @@ def build_arg_parser() -> argparse.ArgumentParser:
     p.add_argument("--seq_len", type=int, default=d.seq_len, help="tokens per packed sequence, cls and sep included")
     p.add_argument("--objectives", type=_csv, default=list(d.objectives),
                    help="comma-separated objective names (default: mlm,gmlm,atd,dtd,cse)")
+    p.add_argument("--user_modules", nargs="+", default=[], metavar="FILE_OR_MODULE",
+                   help="Python files or modules to import first: they register your own objectives or samplers")
     p.add_argument("--sampler", default=d.sampler, help="objective sampler: mometas (default), uniform, round_robin, fixed, temperature, exp3")
     p.add_argument("--sampler_args", type=json.loads, default={},
                    help='extra sampler keyword arguments as JSON, e.g. \'{"weights": [2,1,1,1,1]}\' or \'{"prob_floor": 0.05}\'')
@@ -109,6 +112,31 @@ def parse_args(argv=None) -> PretrainConfig:
     return PretrainConfig(**values)
 
 
+def import_user_module(spec: str):
+    """Import a ``.py`` file (by path) or a module (dotted name) once; its registrations take effect."""
+    import importlib
+    import importlib.util
+    import sys
+
+    if spec.endswith(".py"):
+        path = os.path.abspath(spec)
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"no such file: {spec}")
+        name = "mometas_user_" + os.path.splitext(os.path.basename(path))[0]
+        if name in sys.modules:
+            return sys.modules[name]
+        module_spec = importlib.util.spec_from_file_location(name, path)
+        module = importlib.util.module_from_spec(module_spec)
+        sys.modules[name] = module
+        try:
+            module_spec.loader.exec_module(module)
+        except BaseException:
+            del sys.modules[name]
+            raise
+        return module
+    return importlib.import_module(spec)
+
+
 def validate_config(cfg: PretrainConfig) -> dict:
     """Check every flag that can be checked without doing work; return the parsed DeepSpeed config."""
     from .objectives import available_objectives
@@ -116,6 +144,12 @@ def validate_config(cfg: PretrainConfig) -> dict:
 
     def fail(flag, message):
         raise ConfigError(f"--{flag}: {message}")
+
+    for module in cfg.user_modules:
+        try:
+            import_user_module(module)
+        except Exception as exc:  # a user's file: report whatever it raised, naming it
+            fail("user_modules", f"could not import {module}: {type(exc).__name__}: {exc}")
 
     if not cfg.deepspeed_config or not os.path.isfile(cfg.deepspeed_config):
         fail("deepspeed_config", f"file not found: {cfg.deepspeed_config}")

@@ -51,3 +51,33 @@ def test_shuffle_head_trains_on_a_tiny_bert(example):
     losses = example.train(steps=30, seed=0)
     assert all(torch.isfinite(torch.tensor(losses)))
     assert sum(losses[-5:]) / 5 < 0.5 * losses[0], losses
+
+
+def test_user_objective_through_pre_training(tmp_path):
+    """`--user_modules FILE --objectives ...,shuffle`: the user's file is imported and its objective trained."""
+    from tests.pretrain_helpers import make_corpus_and_tokenizer, pretrain_args, read_jsonl, read_trace, run_pretrain
+
+    corpus, tokenizer = make_corpus_and_tokenizer(str(tmp_path), num_docs=150, vocab_size=300)
+    out = str(tmp_path / "run")
+    args = pretrain_args(corpus, tokenizer, out, str(tmp_path / "cache"), max_steps=12,
+                         extra=["--user_modules", str(EXAMPLE), "--objectives", "mlm,shuffle",
+                                "--sampler", "round_robin"])
+    result = run_pretrain(args)
+    assert result.returncode == 0, result.stderr[-4000:]
+    assert read_trace(out, 0) == ["mlm", "shuffle"] * 6
+    shuffle_losses = [m["loss"] for m in read_jsonl(f"{out}/metrics.jsonl") if m["objective"] == "shuffle"]
+    assert len(shuffle_losses) == 6 and all(0 < loss < 5 for loss in shuffle_losses)
+
+
+def test_unknown_objective_without_its_module_names_the_flag(tmp_path, capsys):
+    from mometas_ds.pretrain import main
+
+    args = ["--deepspeed_config", "ds_configs/cpu_demo.json", "--train_files", "x.jsonl", "--model_config", "tiny",
+            "--train_tokenizer", "100", "--output_dir", str(tmp_path / "o"), "--objectives", "mlm,not_registered_anywhere"]
+    assert main(args) == 2
+    assert "--objectives" in capsys.readouterr().err
+    bad = tmp_path / "broken.py"
+    bad.write_text("raise RuntimeError('boom')\n")
+    assert main(args + ["--user_modules", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert "--user_modules" in err and "broken.py" in err and "boom" in err
