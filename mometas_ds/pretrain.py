@@ -1,23 +1,36 @@
-"""Entry point: ``deepspeed --module mometas_ds.pretrain --deepspeed_config ds_configs/X.json ...``,
+"""Entry point (absolute imports, so the file also runs as a script path, as DeepSpeed's slurm launcher needs): ``deepspeed --module mometas_ds.pretrain --deepspeed_config ds_configs/X.json ...``,
 ``mometas-pretrain ...``, or ``python -m mometas_ds.pretrain ...`` in a single process."""
 from __future__ import annotations
 
 import sys
 
-from .config import ConfigError, parse_args
+from mometas_ds.config import ConfigError, parse_args
 
 
 def main(argv=None) -> int:
     cfg = parse_args(argv)
+    from .checkpoint import CheckpointError
     from .data import DataError
-    from .trainer import Trainer
+    from .trainer import NonFiniteLossError, Trainer
 
     try:
         trainer = Trainer(cfg)
     except (ConfigError, DataError) as exc:
         print(f"mometas-pretrain: error: {exc}", file=sys.stderr)
         return 2
-    trainer.train()
+    try:
+        trainer.train()
+    except (CheckpointError, NonFiniteLossError) as exc:  # every rank stops here together
+        print(f"mometas-pretrain: error: rank {trainer.rank}: {exc}", file=sys.stderr)
+        return 1
+    except Exception:
+        if trainer.world_size > 1:
+            # On the CPU (gloo) a dead peer fails the next collective at once, a hung one after the timeout.
+            print(f"mometas-pretrain: error: rank {trainer.rank} stopped at step {trainer.step} by the error below; "
+                  f"if another rank died or hangs, this is how the run ends (a collective waits at most "
+                  f"--dist_timeout_minutes {trainer.cfg.dist_timeout_minutes}). Restart with --resume to continue "
+                  f"from the last complete checkpoint.", file=sys.stderr)
+        raise
     return 0
 
 

@@ -1,0 +1,124 @@
+#!/bin/bash
+# Continual pre-training of BERT-large with mometas_ds on SLURM: N nodes x G GPUs, one task per GPU.
+#
+#   mkdir -p logs          # sbatch does not create the --output directory; a missing one loses the log
+#   TRAIN_FILES="data/*.jsonl" MODEL=/models/bert-large-uncased sbatch slurm/pretrain_large.sh [pretrain flags]
+#
+# Submit from the repository root (relative paths below resolve against the submit directory).
+# sbatch command-line options override the #SBATCH lines, e.g. `sbatch --nodes=2 --time=12:00:00 ...`.
+# Arguments after the script name go to `python -m mometas_ds.pretrain` after the ones built here,
+# so they win (argparse keeps the last value), e.g. `sbatch slurm/pretrain_large.sh --meta_interval 50`.
+#
+# Environment variables (sbatch passes the submitting shell's environment to the job):
+#   TRAIN_FILES       required: corpus files or globs, space-separated (.jsonl[.gz], .txt, .parquet, save_to_disk dirs)
+#   MODEL             a local HF BERT checkpoint dir (continual pre-training, --model_name_or_path) or a preset /
+#                     BertConfig JSON (--model_config: tiny|mini|base|large|file.json)          [large]
+#   TOKENIZER         local HF tokenizer dir (default: the MODEL checkpoint's own tokenizer)
+#   TRAIN_TOKENIZER   train a WordPiece tokenizer of this vocabulary size instead (from-scratch presets)
+#   DS_CONFIG         DeepSpeed JSON config                              [ds_configs/bert_large_zero2.json]
+#   OUTPUT_DIR        metrics, traces, checkpoints, hf_model; keep it fixed across requeues   [runs/$SLURM_JOB_NAME]
+#   SEQ_LEN           tokens per packed sequence                         [512]
+#   MAX_STEPS         optimizer steps of the whole schedule              [50000]
+#   SAVE_STEPS        checkpoint interval in optimizer steps             [1000]
+#   RESUME            --resume value: `auto` = latest checkpoint in OUTPUT_DIR/checkpoints; empty = start afresh [auto]
+#   DIST_TIMEOUT_MINUTES  collective timeout before a hung/dead rank ends the job   [30]
+#   EXTRA_ARGS        more pretrain flags, split on whitespace (use the "$@" pass-through for values with spaces)
+#   PYTHON            the interpreter that has mometas_ds installed      [python]
+#   MASTER_PORT       rendezvous port on the first node                  [20000 + SLURM_JOB_ID % 10000]
+#   OMP_NUM_THREADS   threads per task                                   [--cpus-per-task]
+#   REQUEUE_ON_TIMEOUT     1 = requeue the job after the pre-timeout save (needs --requeue)   [1]
+#   REQUEUE_WITHIN_SECONDS the run counts as stopped by the time limit when it ends with this little time left;
+#                          keep it above the --signal time plus 60 s (Slurm may signal up to 60 s early)  [900]
+#   DRY_RUN           1 = print the srun command and exit (checks the settings without running)
+#
+# Signals and requeue: `--signal=USR1@600` (no `B:` prefix) makes Slurm send USR1 to every task of the job's
+# steps -- the srun-started pretrain ranks, not this batch shell -- 600 s (up to 660 s) before the time limit.
+# Each rank finishes its optimizer step, all save one checkpoint together and exit 0. If that happened
+# near the limit this script runs `scontrol requeue`; the requeued job (same id, same environment, same
+# OUTPUT_DIR) resumes from the checkpoint. `scancel --signal=USR1 JOBID` stops a run the same way without
+# a requeue (plenty of time left); `sbatch` the script again to resume. SIGTERM (time limit, scancel) also
+# saves, if the save fits in KillWait.
+#
+#SBATCH --job-name=pretrain_large
+#SBATCH --nodes=4
+#SBATCH --ntasks-per-node=8
+#SBATCH --gpus-per-node=8
+#SBATCH --cpus-per-task=8
+#SBATCH --time=48:00:00
+#SBATCH --signal=USR1@600
+#SBATCH --requeue
+#SBATCH --open-mode=append
+#SBATCH --output=logs/%x-%j.out
+
+set -uo pipefail
+
+: "${TRAIN_FILES:?set TRAIN_FILES to the corpus files or globs (space-separated)}"
+MODEL=${MODEL:-large}
+DS_CONFIG=${DS_CONFIG:-ds_configs/bert_large_zero2.json}
+OUTPUT_DIR=${OUTPUT_DIR:-runs/${SLURM_JOB_NAME:-pretrain_large}}
+SEQ_LEN=${SEQ_LEN:-512}
+MAX_STEPS=${MAX_STEPS:-50000}
+SAVE_STEPS=${SAVE_STEPS:-1000}
+RESUME=${RESUME-auto}
+DIST_TIMEOUT_MINUTES=${DIST_TIMEOUT_MINUTES:-30}
+PYTHON=${PYTHON:-python}
+REQUEUE_ON_TIMEOUT=${REQUEUE_ON_TIMEOUT:-1}
+REQUEUE_WITHIN_SECONDS=${REQUEUE_WITHIN_SECONDS:-900}
+
+export MASTER_ADDR=${MASTER_ADDR:-$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n1)}
+if [ -z "$MASTER_ADDR" ]; then
+    echo "cannot resolve the first node of SLURM_JOB_NODELIST='${SLURM_JOB_NODELIST:-}'; set MASTER_ADDR" >&2
+    exit 1
+fi
+export MASTER_PORT=${MASTER_PORT:-$((20000 + ${SLURM_JOB_ID:-0} % 10000))}
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-${SLURM_CPUS_PER_TASK:-1}}
+
+args=(--deepspeed_config "$DS_CONFIG" --output_dir "$OUTPUT_DIR" --seq_len "$SEQ_LEN"
+      --max_steps "$MAX_STEPS" --save_steps "$SAVE_STEPS" --dist_timeout_minutes "$DIST_TIMEOUT_MINUTES")
+read -r -a train_files <<< "$TRAIN_FILES"  # `read` splits without expanding globs: pretrain expands them
+args+=(--train_files "${train_files[@]}")
+if [ -d "$MODEL" ]; then args+=(--model_name_or_path "$MODEL"); else args+=(--model_config "$MODEL"); fi
+if [ -n "${TOKENIZER:-}" ]; then args+=(--tokenizer "$TOKENIZER"); fi
+if [ -n "${TRAIN_TOKENIZER:-}" ]; then args+=(--train_tokenizer "$TRAIN_TOKENIZER"); fi
+if [ -n "$RESUME" ]; then args+=(--resume "$RESUME"); fi
+read -r -a extra_args <<< "${EXTRA_ARGS:-}"
+
+# One task per GPU; srun takes the task layout from the allocation. --kill-on-bad-exit ends the
+# other ranks when one fails instead of leaving them blocked in a collective until the timeout.
+cmd=(srun --kill-on-bad-exit=1 "$PYTHON" -u -m mometas_ds.pretrain "${args[@]}" "${extra_args[@]}" "$@")
+
+echo "job ${SLURM_JOB_ID:-?} restart ${SLURM_RESTART_COUNT:-0}: ${SLURM_JOB_NUM_NODES:-?} node(s) [${SLURM_JOB_NODELIST:-?}]," \
+     "${SLURM_NTASKS:-?} task(s), master ${MASTER_ADDR}:${MASTER_PORT}, OMP_NUM_THREADS=${OMP_NUM_THREADS}"
+echo "running: ${cmd[*]}"
+if [ "${DRY_RUN:-0}" = 1 ]; then exit 0; fi
+
+started=$(mktemp)  # hf_model/ newer than this = the schedule finished in this run
+"${cmd[@]}"
+rc=$?
+
+# Seconds before the time limit, from squeue's %L ([D-]HH:MM:SS, MM:SS, or UNLIMITED/NOT_SET).
+seconds_left() {
+    local left days=0 h=0 m=0 s=0
+    left=$(squeue -h -j "$SLURM_JOB_ID" -o %L 2>/dev/null)
+    if [[ ! $left =~ ^([0-9]+-)?([0-9]+:)?([0-9]+:)?[0-9]+$ ]]; then echo 999999999; return; fi
+    if [[ $left == *-* ]]; then days=${left%%-*}; left=${left#*-}; fi
+    IFS=: read -r -a parts <<< "$left"
+    case ${#parts[@]} in
+        3) h=${parts[0]}; m=${parts[1]}; s=${parts[2]} ;;
+        2) m=${parts[0]}; s=${parts[1]} ;;
+        1) s=${parts[0]} ;;
+    esac
+    echo $(( ((10#$days * 24 + 10#$h) * 60 + 10#$m) * 60 + 10#$s ))
+}
+
+finished=0
+if [ "$OUTPUT_DIR/hf_model/config.json" -nt "$started" ]; then finished=1; fi
+rm -f "$started"
+if [ "$rc" -eq 0 ] && [ "$finished" = 0 ] && [ "$REQUEUE_ON_TIMEOUT" = 1 ] && [ -n "${SLURM_JOB_ID:-}" ]; then
+    left=$(seconds_left)
+    if [ "$left" -le "$REQUEUE_WITHIN_SECONDS" ]; then
+        echo "stopped with ${left}s left before the time limit: requeueing job $SLURM_JOB_ID to resume from the checkpoint"
+        scontrol requeue "$SLURM_JOB_ID"
+    fi
+fi
+exit "$rc"
