@@ -1,0 +1,107 @@
+"""Cross-entropy on logits that already exist, with the gradient computed in the forward pass.
+
+Shared by both backends (``backend`` is the module ``cross_entropy_triton`` or
+``cross_entropy_torch``): rows are processed in chunks sized by ``CHUNK_BUDGET_BYTES``, each
+chunk's d(loss)/d(logits) is written during the forward pass, and backward scales it.
+"""
+from __future__ import annotations
+
+from types import ModuleType
+from typing import Optional, Tuple
+
+import torch
+
+# Working memory of one chunk of rows: its logits plus whatever fp32 copy the backend needs
+# (Triton: none; torch: one fp32 copy, except when it computes an fp32 gradient in place).
+# 64 MiB keeps the fused vocabulary head at a few chunks for a BERT batch (~1230 masked rows x
+# 30522 classes: 2 chunks in bf16 with Triton, 3 in fp32), so each GEMM stays large, while the
+# head never holds the whole [rows x vocab] logits. Set this module attribute to trade memory
+# for fewer, larger chunks (benchmarks/bench_kernels.py --chunk-budget-mib measures the trade).
+CHUNK_BUDGET_BYTES = 64 * 2**20
+
+REDUCTIONS = ("mean", "sum")
+
+
+def rows_per_chunk(n_rows: int, n_classes: int, bytes_per_logit: int) -> int:
+    """Rows per chunk so a chunk's working bytes stay under CHUNK_BUDGET_BYTES, balanced over chunks."""
+    max_rows = max(1, CHUNK_BUDGET_BYTES // max(1, n_classes * bytes_per_logit))
+    n_chunks = max(1, -(-n_rows // max_rows))
+    return max(1, -(-n_rows // n_chunks))
+
+
+def count_valid_targets(target: torch.Tensor, n_classes: int, ignore_index: int) -> int:
+    """Number of targets that are not ``ignore_index``; ValueError if any of those is not a class id.
+
+    One device sync: the count scales the gradient that the forward pass writes.
+    """
+    valid = target != ignore_index
+    out_of_range = valid & ((target < 0) | (target >= n_classes))
+    n_valid, n_bad = torch.stack([valid.sum(), out_of_range.sum()]).tolist()
+    if n_bad:
+        example = target[out_of_range][0].item()
+        raise ValueError(
+            f"target holds {n_bad} value(s) outside [0, {n_classes}) that are not ignore_index={ignore_index} "
+            f"(e.g. {example})"
+        )
+    return n_valid
+
+
+def reduce_loss(loss_sum: torch.Tensor, n_valid: int, reduction: str) -> torch.Tensor:
+    """'sum' as is; 'mean' over non-ignored rows, 0 when every row is ignored."""
+    if reduction == "mean":
+        return loss_sum / max(n_valid, 1)
+    return loss_sum
+
+
+def grad_scale(n_valid: int, reduction: str) -> float:
+    return 1.0 / max(n_valid, 1) if reduction == "mean" else 1.0
+
+
+def cross_entropy_chunked(
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    ignore_index: int,
+    reduction: str,
+    backend: ModuleType,
+    write_grad: bool,
+) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+    """Loss of ``logits`` [rows, classes] and, if ``write_grad``, d(loss)/d(logits) in the logits' dtype."""
+    n_rows, n_classes = logits.shape
+    n_valid = count_valid_targets(target, n_classes, ignore_index)
+    scale = grad_scale(n_valid, reduction)
+    dlogits = torch.empty_like(logits) if write_grad else None
+    extra = backend.extra_bytes_per_logit(logits.dtype, write_grad)
+    step = max(1, n_rows) if extra == 0 else rows_per_chunk(n_rows, n_classes, extra)
+    loss_sum = torch.zeros((), dtype=torch.float32, device=logits.device)
+    for start in range(0, n_rows, step):
+        rows = slice(start, start + step)
+        chunk_grad = dlogits[rows] if write_grad else None
+        loss_sum += backend.cross_entropy_rows(logits[rows], target[rows], ignore_index, chunk_grad, scale).sum()
+    return reduce_loss(loss_sum, n_valid, reduction), dlogits
+
+
+def take_saved(ctx, name: str):
+    """Hand out a gradient saved in forward exactly once (backward scales it in place)."""
+    saved = getattr(ctx, name)
+    if saved is None:
+        raise RuntimeError(
+            "mometas_ds.kernels: backward through this loss ran twice; its gradient is computed in forward "
+            "and consumed by the first backward (retain_graph is not supported)"
+        )
+    setattr(ctx, name, None)
+    return saved
+
+
+class CrossEntropyFunction(torch.autograd.Function):
+    """Autograd wrapper: forward writes d(loss)/d(logits); backward multiplies it by grad_output."""
+
+    @staticmethod
+    def forward(ctx, logits, target, ignore_index, reduction, backend):
+        loss, dlogits = cross_entropy_chunked(logits, target, ignore_index, reduction, backend, write_grad=True)
+        ctx.dlogits = dlogits
+        return loss
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        dlogits = take_saved(ctx, "dlogits")
+        return dlogits.mul_(grad_output), None, None, None, None

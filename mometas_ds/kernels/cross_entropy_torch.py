@@ -1,0 +1,55 @@
+"""Cross-entropy over rows of logits in plain PyTorch: the same contract as the Triton kernel.
+
+Computes in fp32 and, when asked, writes d(loss)/d(logits) during the forward pass, in place
+where the dtypes allow, so it never holds more than one fp32 copy of the rows it is given.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+
+def extra_bytes_per_logit(dtype: torch.dtype, write_grad: bool) -> int:
+    """Working bytes per logit beyond the logits (and dlogits) themselves: one fp32 copy, unless
+    the fp32 gradient buffer can serve as the working copy."""
+    return 0 if (write_grad and dtype == torch.float32) else 4
+
+
+def cross_entropy_rows(
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    ignore_index: int,
+    dlogits: Optional[torch.Tensor] = None,
+    grad_scale: float = 1.0,
+) -> torch.Tensor:
+    """Per-row loss (fp32; 0 on ignored rows) of ``logits`` [rows, classes] against ``target`` [rows].
+
+    If ``dlogits`` is given (same shape and dtype as ``logits``; may be ``logits`` itself), it
+    receives ``grad_scale * (softmax - onehot)``, zero on ignored rows.
+    Targets must already be valid class ids or ``ignore_index``.
+    """
+    valid = target != ignore_index
+    safe_target = torch.where(valid, target, 0)  # ignored rows read class 0; masked out below
+    # Read the target logits before any in-place work overwrites them.
+    target_logit = logits.gather(1, safe_target.unsqueeze(1)).squeeze(1).float()
+
+    if dlogits is not None and dlogits.dtype == torch.float32:
+        work = dlogits
+        if work is not logits:
+            work.copy_(logits)
+    else:
+        work = logits.to(torch.float32, copy=True)
+    row_max = work.amax(dim=1, keepdim=True)
+    work.sub_(row_max).exp_()
+    sum_exp = work.sum(dim=1, keepdim=True)
+    loss = torch.where(valid, (row_max + sum_exp.log()).squeeze(1) - target_logit, 0.0)
+    if dlogits is None:
+        return loss
+
+    work.div_(sum_exp)  # softmax
+    work.scatter_add_(1, safe_target.unsqueeze(1), torch.full_like(loss, -1.0).unsqueeze(1))
+    work.mul_(valid.unsqueeze(1) * grad_scale)
+    if work is not dlogits:
+        dlogits.copy_(work)
+    return loss

@@ -1,0 +1,104 @@
+"""Fused linear + cross-entropy: the vocabulary projection in row chunks (the Liger-Kernel approach).
+
+For each chunk of rows: logits = hidden_chunk @ weight.T + bias, then the backend's
+cross-entropy turns those logits into d(loss)/d(logits) in place, and the chunk's share of
+the input, weight and bias gradients is computed at once. The [rows x vocab] logits never
+exist whole; at most one chunk of them (CHUNK_BUDGET_BYTES, see chunked_cross_entropy.py) is alive.
+
+Gradients are computed for grad_output = 1 during forward; backward only scales them. So the
+input, weight and bias gradients are alive from this forward to its backward (the weight's
+size once, e.g. 60 MiB for a bf16 BERT vocabulary), instead of the logits and the loss's
+saved softmax that plain autograd keeps over that span. Backward never reads the weight,
+which suits ZeRO-3 (the gathered weight may be released after forward).
+Precision: every GEMM accumulates in fp32; the CE math is fp32; the weight gradient is
+accumulated across chunks in the weight's dtype (one rounding per chunk, as Liger-Kernel
+does), since an fp32 accumulator would cost twice a bf16 weight's bytes, more than a chunk.
+"""
+from __future__ import annotations
+
+from types import ModuleType
+from typing import Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+
+from mometas_ds.kernels.chunked_cross_entropy import (
+    count_valid_targets,
+    grad_scale,
+    reduce_loss,
+    rows_per_chunk,
+    take_saved,
+)
+
+
+def linear_cross_entropy_chunked(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    bias: Optional[torch.Tensor],
+    target: torch.Tensor,
+    ignore_index: int,
+    reduction: str,
+    backend: ModuleType,
+    need_hidden_grad: bool = False,
+    need_weight_grad: bool = False,
+    need_bias_grad: bool = False,
+) -> Tuple[torch.Tensor, Optional[torch.Tensor], Optional[torch.Tensor], Optional[torch.Tensor]]:
+    """Loss of ``hidden`` [rows, H] projected by ``weight`` [V, H] (+ ``bias`` [V]) against ``target`` [rows].
+
+    Returns (loss, grad_hidden, grad_weight, grad_bias) for grad_output = 1; a gradient is None
+    unless asked for.
+    """
+    n_rows = hidden.shape[0]
+    vocab = weight.shape[0]
+    n_valid = count_valid_targets(target, vocab, ignore_index)
+    scale = grad_scale(n_valid, reduction)
+    write_grad = need_hidden_grad or need_weight_grad or need_bias_grad
+
+    bytes_per_logit = hidden.element_size() + backend.extra_bytes_per_logit(hidden.dtype, write_grad)
+    step = rows_per_chunk(n_rows, vocab, bytes_per_logit)
+    # Contiguous, whatever the inputs' strides: chunk rows of grad_hidden are written with mm(out=).
+    grad_hidden = torch.empty(hidden.shape, dtype=hidden.dtype, device=hidden.device) if need_hidden_grad else None
+    grad_weight = torch.zeros(weight.shape, dtype=weight.dtype, device=weight.device) if need_weight_grad else None
+    grad_bias = torch.zeros(vocab, dtype=torch.float32, device=hidden.device) if need_bias_grad else None
+    loss_sum = torch.zeros((), dtype=torch.float32, device=hidden.device)
+
+    # Autocast would change the chunk's dtype under us; the inputs' dtypes are the compute dtypes.
+    with torch.autocast(hidden.device.type, enabled=False):
+        for start in range(0, n_rows, step):
+            rows = slice(start, start + step)
+            hidden_chunk = hidden[rows]
+            logits = F.linear(hidden_chunk, weight, bias)
+            # With write_grad the logits buffer becomes d(loss)/d(logits) for these rows.
+            loss_rows = backend.cross_entropy_rows(
+                logits, target[rows], ignore_index, logits if write_grad else None, scale
+            )
+            loss_sum += loss_rows.sum()
+            if need_hidden_grad:
+                torch.mm(logits, weight, out=grad_hidden[rows])
+            if need_weight_grad:
+                grad_weight.addmm_(logits.t(), hidden_chunk)
+            if need_bias_grad:
+                grad_bias += logits.sum(dim=0, dtype=torch.float32)
+            del logits
+
+    if grad_bias is not None:
+        grad_bias = grad_bias.to(bias.dtype)
+    return reduce_loss(loss_sum, n_valid, reduction), grad_hidden, grad_weight, grad_bias
+
+
+class FusedLinearCrossEntropyFunction(torch.autograd.Function):
+    """Autograd wrapper: forward computes the loss and every needed gradient; backward scales them."""
+
+    @staticmethod
+    def forward(ctx, hidden, weight, bias, target, ignore_index, reduction, backend):
+        need_hidden, need_weight, need_bias = ctx.needs_input_grad[:3]
+        loss, *grads = linear_cross_entropy_chunked(
+            hidden, weight, bias, target, ignore_index, reduction, backend, need_hidden, need_weight, need_bias
+        )
+        ctx.grads = grads
+        return loss
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        grads = [None if g is None else g.mul_(grad_output) for g in take_saved(ctx, "grads")]
+        return (*grads, None, None, None, None)
