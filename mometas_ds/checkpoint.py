@@ -3,13 +3,17 @@
 DeepSpeed writes its ``latest`` file from rank 0 without waiting for the other ranks'
 shards. We save with ``save_latest=False``, wait for every rank, then rank 0 marks the
 tag complete and replaces our own ``latest`` atomically. A kill during a save leaves an
-unmarked tag directory that resume never picks.
+unmarked tag directory that resume never picks. A write that fails on any rank (disk
+full, permissions) fails the save on every rank with a CheckpointError naming the path;
+nothing is published and the previous complete tag stays the latest.
 """
 from __future__ import annotations
 
 import os
 import re
 from typing import Callable, Optional
+
+from . import faults
 
 COMPLETE_MARKER = "COMPLETE"
 LATEST_FILE = "latest_complete"
@@ -29,6 +33,10 @@ def _atomic_write(path: str, text: str) -> None:
     os.replace(tmp, path)
 
 
+class CheckpointError(RuntimeError):
+    """A checkpoint could not be written (disk full, permissions); the previous complete one is untouched."""
+
+
 def save(engine, root: str, step: int, client_state: dict, rank: int, barrier: Callable[[], None]) -> str:
     tag = tag_for(step)
     tag_dir = os.path.join(root, tag)
@@ -36,13 +44,68 @@ def save(engine, root: str, step: int, client_state: dict, rank: int, barrier: C
         # Re-saving the same step (a stop right after a periodic save): unpublish first.
         os.remove(os.path.join(tag_dir, COMPLETE_MARKER))
     barrier()
-    engine.save_checkpoint(root, tag=tag, client_state=client_state, save_latest=False)
-    barrier()
+    errors = _save_recording_errors(engine, root, tag, client_state)
+    _raise_if_any_rank_failed(errors, tag_dir, root)
     if rank == 0:
-        _atomic_write(os.path.join(tag_dir, COMPLETE_MARKER), str(step))
-        _atomic_write(os.path.join(root, LATEST_FILE), tag)
-    barrier()
+        faults.sleep_in_save(step)
+        try:
+            _atomic_write(os.path.join(tag_dir, COMPLETE_MARKER), str(step))
+            _atomic_write(os.path.join(root, LATEST_FILE), tag)
+        except OSError as exc:
+            errors.append(f"rank 0: publishing {tag_dir}: {exc}")
+    _raise_if_any_rank_failed(errors, tag_dir, root)
     return tag
+
+
+def _save_recording_errors(engine, root: str, tag: str, client_state: dict) -> list:
+    """engine.save_checkpoint, with this rank's failed writes returned instead of raised.
+
+    DeepSpeed's save runs collectives (barriers, tag check) between its writes; a rank that
+    raised out of it would leave the others waiting in one. So the file writes of its
+    checkpoint engine record their error and return, every rank finishes the save, and the
+    ranks then decide together.
+    """
+    import torch.distributed as dist
+
+    rank = dist.get_rank() if dist.is_initialized() else 0
+    errors = []
+    writer = engine.checkpoint_engine
+
+    def recording(write, what):
+        def wrapper(*args, **kwargs):
+            try:
+                return write(*args, **kwargs)
+            except Exception as exc:  # torch.save reports a full disk as RuntimeError
+                path = kwargs.get("path", args[-1] if args else "?")
+                errors.append(f"rank {rank}: {what} {path}: {type(exc).__name__}: {exc}")
+        return wrapper
+
+    writer.save = recording(writer.save, "writing")
+    writer.makedirs = recording(writer.makedirs, "creating")
+    try:
+        engine.save_checkpoint(root, tag=tag, client_state=client_state, save_latest=False)
+    except Exception as exc:  # a write outside the checkpoint engine (DeepSpeed copies a script)
+        errors.append(f"rank {rank}: saving {os.path.join(root, tag)}: {type(exc).__name__}: {exc}")
+    finally:
+        del writer.save, writer.makedirs  # back to the class's methods
+    return errors
+
+
+def _raise_if_any_rank_failed(errors: list, tag_dir: str, root: str) -> None:
+    import torch.distributed as dist
+
+    everyone = [errors]
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        everyone = [None] * dist.get_world_size()
+        dist.all_gather_object(everyone, errors)
+    failed = [line for rank_errors in everyone for line in rank_errors]
+    if failed:
+        previous = latest_complete_tag(root)
+        raise CheckpointError(
+            f"saving checkpoint {tag_dir} failed (disk full? permissions?):\n  " + "\n  ".join(failed)
+            + "\nthe checkpoint is not published; the last complete one, "
+            + (os.path.join(root, previous) if previous else "(none)") + ", is intact: free space and restart with --resume"
+        )
 
 
 def is_complete(root: str, tag: str) -> bool:

@@ -15,6 +15,10 @@ class ConfigError(ValueError):
     """A bad flag or config field; the message names it. Raised before any training work."""
 
 
+class DataError(ValueError):
+    """The corpus cannot feed a run (no usable document, too few sequences for the meta split)."""
+
+
 @dataclass
 class PretrainConfig:
     deepspeed_config: Optional[str] = None
@@ -101,7 +105,8 @@ def build_arg_parser() -> argparse.ArgumentParser:
     p.add_argument("--dist_timeout_minutes", type=float, default=d.dist_timeout_minutes,
                    help="collective timeout: a rank that died or hangs ends the run after this long")
     p.add_argument("--max_skipped_steps", type=int, default=d.max_skipped_steps,
-                   help="stop after this many consecutive steps skipped for a non-finite loss")
+                   help="stop with an error, keeping the last checkpoint, after this many skips without an applied "
+                   "update in between (micro-steps with a non-finite loss; bf16/fp32 updates with a non-finite gradient norm)")
     p.add_argument("--local_rank", "--local-rank", type=int, default=-1, help="set by the deepspeed launcher")
     return p
 

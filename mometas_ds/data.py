@@ -62,8 +62,7 @@ SKIP_REASONS = {
 }
 
 
-class DataError(ValueError):
-    """The corpus cannot feed a run (no usable document, too few sequences for the meta split)."""
+from .config import DataError  # noqa: E402  (defined without HF datasets, so the trainer imports it cheaply)
 
 
 # ----------------------------------------------------------------------------------------------- report

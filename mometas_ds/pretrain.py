@@ -9,19 +9,21 @@ from mometas_ds.config import ConfigError, parse_args
 
 def main(argv=None) -> int:
     cfg = parse_args(argv)
-    from .checkpoint import CheckpointError
-    from .data import DataError
-    from .trainer import NonFiniteLossError, Trainer
+    from mometas_ds.checkpoint import CheckpointError
+    from mometas_ds.data import DataError
+    from mometas_ds.trainer import NonFiniteLossError, Trainer
 
     try:
         trainer = Trainer(cfg)
     except (ConfigError, DataError) as exc:
         print(f"mometas-pretrain: error: {exc}", file=sys.stderr)
+        _destroy_process_group()
         return 2
     try:
         trainer.train()
     except (CheckpointError, NonFiniteLossError) as exc:  # every rank stops here together
         print(f"mometas-pretrain: error: rank {trainer.rank}: {exc}", file=sys.stderr)
+        _destroy_process_group()
         return 1
     except Exception:
         if trainer.world_size > 1:
@@ -31,7 +33,17 @@ def main(argv=None) -> int:
                   f"--dist_timeout_minutes {trainer.cfg.dist_timeout_minutes}). Restart with --resume to continue "
                   f"from the last complete checkpoint.", file=sys.stderr)
         raise
+    _destroy_process_group()
     return 0
+
+
+def _destroy_process_group() -> None:
+    # Gloo's threads outliving the interpreter abort the process at exit now and then
+    # (SIGABRT, "terminate called without an active exception"): destroy the group first.
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 if __name__ == "__main__":

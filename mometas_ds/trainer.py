@@ -13,6 +13,7 @@ import math
 import os
 import random
 import signal
+import socket
 import time
 from typing import Dict, List, Optional
 
@@ -21,8 +22,8 @@ import torch
 import torch.distributed as dist
 
 from . import checkpoint as ckpt
-from .config import ConfigError, PretrainConfig, check_world_size, validate_config
-from .data import DataError
+from . import faults
+from .config import ConfigError, DataError, PretrainConfig, check_world_size, validate_config
 from .model import MultiObjectiveBert, build_bert_config
 from .objectives import build_objective
 from .optim import Lamb, bert_param_groups
@@ -39,11 +40,16 @@ def _seed_for(*parts: int) -> int:
     return value & 0x7FFFFFFFFFFFFFFF
 
 
+class NonFiniteLossError(RuntimeError):
+    """--max_skipped_steps consecutive skips: the run stops without saving, keeping the last good checkpoint."""
+
+
 class Trainer:
     def __init__(self, cfg: PretrainConfig):
         self.cfg = cfg
         # Every check that needs no work runs first: a bad flag stops the run here.
         self.ds_config = validate_config(cfg)
+        _check_writable(cfg.output_dir)  # every rank, before any collective: a bad mount fails here
 
         from .launch import init_distributed
 
@@ -54,7 +60,8 @@ class Trainer:
         if self.rank == 0:
             logger.info("launcher: %s, %d rank(s)", self.launch.launcher, self.world_size)
 
-        self.stop_requested = False
+        self.stop_requested = False  # a signal reached this rank
+        self.stop_agreed = False     # some rank's request, as all ranks learned it in the same all-reduce
         self._install_signal_handlers()
         self._check_output_dir()
 
@@ -92,7 +99,8 @@ class Trainer:
         self.micro_step = 0      # micro-batches drawn (the sampler's clock)
         self.num_updates = 0     # sampler updates done
         self.skipped_steps = 0   # micro-steps skipped for a non-finite loss
-        self.consecutive_skips = 0
+        self.skipped_updates = 0  # optimizer updates DeepSpeed skipped for a non-finite gradient norm (not fp16)
+        self.consecutive_skips = 0  # both kinds since the last applied update
         if cfg.resume:
             self._resume(cfg.resume)
 
@@ -108,18 +116,13 @@ class Trainer:
 
     def _check_output_dir(self):
         cfg = self.cfg
-        if self.rank == 0:
-            try:
-                os.makedirs(os.path.join(cfg.output_dir, "checkpoints"), exist_ok=True)
-                probe = os.path.join(cfg.output_dir, ".write_test")
-                with open(probe, "w") as f:
-                    f.write("ok")
-                os.remove(probe)
-            except OSError as exc:
-                raise ConfigError(f"--output_dir: {cfg.output_dir} cannot be written ({exc})") from exc
+
+        def prepare():
+            _check_writable(cfg.output_dir, "checkpoints")
             with open(os.path.join(cfg.output_dir, "run_config.json"), "w") as f:
                 f.write(cfg.to_json())
-        self._barrier()
+
+        self._on_rank0_first(prepare)  # a failure stops every rank, not just rank 0
         os.makedirs(os.path.join(cfg.output_dir, "trace"), exist_ok=True)
 
     def _load_tokenizer(self):
@@ -198,6 +201,7 @@ class Trainer:
         if tag is None:
             if self.rank == 0:
                 logger.info("--resume: no complete checkpoint in %s, starting from step 0", ckpt_root)
+            self._rewind_logs()
             return
         load_path, client_state = self.engine.load_checkpoint(ckpt_root, tag=tag)
         if load_path is None or client_state is None:
@@ -207,14 +211,28 @@ class Trainer:
         self.micro_step = state["micro_step"]
         self.num_updates = state["num_updates"]
         self.skipped_steps = state.get("skipped_steps", 0)
+        self.skipped_updates = state.get("skipped_updates", 0)
         self.sampler.load_state_dict(state["sampler"])
         self.batches.load_state_dict(state["data"][self.rank] if isinstance(state["data"], list) else state["data"])
         rng = state["rng"][self.rank]
         random.setstate(rng["python"])
         np.random.set_state(rng["numpy"])
         torch.set_rng_state(rng["torch"])
+        self._rewind_logs()
         if self.rank == 0:
             logger.info("resumed from %s at step %d", os.path.join(ckpt_root, tag), self.step)
+
+    def _rewind_logs(self):
+        """Cut the run's logs back to the resumed state, so steps redone after a crash are logged once.
+
+        Every step writes one metrics line, every sampler update one sampler line, every micro-step
+        one trace line; a kill may also have left half a line.
+        """
+        out = self.cfg.output_dir
+        _keep_first_lines(os.path.join(out, "trace", f"rank{self.rank}.txt"), self.micro_step)
+        if self.rank == 0:
+            _keep_first_lines(os.path.join(out, "metrics.jsonl"), self.step)
+            _keep_first_lines(os.path.join(out, "sampler.jsonl"), self.num_updates)
 
     def _client_state(self) -> dict:
         # RNG and data positions differ per rank: gather them so every rank's can be restored.
@@ -229,7 +247,8 @@ class Trainer:
             per_rank = [mine]
         return {"mometas": {
             "step": self.step, "micro_step": self.micro_step, "num_updates": self.num_updates,
-            "skipped_steps": self.skipped_steps, "sampler": self.sampler.state_dict(),
+            "skipped_steps": self.skipped_steps, "skipped_updates": self.skipped_updates,
+            "sampler": self.sampler.state_dict(),
             "objectives": self.objective_names,
             "data": [r["data"] for r in per_rank], "rng": [r["rng"] for r in per_rank],
         }}
@@ -267,19 +286,23 @@ class Trainer:
             losses, names = [], []
             while True:  # micro-steps until DeepSpeed's accumulation boundary
                 name, loss = self._micro_step(trace_file)
+                if self.consecutive_skips >= cfg.max_skipped_steps:
+                    # Every rank counts the same skips (all-reduced decisions), so all stop here together.
+                    last = ckpt.latest_complete_tag(os.path.join(cfg.output_dir, "checkpoints"))
+                    raise NonFiniteLossError(
+                        f"stopping at step {self.step}: {self.consecutive_skips} consecutive skips for a non-finite "
+                        f"loss or gradient norm (--max_skipped_steps {cfg.max_skipped_steps}); no checkpoint is "
+                        f"written, the last good one is "
+                        f"{os.path.join(cfg.output_dir, 'checkpoints', last) if last else '(none)'}"
+                    )
                 if loss is None:
-                    if self.consecutive_skips >= cfg.max_skipped_steps:
-                        raise RuntimeError(
-                            f"stopping: {self.consecutive_skips} consecutive micro-steps had a non-finite loss "
-                            f"(--max_skipped_steps {cfg.max_skipped_steps}); last good checkpoint is kept in "
-                            f"{os.path.join(cfg.output_dir, 'checkpoints')}"
-                        )
                     continue
                 losses.append(loss)
                 names.append(name)
                 if self._boundary_done:
                     break
             self.step += 1
+            faults.hang_at_step(self.step)
             elapsed = time.perf_counter() - started
             if metrics_file is not None:
                 record = {
@@ -288,6 +311,7 @@ class Trainer:
                     "grad_norm": _as_float(self.engine.get_global_grad_norm()),
                     "samples_per_s": self.micro_batch * self.gas * self.world_size / elapsed,
                     "tokens_per_s": tokens_per_step / elapsed, "skipped_micro_steps": self.skipped_steps,
+                    "skipped_updates": self.skipped_updates,
                 }
                 metrics_file.write(json.dumps(record) + "\n")
                 metrics_file.flush()
@@ -332,18 +356,32 @@ class Trainer:
         trace_file.write(name + "\n")
         trace_file.flush()
         self.micro_step += 1
-        loss = self.engine(batch, name)["loss"]
+        loss = faults.nonfinite_loss(self.engine(batch, name)["loss"], self.micro_step - 1)
         if not self._all_finite(loss):
             self.skipped_steps += 1
             self.consecutive_skips += 1
-            logger.warning("rank %d: non-finite loss at micro-step %d (%s): skipped", self.rank, self.micro_step - 1, name)
+            logger.warning("rank %d: non-finite loss at micro-step %d (%s): skipped on every rank",
+                           self.rank, self.micro_step - 1, name)
             self._boundary_done = False
             return name, None
-        self.consecutive_skips = 0
-        self.engine.backward(loss)
+        self.engine.backward(faults.nonfinite_grad(loss, self.micro_step - 1))
         self._boundary_done = self.engine.is_gradient_accumulation_boundary()
         self.engine.step()
+        if self._boundary_done:
+            self._count_update()
         return name, float(loss.detach().float())
+
+    def _count_update(self):
+        """After an optimizer step: was the update applied? DeepSpeed's ZeRO optimizers skip an update
+        whose gradient norm is not finite, deciding by an all-reduce, so the global norm says it on
+        every rank. Under fp16 that is the loss scaler's normal search and is not counted."""
+        grad_norm = self.engine.get_global_grad_norm()
+        if grad_norm is None or math.isfinite(float(grad_norm)):
+            self.consecutive_skips = 0
+        elif not self.engine.fp16_enabled():
+            self.skipped_updates += 1
+            self.consecutive_skips += 1
+            logger.warning("rank %d: non-finite gradient norm at step %d: update skipped", self.rank, self.step + 1)
 
     def _corrupt(self, name: str, clean: Dict[str, torch.Tensor], generator) -> Dict[str, torch.Tensor]:
         input_ids = clean["input_ids"].to(self.device)
@@ -419,12 +457,13 @@ class Trainer:
         if self.world_size > 1:
             dist.all_reduce(flags, op=dist.ReduceOp.MAX)
         if flags[1] > 0:
-            self.stop_requested = True
+            self.stop_agreed = True
         return bool(flags[0] == 0)
 
     def _stop_agreed(self) -> bool:
-        # stop_requested was all-reduced with the last micro-step's loss check, so every rank agrees.
-        return self.stop_requested
+        # Only what the all-reduce said: a signal landing after the step's last all-reduce waits for
+        # the next step, else the ranks could disagree and deadlock in a half-joined save.
+        return self.stop_agreed
 
     def _on_rank0_first(self, work):
         """Run ``work`` on rank 0 while the others wait; if it fails, every rank raises its error
@@ -474,6 +513,33 @@ def _fit_schedule_to_max_steps(ds_config: dict, max_steps: int) -> None:
     if total and total != max_steps:
         params["warmup_num_steps"] = max(1, round(warmup / total * max_steps)) if warmup else 0
         params["total_num_steps"] = max_steps
+
+
+def _keep_first_lines(path: str, count: int) -> None:
+    """Truncate a text file after its first ``count`` complete lines (a half-written last line goes too)."""
+    if not os.path.isfile(path):
+        return
+    size = 0
+    with open(path, "rb") as f:
+        for _ in range(count):
+            line = f.readline()
+            if not line.endswith(b"\n"):
+                break
+            size += len(line)
+    os.truncate(path, size)
+
+
+def _check_writable(output_dir: str, sub: str = "") -> None:
+    """Create output_dir[/sub] and write a probe file in it, or stop with a ConfigError naming --output_dir."""
+    path = os.path.join(output_dir, sub) if sub else output_dir
+    probe = os.path.join(path, f".write_test.{socket.gethostname()}.{os.getpid()}")
+    try:
+        os.makedirs(path, exist_ok=True)
+        with open(probe, "w") as f:
+            f.write("ok")
+        os.remove(probe)
+    except OSError as exc:
+        raise ConfigError(f"--output_dir: {path} cannot be written ({exc})") from exc
 
 
 def _as_float(value) -> Optional[float]:
