@@ -65,60 +65,9 @@ PYTHON=${PYTHON:-python}
 REQUEUE_ON_TIMEOUT=${REQUEUE_ON_TIMEOUT:-1}
 REQUEUE_WITHIN_SECONDS=${REQUEUE_WITHIN_SECONDS:-600}
 
-export MASTER_ADDR=${MASTER_ADDR:-$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n1)}
-if [ -z "$MASTER_ADDR" ]; then
-    echo "cannot resolve the first node of SLURM_JOB_NODELIST='${SLURM_JOB_NODELIST:-}'; set MASTER_ADDR" >&2
-    exit 1
-fi
-export MASTER_PORT=${MASTER_PORT:-$((20000 + ${SLURM_JOB_ID:-0} % 10000))}
-export OMP_NUM_THREADS=${OMP_NUM_THREADS:-${SLURM_CPUS_PER_TASK:-1}}
-
-args=(--deepspeed_config "$DS_CONFIG" --output_dir "$OUTPUT_DIR" --seq_len "$SEQ_LEN"
-      --max_steps "$MAX_STEPS" --save_steps "$SAVE_STEPS" --dist_timeout_minutes "$DIST_TIMEOUT_MINUTES")
-read -r -a train_files <<< "$TRAIN_FILES"  # `read` splits without expanding globs: pretrain expands them
-args+=(--train_files "${train_files[@]}")
-if [ -d "$MODEL" ]; then args+=(--model_name_or_path "$MODEL"); else args+=(--model_config "$MODEL"); fi
-if [ -n "${TOKENIZER:-}" ]; then args+=(--tokenizer "$TOKENIZER"); fi
-if [ -n "${TRAIN_TOKENIZER:-}" ]; then args+=(--train_tokenizer "$TRAIN_TOKENIZER"); fi
-if [ -n "$RESUME" ]; then args+=(--resume "$RESUME"); fi
-read -r -a extra_args <<< "${EXTRA_ARGS:-}"
-
-# One task per GPU; srun takes the task layout from the allocation. --kill-on-bad-exit ends the
-# other ranks when one fails instead of leaving them blocked in a collective until the timeout.
-cmd=(srun --kill-on-bad-exit=1 "$PYTHON" -u -m mometas_ds.pretrain "${args[@]}" "${extra_args[@]}" "$@")
-
-echo "job ${SLURM_JOB_ID:-?} restart ${SLURM_RESTART_COUNT:-0}: ${SLURM_JOB_NUM_NODES:-?} node(s) [${SLURM_JOB_NODELIST:-?}]," \
-     "${SLURM_NTASKS:-?} task(s), master ${MASTER_ADDR}:${MASTER_PORT}, OMP_NUM_THREADS=${OMP_NUM_THREADS}"
-echo "running: ${cmd[*]}"
-if [ "${DRY_RUN:-0}" = 1 ]; then exit 0; fi
-
-started=$(mktemp)  # hf_model/ newer than this = the schedule finished in this run
-"${cmd[@]}"
-rc=$?
-
-# Seconds before the time limit, from squeue's %L ([D-]HH:MM:SS, MM:SS, or UNLIMITED/NOT_SET).
-seconds_left() {
-    local left days=0 h=0 m=0 s=0
-    left=$(squeue -h -j "$SLURM_JOB_ID" -o %L 2>/dev/null)
-    if [[ ! $left =~ ^([0-9]+-)?([0-9]+:)?([0-9]+:)?[0-9]+$ ]]; then echo 999999999; return; fi
-    if [[ $left == *-* ]]; then days=${left%%-*}; left=${left#*-}; fi
-    IFS=: read -r -a parts <<< "$left"
-    case ${#parts[@]} in
-        3) h=${parts[0]}; m=${parts[1]}; s=${parts[2]} ;;
-        2) m=${parts[0]}; s=${parts[1]} ;;
-        1) s=${parts[0]} ;;
-    esac
-    echo $(( ((10#$days * 24 + 10#$h) * 60 + 10#$m) * 60 + 10#$s ))
-}
-
-finished=0
-if [ "$OUTPUT_DIR/hf_model/config.json" -nt "$started" ]; then finished=1; fi
-rm -f "$started"
-if [ "$rc" -eq 0 ] && [ "$finished" = 0 ] && [ "$REQUEUE_ON_TIMEOUT" = 1 ] && [ -n "${SLURM_JOB_ID:-}" ]; then
-    left=$(seconds_left)
-    if [ "$left" -le "$REQUEUE_WITHIN_SECONDS" ]; then
-        echo "stopped with ${left}s left before the time limit: requeueing job $SLURM_JOB_ID to resume from the checkpoint"
-        scontrol requeue "$SLURM_JOB_ID"
-    fi
-fi
-exit "$rc"
+# sbatch runs a copy of this script from its spool directory: find the shared part in the submit
+# directory's slurm/ (submit from the repository root), else beside this file (run with bash).
+slurm_dir=${SLURM_SUBMIT_DIR:-}/slurm
+[ -f "$slurm_dir/launch_pretrain.sh" ] || slurm_dir=$(dirname "${BASH_SOURCE[0]}")
+# shellcheck source=slurm/launch_pretrain.sh
+source "$slurm_dir/launch_pretrain.sh" "$@"
