@@ -182,7 +182,7 @@ def parse_args(argv=None) -> BenchConfig:
 
 
 def validate(cfg: BenchConfig) -> None:
-    from .objectives import available_objectives
+    from .config import objective_names_problem
 
     def fail(flag, message):
         raise BenchError(f"--{flag}: {message}")
@@ -205,13 +205,9 @@ def validate(cfg: BenchConfig) -> None:
              "must hold whole update intervals, or its cost depends on where the block falls")
     if cfg.vocab_size < 200:
         fail("vocab_size", f"must be >= 200, got {cfg.vocab_size}")
-    if not cfg.objectives:
-        fail("objectives", "no objective given")
-    unknown = [name for name in cfg.objectives if name not in available_objectives()]
-    if unknown:
-        fail("objectives", f"unknown objective(s) {', '.join(unknown)}; available: {', '.join(available_objectives())}")
-    if len(set(cfg.objectives)) != len(cfg.objectives):
-        fail("objectives", f"duplicate names in {','.join(cfg.objectives)}")
+    problem = objective_names_problem(cfg.objectives)
+    if problem:
+        fail("objectives", problem)
     if cfg.single_objective not in cfg.objectives:
         fail("single_objective", f"{cfg.single_objective!r} is not one of --objectives {','.join(cfg.objectives)}")
     if cfg.deepspeed_config is not None and not os.path.isfile(cfg.deepspeed_config):

@@ -142,9 +142,22 @@ def import_user_module(spec: str):
     return importlib.import_module(spec)
 
 
+def objective_names_problem(names: List[str]) -> Optional[str]:
+    """What is wrong with a list of objective names (empty, unknown, repeated), or None."""
+    from .objectives import available_objectives
+
+    if not names:
+        return "no objective given"
+    unknown = [name for name in names if name not in available_objectives()]
+    if unknown:
+        return f"unknown objective(s) {', '.join(unknown)}; available: {', '.join(available_objectives())}"
+    if len(set(names)) != len(names):
+        return f"duplicate names in {','.join(names)}"
+    return None
+
+
 def validate_config(cfg: PretrainConfig) -> dict:
     """Check every flag that can be checked without doing work; return the parsed DeepSpeed config."""
-    from .objectives import available_objectives
     from .samplers import available_samplers
 
     def fail(flag, message):
@@ -185,13 +198,9 @@ def validate_config(cfg: PretrainConfig) -> dict:
         fail("train_tokenizer", f"vocabulary size must be >= 50, got {cfg.train_tokenizer}")
     if cfg.seq_len < 8:
         fail("seq_len", f"must be >= 8, got {cfg.seq_len}")
-    if not cfg.objectives:
-        fail("objectives", "no objective given")
-    unknown = [name for name in cfg.objectives if name not in available_objectives()]
-    if unknown:
-        fail("objectives", f"unknown objective(s) {', '.join(unknown)}; available: {', '.join(available_objectives())}")
-    if len(set(cfg.objectives)) != len(cfg.objectives):
-        fail("objectives", f"duplicate names in {','.join(cfg.objectives)}")
+    problem = objective_names_problem(cfg.objectives)
+    if problem:
+        fail("objectives", problem)
     if cfg.sampler not in available_samplers():
         fail("sampler", f"unknown sampler {cfg.sampler!r}; available: {', '.join(available_samplers())}")
     for flag in ("meta_interval", "meta_batch_size", "max_steps", "save_steps", "log_steps", "num_proc", "max_skipped_steps"):
