@@ -186,6 +186,8 @@ class Trainer:
             params = {k: v for k, v in opt_cfg.get("params", {}).items() if k in ("lr", "betas", "eps", "weight_decay", "max_coeff", "min_coeff", "bias_correction")}
             client_optimizer = Lamb(groups, **params)
             del ds_config["optimizer"]
+            # ZeRO accepts optimizers outside its tested list only when told to; ours is a plain torch.optim one.
+            ds_config["zero_allow_untested_optimizer"] = True
             if self.rank == 0:
                 logger.info("optimizer: torch LAMB (FusedLamb is not available on the CPU)")
         engine, _, _, _ = deepspeed.initialize(

@@ -1,6 +1,7 @@
 """Real pre-training runs on the CPU: 1 rank and 2 ranks (ZeRO-2, ZeRO-3), exact resume, outputs, bad config."""
 import glob
 import json
+import math
 import os
 import struct
 
@@ -116,6 +117,10 @@ def test_two_ranks_draw_the_same_objectives(assets, tmp_path, stage):
     ds_config["zero_optimization"] = {"stage": stage}
     if stage == 3:
         ds_config["bf16"] = {"enabled": True}
+    else:
+        # LAMB as the large-model configs ask (a torch LAMB on the CPU), and DeepSpeed's CSV monitor.
+        ds_config["optimizer"] = {"type": "Lamb", "params": {"lr": 2e-3, "weight_decay": 0.01}}
+        ds_config["csv_monitor"] = {"enabled": True, "output_path": str(tmp_path / "monitor"), "job_name": "run"}
     config_path = str(tmp_path / f"zero{stage}.json")
     with open(config_path, "w") as f:
         json.dump(ds_config, f)
@@ -130,6 +135,13 @@ def test_two_ranks_draw_the_same_objectives(assets, tmp_path, stage):
     assert os.path.isfile(os.path.join(out, "hf_model", "config.json"))
     updates = read_jsonl(os.path.join(out, "sampler.jsonl"))
     assert len(updates) == 1 + 24 // 5 and all(abs(sum(u["probs"].values()) - 1) < 1e-9 for u in updates)
+    losses = [m["loss"] for m in read_jsonl(os.path.join(out, "metrics.jsonl"))]
+    assert all(map(math.isfinite, losses))
+    if stage == 2:
+        assert "torch LAMB" in result.stderr + result.stdout
+        monitor_files = glob.glob(str(tmp_path / "monitor" / "**" / "*.csv"), recursive=True)
+        names = " ".join(os.path.basename(f) for f in monitor_files)
+        assert "loss" in names and "p_mlm" in names, monitor_files
 
 
 @pytest.mark.parametrize("flags, field", [
