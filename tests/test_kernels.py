@@ -189,6 +189,48 @@ def test_all_ignored_rows_give_zero_loss_and_zero_grads(reduction, backend, devi
 
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("backend", BACKENDS)
+def test_no_rows_give_zero_loss_and_zero_grads(backend, device):
+    """No chunk runs: the weight and bias gradients, otherwise written by the first chunk, are zeros."""
+    skip_unrunnable(backend, device)
+    _, w, b, _ = make_head_inputs(1, 31, 8, torch.float32, device)
+    h = torch.zeros(0, 8, device=device)
+    target = torch.zeros(0, dtype=torch.long, device=device)
+
+    loss, grads = loss_and_grads(fused_call(backend, "mean", target), (h, w, b))
+    assert loss.item() == 0.0
+    assert [tuple(g.shape) for g in grads] == [(0, 8), (31, 8), (31,)]
+    assert not grads[1].any() and not grads[2].any()
+
+    ce_loss, (ce_grad,) = loss_and_grads(lambda x: cross_entropy(x, target, backend=backend), (h @ w.t(),))
+    assert ce_loss.item() == 0.0 and ce_grad.shape == (0, 31)
+
+
+@pytest.mark.skipif(not HAS_CUDA, reason="host-device syncs exist only with a CUDA device")
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+def test_cuda_forward_and_backward_never_sync_the_host(reduction, backend):
+    """A sync would stall the CPU's launch queue and expose the launch latency of every later kernel."""
+    h, w, b, t = make_head_inputs(37, 31, 8, torch.float32, "cuda")
+    leaves = [x.requires_grad_(True) for x in (h, w, b)]
+    logits = (h @ w.t()).detach().requires_grad_(True)
+
+    def step():
+        fused_linear_cross_entropy(*leaves[:2], t, leaves[2], reduction=reduction, backend=backend).backward()
+        cross_entropy(logits, t, reduction=reduction, backend=backend).backward()
+
+    step()  # compiles the Triton kernel and sets up cuBLAS outside the check
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        step()
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    torch.cuda.synchronize()
+    assert all(torch.isfinite(x.grad).all() for x in (*leaves, logits))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_loss_without_autograd_matches_reference(backend, device):
     """The loss-only path (no gradient written) under no_grad and for inputs that need no grad."""
     skip_unrunnable(backend, device)

@@ -10,6 +10,11 @@ Backends (same algorithm, gradients computed chunk by chunk during the forward p
 Semantics: class dimension last (logits [..., C], target [...]); ``reduction`` 'mean'
 averages over non-ignored targets (0 when all are ignored, with zero gradients) or 'sum';
 the loss is fp32; gradients come back in the inputs' dtypes.
+
+No host-device sync on CUDA tensors: the count of non-ignored targets and the gradient scale
+stay 0-dim device tensors (the Triton kernel loads the scale). So a target that is neither
+ignore_index nor a class id raises ValueError on CPU tensors, but on CUDA tensors it trips a
+device-side assert (as in F.cross_entropy), reported at a later CUDA call as a RuntimeError.
 """
 from __future__ import annotations
 

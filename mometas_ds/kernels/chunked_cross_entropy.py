@@ -29,32 +29,43 @@ def rows_per_chunk(n_rows: int, n_classes: int, bytes_per_logit: int) -> int:
     return max(1, -(-n_rows // n_chunks))
 
 
-def count_valid_targets(target: torch.Tensor, n_classes: int, ignore_index: int) -> int:
-    """Number of targets that are not ``ignore_index``; ValueError if any of those is not a class id.
+def count_valid_targets(target: torch.Tensor, n_classes: int, ignore_index: int) -> torch.Tensor:
+    """Number of targets that are not ``ignore_index``, as a 0-dim int64 tensor on target's device.
 
-    One device sync: the count scales the gradient that the forward pass writes.
+    Targets that are neither ignore_index nor a class id in [0, n_classes): ValueError on CPU
+    (and any device but CUDA). On CUDA the check is a device-side assert (torch._assert_async,
+    as F.cross_entropy does for a bad target), so the call never waits on the GPU: a host sync
+    here would stall the launch queue of every kernel after it. A failed assert surfaces at a
+    later CUDA call as a RuntimeError and leaves the CUDA context unusable.
     """
     valid = target != ignore_index
     out_of_range = valid & ((target < 0) | (target >= n_classes))
-    n_valid, n_bad = torch.stack([valid.sum(), out_of_range.sum()]).tolist()
-    if n_bad:
-        example = target[out_of_range][0].item()
-        raise ValueError(
-            f"target holds {n_bad} value(s) outside [0, {n_classes}) that are not ignore_index={ignore_index} "
-            f"(e.g. {example})"
+    if target.device.type == "cuda":
+        torch._assert_async(
+            ~out_of_range.any(), f"target holds value(s) outside [0, {n_classes}) that are not ignore_index={ignore_index}"
         )
-    return n_valid
+    elif out_of_range.any():
+        bad = target[out_of_range]
+        raise ValueError(
+            f"target holds {bad.numel()} value(s) outside [0, {n_classes}) that are not ignore_index={ignore_index} "
+            f"(e.g. {bad[0].item()})"
+        )
+    return valid.sum()
 
 
-def reduce_loss(loss_sum: torch.Tensor, n_valid: int, reduction: str) -> torch.Tensor:
-    """'sum' as is; 'mean' over non-ignored rows, 0 when every row is ignored."""
+def reduce_loss(loss_sum: torch.Tensor, n_valid: torch.Tensor, reduction: str) -> torch.Tensor:
+    """'sum' as is; 'mean' over non-ignored rows, 0 when every row is ignored. No host sync."""
     if reduction == "mean":
-        return loss_sum / max(n_valid, 1)
+        return loss_sum / n_valid.clamp(min=1)
     return loss_sum
 
 
-def grad_scale(n_valid: int, reduction: str) -> float:
-    return 1.0 / max(n_valid, 1) if reduction == "mean" else 1.0
+def grad_scale(n_valid: torch.Tensor, reduction: str) -> torch.Tensor:
+    """d(loss)/d(loss_sum) as a 0-dim fp32 tensor on n_valid's device (never a Python float, which
+    would need a host sync): 1 / max(n_valid, 1) for 'mean', 1 for 'sum'."""
+    if reduction == "mean":
+        return n_valid.clamp(min=1).to(torch.float32).reciprocal()
+    return torch.ones((), dtype=torch.float32, device=n_valid.device)
 
 
 def cross_entropy_chunked(

@@ -5,7 +5,7 @@ where the dtypes allow, so it never holds more than one fp32 copy of the rows it
 """
 from __future__ import annotations
 
-from typing import Optional
+from typing import Optional, Union
 
 import torch
 
@@ -21,12 +21,13 @@ def cross_entropy_rows(
     target: torch.Tensor,
     ignore_index: int,
     dlogits: Optional[torch.Tensor] = None,
-    grad_scale: float = 1.0,
+    grad_scale: Union[float, torch.Tensor] = 1.0,
 ) -> torch.Tensor:
     """Per-row loss (fp32; 0 on ignored rows) of ``logits`` [rows, classes] against ``target`` [rows].
 
     If ``dlogits`` is given (same shape and dtype as ``logits``; may be ``logits`` itself), it
-    receives ``grad_scale * (softmax - onehot)``, zero on ignored rows.
+    receives ``grad_scale * (softmax - onehot)``, zero on ignored rows. ``grad_scale`` may be a
+    0-dim tensor on the logits' device (what the chunked callers pass, so nothing syncs).
     Targets must already be valid class ids or ``ignore_index``.
     """
     valid = target != ignore_index

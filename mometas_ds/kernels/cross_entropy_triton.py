@@ -17,7 +17,7 @@ functions, which compile identically and which the interpreter maps to numpy.
 """
 from __future__ import annotations
 
-from typing import Optional
+from typing import Optional, Union
 
 import torch
 import triton
@@ -47,7 +47,7 @@ def _cross_entropy_rows_kernel(
     loss_ptr,
     n_classes,
     ignore_index,
-    grad_scale,
+    grad_scale_ptr,
     BLOCK: tl.constexpr,
     WRITE_GRAD: tl.constexpr,
 ):
@@ -77,8 +77,10 @@ def _cross_entropy_rows_kernel(
     target_logit = tl.load(logits_ptr + target).to(tl.float32)
     tl.store(loss_ptr + row, lse - target_logit)
 
-    # Pass 2: the gradient, written over the logits when dlogits_ptr aliases them.
+    # Pass 2: the gradient, written over the logits when dlogits_ptr aliases them. The scale is
+    # read from device memory (1/n_valid for 'mean') so the host never waits for the count.
     if WRITE_GRAD:
+        grad_scale = tl.load(grad_scale_ptr)
         for start in range(0, n_classes, BLOCK):
             offsets = start + tl.arange(0, BLOCK)
             mask = offsets < n_classes
@@ -97,12 +99,14 @@ def cross_entropy_rows(
     target: torch.Tensor,
     ignore_index: int,
     dlogits: Optional[torch.Tensor] = None,
-    grad_scale: float = 1.0,
+    grad_scale: Union[float, torch.Tensor] = 1.0,
 ) -> torch.Tensor:
     """Per-row loss (fp32; 0 on ignored rows) of ``logits`` [rows, classes] against ``target`` [rows].
 
     If ``dlogits`` is given (same shape and dtype as ``logits``; may be ``logits`` itself), it
-    receives ``grad_scale * (softmax - onehot)``, zero on ignored rows.
+    receives ``grad_scale * (softmax - onehot)``, zero on ignored rows. ``grad_scale`` is best a
+    0-dim fp32 tensor on the logits' device (the kernel loads it; nothing syncs); a float is
+    copied into one.
     Targets must already be valid class ids or ``ignore_index``; rows must be unit-stride.
     """
     n_rows, n_classes = logits.shape
@@ -112,6 +116,10 @@ def cross_entropy_rows(
     target = target.contiguous()
     write_grad = dlogits is not None
     grad_out = dlogits if write_grad else logits  # unused pointer when not writing the gradient
+    if not isinstance(grad_scale, torch.Tensor):
+        grad_scale = torch.full((), float(grad_scale), dtype=torch.float32, device=logits.device)
+    elif grad_scale.dtype != torch.float32 or grad_scale.device != logits.device:
+        grad_scale = grad_scale.to(device=logits.device, dtype=torch.float32)
     block = min(MAX_BLOCK, triton.next_power_of_2(n_classes))
     num_warps = min(32, max(1, block // 256))
     _cross_entropy_rows_kernel[(n_rows,)](
@@ -123,7 +131,7 @@ def cross_entropy_rows(
         loss,
         n_classes,
         ignore_index,
-        float(grad_scale),
+        grad_scale,
         BLOCK=block,
         WRITE_GRAD=write_grad,
         num_warps=num_warps,

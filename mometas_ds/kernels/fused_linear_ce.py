@@ -56,10 +56,13 @@ def linear_cross_entropy_chunked(
 
     bytes_per_logit = hidden.element_size() + backend.extra_bytes_per_logit(hidden.dtype, write_grad)
     step = rows_per_chunk(n_rows, vocab, bytes_per_logit)
+    multi_chunk = step < n_rows
     # Contiguous, whatever the inputs' strides: chunk rows of grad_hidden are written with mm(out=).
     grad_hidden = torch.empty(hidden.shape, dtype=hidden.dtype, device=hidden.device) if need_hidden_grad else None
-    grad_weight = torch.zeros(weight.shape, dtype=weight.dtype, device=weight.device) if need_weight_grad else None
-    grad_bias = torch.zeros(vocab, dtype=torch.float32, device=hidden.device) if need_bias_grad else None
+    # The first chunk writes grad_weight / grad_bias outright (no zero fill, no read of zeros);
+    # later chunks accumulate. grad_bias sums in fp32 only when there are chunks to add up.
+    grad_weight = None
+    grad_bias = None
     loss_sum = torch.zeros((), dtype=torch.float32, device=hidden.device)
 
     # Autocast would change the chunk's dtype under us; the inputs' dtypes are the compute dtypes.
@@ -76,13 +79,21 @@ def linear_cross_entropy_chunked(
             if need_hidden_grad:
                 torch.mm(logits, weight, out=grad_hidden[rows])
             if need_weight_grad:
-                grad_weight.addmm_(logits.t(), hidden_chunk)
+                if grad_weight is None:
+                    grad_weight = torch.mm(logits.t(), hidden_chunk)
+                else:
+                    grad_weight.addmm_(logits.t(), hidden_chunk)
             if need_bias_grad:
-                grad_bias += logits.sum(dim=0, dtype=torch.float32)
+                if grad_bias is None:
+                    grad_bias = logits.sum(dim=0, dtype=torch.float32 if multi_chunk else bias.dtype)
+                else:
+                    grad_bias += logits.sum(dim=0, dtype=torch.float32)
             del logits
 
-    if grad_bias is not None:
-        grad_bias = grad_bias.to(bias.dtype)
+    if need_weight_grad and grad_weight is None:  # no rows
+        grad_weight = torch.zeros(weight.shape, dtype=weight.dtype, device=weight.device)
+    if need_bias_grad:
+        grad_bias = torch.zeros_like(bias) if grad_bias is None else grad_bias.to(bias.dtype)
     return reduce_loss(loss_sum, n_valid, reduction), grad_hidden, grad_weight, grad_bias
 
 
