@@ -366,12 +366,15 @@ class Trainer:
                            self.rank, self.micro_step - 1, name)
             self._boundary_done = False
             return name, None
+        # Read now: the finite check above already waited for the forward pass, whereas reading after
+        # step() would wait for backward and the optimizer too.
+        loss_value = float(loss.detach().float())
         self.engine.backward(faults.nonfinite_grad(loss, self.micro_step - 1))
         self._boundary_done = self.engine.is_gradient_accumulation_boundary()
         self.engine.step()
         if self._boundary_done:
             self._count_update()
-        return name, float(loss.detach().float())
+        return name, loss_value
 
     def _count_update(self):
         """After an optimizer step: was the update applied? DeepSpeed's ZeRO optimizers skip an update
@@ -430,7 +433,8 @@ class Trainer:
         draw_id = 0 if getattr(self.sampler, "fixed_meta_set", False) else self.num_updates
         lo, hi = shard_range(cfg.meta_batch_size, self.rank, self.world_size)
         n = len(self.objective_names)
-        loss_sums = torch.zeros(n, dtype=torch.float64)
+        # Summed on the device: one transfer per update instead of a host sync per chunk.
+        loss_sums = torch.zeros(n, dtype=torch.float64, device=self.device)
         counts = torch.zeros(n, dtype=torch.float64)
         self.engine.eval()
         try:
@@ -444,12 +448,12 @@ class Trainer:
                     chunk = meta[rows[start:start + self.micro_batch].tolist()]
                     clean = {key: torch.as_tensor(chunk[key], dtype=torch.long) for key in ("input_ids", "attention_mask")}
                     batch = self._corrupt(name, clean, generator)
-                    loss = self.engine(batch, name)["loss"].float()
-                    loss_sums[k] += float(loss) * len(clean["input_ids"])
+                    loss = self.engine(batch, name)["loss"]
+                    loss_sums[k] += loss.detach().double() * len(clean["input_ids"])
                     counts[k] += len(clean["input_ids"])
         finally:
             self.engine.train()
-        return loss_sums, counts
+        return loss_sums.cpu(), counts
 
     # ---------------------------------------------------------------- agreement between ranks
     def _all_finite(self, loss: torch.Tensor) -> bool:
