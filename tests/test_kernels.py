@@ -9,6 +9,8 @@ import copy
 import importlib
 import logging
 import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -227,6 +229,111 @@ def test_cuda_forward_and_backward_never_sync_the_host(reduction, backend):
         torch.cuda.set_sync_debug_mode("default")
     torch.cuda.synchronize()
     assert all(torch.isfinite(x.grad).all() for x in (*leaves, logits))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("grad_output", [1.0, 0.37, -2.0])
+def test_backward_scales_by_grad_output(grad_output, backend, device, monkeypatch):
+    """A loss weighted or divided by the accumulation steps: backward multiplies the saved gradients."""
+    skip_unrunnable(backend, device)
+    monkeypatch.setattr(ce_impl, "CHUNK_BUDGET_BYTES", 3 * 31 * 4)
+    h, w, b, t = make_head_inputs(11, 31, 8, torch.bfloat16, device)
+
+    def weighted(fn):
+        return lambda *xs: fn(*xs) * grad_output
+
+    _, grads = loss_and_grads(weighted(fused_call(backend, "mean", t)), (h, w, b))
+    _, ref_grads = loss_and_grads(weighted(reference_fused_call("mean", t)), (h, w, b))
+    for name, grad, ref_grad in zip(("hidden", "weight", "bias"), grads, ref_grads):
+        assert_close(grad, ref_grad, torch.bfloat16, f"grad of {name} at grad_output {grad_output}")
+
+    logits = (h.float() @ w.float().t()).to(torch.bfloat16)
+    _, (grad,) = loss_and_grads(lambda x: cross_entropy(x, t, backend=backend) * grad_output, (logits,))
+    _, (ref_grad,) = loss_and_grads(lambda x: reference_cross_entropy(x, t) * grad_output, (logits,))
+    assert_close(grad, ref_grad, torch.bfloat16, f"cross_entropy grad at grad_output {grad_output}")
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_triton_scale_kernel_matches_mul(dtype, device):
+    """Sizes around the kernel's block, a 1 that must leave values as they are, and a strided tensor.
+
+    Powers of two keep the products exact in bf16 whatever the rounding: the interpreter truncates
+    fp32 -> bf16 on store where a GPU rounds to nearest (other scales: the test above)."""
+    skip_unrunnable("triton", device)
+    triton_backend = importlib.import_module("mometas_ds.kernels.cross_entropy_triton")
+    g = torch.Generator().manual_seed(5)
+    block = triton_backend.SCALE_BLOCK
+    for scale in (1.0, 0.25, -2.0, float("nan")):
+        tensors = [torch.randn(n, generator=g).to(device, dtype) for n in (1, block - 1, block + 1, 2 * block)]
+        tensors.append(torch.randn(6, 10, generator=g).to(device, dtype)[:, ::3])  # not contiguous
+        tensors.append(torch.empty(0, device=device, dtype=dtype))
+        expected = [x * torch.tensor(scale) for x in tensors]
+        triton_backend.scale_grads_(tensors, torch.tensor(scale, device=device))
+        for x, e in zip(tensors, expected):
+            torch.testing.assert_close(x, e.to(dtype), atol=0, rtol=0, equal_nan=True)
+
+
+COMPILE_FOR_HOPPER = r"""
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+from mometas_ds.kernels import cross_entropy_triton as kernels
+
+target = GPUTarget("cuda", 90, 32)  # an H100 / H200
+for dtype in ("fp32", "bf16", "fp16"):
+    for write_grad in (True, False):
+        signature = dict(
+            logits_ptr=f"*{dtype}", logits_row_stride="i32", dlogits_ptr=f"*{dtype}", dlogits_row_stride="i32",
+            target_ptr="*i64", loss_ptr="*fp32", n_classes="i32", ignore_index="i32", grad_scale_ptr="*fp32",
+            BLOCK="constexpr", WRITE_GRAD="constexpr",
+        )
+        source = ASTSource(kernels._cross_entropy_rows_kernel, signature, {"BLOCK": 32768, "WRITE_GRAD": write_grad})
+        assert triton.compile(source, target=target, options={"num_warps": 32}).asm["cubin"]
+    signature = dict(x_ptr=f"*{dtype}", n_elements="i64", scale_ptr="*fp32", BLOCK="constexpr")
+    source = ASTSource(kernels._scale_unless_one_kernel, signature, {"BLOCK": kernels.SCALE_BLOCK})
+    assert triton.compile(source, target=target).asm["cubin"]
+print("compiled")
+"""
+
+
+def test_triton_kernels_compile_for_a_gpu():
+    """The interpreter runs Python, so it accepts code the Triton compiler rejects: compile both
+    kernels to sm_90 machine code (Triton ships ptxas; no GPU is needed), in a fresh process
+    because this module's kernels were defined for the interpreter."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    done = subprocess.run([sys.executable, "-c", COMPILE_FOR_HOPPER], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0 and "compiled" in done.stdout, done.stderr[-3000:]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_fused_forward_launches_the_projection_first(backend):
+    """No small op before the first GEMM: after the caller's sync the device would idle through them."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    skip_unrunnable(backend, "cpu")
+
+    class RecordOps(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.ops = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if not func.is_view:
+                self.ops.append(func.overloadpacket.__name__)
+            return func(*args, **(kwargs or {}))
+
+    h, w, b, t = make_head_inputs(9, 31, 8, torch.float32, "cpu")
+    for bias in (b, None):
+        leaves = [x.requires_grad_(True) for x in (h.clone(), w.clone())]
+        with RecordOps() as recorder:
+            loss = fused_linear_cross_entropy(*leaves, t, bias, backend=backend)
+        assert recorder.ops[0] in ("addmm", "mm"), recorder.ops[:5]
+        assert "ne" in recorder.ops[1:]  # the target bookkeeping ran, after the projection
+        loss.backward()
+        assert_close(leaves[0].grad, loss_and_grads(reference_fused_call("mean", t), (h, w, bias))[1][0],
+                     torch.float32, "grad of hidden")
 
 
 @pytest.mark.parametrize("device", DEVICES)

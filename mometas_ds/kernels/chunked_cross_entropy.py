@@ -110,9 +110,11 @@ class CrossEntropyFunction(torch.autograd.Function):
     def forward(ctx, logits, target, ignore_index, reduction, backend):
         loss, dlogits = cross_entropy_chunked(logits, target, ignore_index, reduction, backend, write_grad=True)
         ctx.dlogits = dlogits
+        ctx.backend = backend
         return loss
 
     @staticmethod
     def backward(ctx, grad_output):
         dlogits = take_saved(ctx, "dlogits")
-        return dlogits.mul_(grad_output), None, None, None, None
+        ctx.backend.scale_grads_([dlogits], grad_output)
+        return dlogits, None, None, None, None

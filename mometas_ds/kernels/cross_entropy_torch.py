@@ -54,3 +54,9 @@ def cross_entropy_rows(
     if work is not dlogits:
         dlogits.copy_(work)
     return loss
+
+
+def scale_grads_(grads, grad_output: torch.Tensor) -> None:
+    """Multiply each tensor in ``grads`` in place by the 0-dim ``grad_output`` (no host sync)."""
+    for grad in grads:
+        grad.mul_(grad_output)

@@ -90,8 +90,39 @@ def _cross_entropy_rows_kernel(
             tl.store(dlogits_ptr + offsets, grad, mask=mask)
 
 
-# True when the kernel was defined for the interpreter, i.e. it runs on CPU tensors.
+@triton.jit
+def _scale_unless_one_kernel(x_ptr, n_elements, scale_ptr, BLOCK: tl.constexpr):
+    # Every program reads the scale from device memory and leaves at once when it is 1, so the
+    # common grad_output of 1 costs a launch, not a read and write of a weight-sized gradient.
+    scale = tl.load(scale_ptr)
+    if scale == 1.0:
+        return
+    offsets = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    mask = offsets < n_elements
+    x = tl.load(x_ptr + offsets, mask=mask).to(tl.float32)
+    tl.store(x_ptr + offsets, x * scale, mask=mask)
+
+
+# True when the kernels were defined for the interpreter, i.e. they run on CPU tensors.
 INTERPRETED = isinstance(_cross_entropy_rows_kernel, InterpretedFunction)
+SCALE_BLOCK = 4096
+
+
+def scale_grads_(grads, grad_output: torch.Tensor) -> None:
+    """Multiply each tensor in ``grads`` in place by the 0-dim ``grad_output``, on the device.
+
+    The kernel skips the memory traffic when grad_output is 1 (a plain ``loss.backward()``)
+    without the host ever reading grad_output: checking it on the host would be a sync.
+    """
+    scale = grad_output.detach().reshape(()).to(torch.float32)
+    for grad in grads:
+        if grad.numel() == 0:
+            continue
+        if not grad.is_contiguous():  # the kernel walks memory flat; gradients made here never take this path
+            grad.mul_(scale)
+            continue
+        n = grad.numel()
+        _scale_unless_one_kernel[(triton.cdiv(n, SCALE_BLOCK),)](grad, n, scale, BLOCK=SCALE_BLOCK)
 
 
 def cross_entropy_rows(

@@ -5,7 +5,8 @@ cross-entropy turns those logits into d(loss)/d(logits) in place, and the chunk'
 the input, weight and bias gradients is computed at once. The [rows x vocab] logits never
 exist whole; at most one chunk of them (CHUNK_BUDGET_BYTES, see chunked_cross_entropy.py) is alive.
 
-Gradients are computed for grad_output = 1 during forward; backward only scales them. So the
+Gradients are computed for grad_output = 1 during forward; backward only scales them (the
+Triton backend skips even that on the device when grad_output is 1). So the
 input, weight and bias gradients are alive from this forward to its backward (the weight's
 size once, e.g. 60 MiB for a bf16 BERT vocabulary), instead of the logits and the loss's
 saved softmax that plain autograd keeps over that span. Backward never reads the weight,
@@ -50,32 +51,38 @@ def linear_cross_entropy_chunked(
     """
     n_rows = hidden.shape[0]
     vocab = weight.shape[0]
-    n_valid = count_valid_targets(target, vocab, ignore_index)
-    scale = grad_scale(n_valid, reduction)
     write_grad = need_hidden_grad or need_weight_grad or need_bias_grad
-
     bytes_per_logit = hidden.element_size() + backend.extra_bytes_per_logit(hidden.dtype, write_grad)
     step = rows_per_chunk(n_rows, vocab, bytes_per_logit)
     multi_chunk = step < n_rows
-    # Contiguous, whatever the inputs' strides: chunk rows of grad_hidden are written with mm(out=).
-    grad_hidden = torch.empty(hidden.shape, dtype=hidden.dtype, device=hidden.device) if need_hidden_grad else None
-    # The first chunk writes grad_weight / grad_bias outright (no zero fill, no read of zeros);
-    # later chunks accumulate. grad_bias sums in fp32 only when there are chunks to add up.
-    grad_weight = None
-    grad_bias = None
-    loss_sum = torch.zeros((), dtype=torch.float32, device=hidden.device)
+    grad_hidden = grad_weight = grad_bias = loss_sum = None
 
     # Autocast would change the chunk's dtype under us; the inputs' dtypes are the compute dtypes.
     with torch.autocast(hidden.device.type, enabled=False):
+        # The first chunk's projection is launched before the target bookkeeping: callers usually
+        # have just synced (boolean-mask indexing of the masked rows), so on a GPU the small ops
+        # below would otherwise run while the device sits idle; now they overlap the GEMM.
+        first_logits = F.linear(hidden[:step], weight, bias) if n_rows else None
+        n_valid = count_valid_targets(target, vocab, ignore_index)
+        scale = grad_scale(n_valid, reduction)
+        if need_hidden_grad:
+            # Contiguous, whatever the inputs' strides: chunk rows are written with mm(out=).
+            grad_hidden = torch.empty(hidden.shape, dtype=hidden.dtype, device=hidden.device)
         for start in range(0, n_rows, step):
             rows = slice(start, start + step)
             hidden_chunk = hidden[rows]
-            logits = F.linear(hidden_chunk, weight, bias)
+            logits = first_logits if start == 0 else F.linear(hidden_chunk, weight, bias)
+            first_logits = None
             # With write_grad the logits buffer becomes d(loss)/d(logits) for these rows.
             loss_rows = backend.cross_entropy_rows(
                 logits, target[rows], ignore_index, logits if write_grad else None, scale
             )
-            loss_sum += loss_rows.sum()
+            # The first chunk writes the sums outright (no zero fill, no read of zeros); later
+            # chunks accumulate. grad_bias sums in fp32 only when there are chunks to add up.
+            if loss_sum is None:
+                loss_sum = loss_rows.sum()
+            else:
+                loss_sum += loss_rows.sum()
             if need_hidden_grad:
                 torch.mm(logits, weight, out=grad_hidden[rows])
             if need_weight_grad:
@@ -90,6 +97,8 @@ def linear_cross_entropy_chunked(
                     grad_bias += logits.sum(dim=0, dtype=torch.float32)
             del logits
 
+    if loss_sum is None:  # no rows
+        loss_sum = torch.zeros((), dtype=torch.float32, device=hidden.device)
     if need_weight_grad and grad_weight is None:  # no rows
         grad_weight = torch.zeros(weight.shape, dtype=weight.dtype, device=weight.device)
     if need_bias_grad:
@@ -107,9 +116,11 @@ class FusedLinearCrossEntropyFunction(torch.autograd.Function):
             hidden, weight, bias, target, ignore_index, reduction, backend, need_hidden, need_weight, need_bias
         )
         ctx.grads = grads
+        ctx.backend = backend
         return loss
 
     @staticmethod
     def backward(ctx, grad_output):
-        grads = [None if g is None else g.mul_(grad_output) for g in take_saved(ctx, "grads")]
+        grads = take_saved(ctx, "grads")
+        ctx.backend.scale_grads_([g for g in grads if g is not None], grad_output)
         return (*grads, None, None, None, None)
