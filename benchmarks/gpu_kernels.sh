@@ -13,6 +13,8 @@
 #    peak torch.cuda.max_memory_allocated above the inputs, median of 20 CUDA-event timings.
 #    JSON: $OUT/kernels_gpu.json; a second run with a 256 MiB chunk budget (bf16 only) goes to
 #    $OUT/kernels_gpu_budget256.json, to see what larger chunks buy in time.
+# 3. benchmarks/profile_mlm_head.py: torch.profiler table of the sparse and fused heads (bf16),
+#    $OUT/profile_mlm_head.txt (informational; its exit status does not fail the script).
 # About 1-2 minutes on an H100 (most of it Triton compiling the kernel's variants once).
 set -uo pipefail
 
@@ -45,6 +47,10 @@ bench_status=$?
 timeout 60 "$PYTHON" benchmarks/bench_kernels.py --device cuda --dtypes bf16 --variants sparse,fused_triton \
     --chunk-budget-mib 256 --json "$OUT/kernels_gpu_budget256.json"
 budget_status=$?
+
+echo "== profile: where the sparse and fused heads spend their time (bf16) =="
+timeout 120 "$PYTHON" benchmarks/profile_mlm_head.py --variants sparse,fused_triton --dtype bf16 > "$OUT/profile_mlm_head.txt" 2>&1
+echo "profile exit=$? ($OUT/profile_mlm_head.txt)"
 
 echo "tests exit=$tests_status benchmark exit=$bench_status budget-256 exit=$budget_status"
 [ "$tests_status" -eq 0 ] && [ "$bench_status" -eq 0 ] && [ "$budget_status" -eq 0 ]
