@@ -19,7 +19,9 @@ so it counts the logits, the loss's internals and the gradients the head produce
         OS when freed; the peak is VmHWM (peak resident set, reset via /proc/self/clear_refs)
         minus VmRSS just before the measured step. Resident pages are what was written, which
         for these tensors is all of them; allocator and library overheads are included.
-Time: cuda: CUDA events, median over reps after warmup. cpu: wall clock, median over reps.
+Time: cuda: CUDA events, median over reps after warmup, and the host's time to issue each step
+(host_ms_median; close to the event time means the step is bound by kernel launches).
+cpu: wall clock, median over reps.
 
   python benchmarks/bench_kernels.py --device cpu --json runs/kernels_cpu.json
   python benchmarks/bench_kernels.py --device cuda --json $OUT/kernels_gpu.json
@@ -187,12 +189,15 @@ def measure_cuda(variant: str, dtype_name: str, shape: HeadShape, warmup: int, r
     loss = _step(loss_fn, inputs)
     torch.cuda.synchronize()
     peak = torch.cuda.max_memory_allocated() - baseline
-    times = []
+    times, host_times = [], []
     for _ in range(reps):
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         start.record()
+        host_start = time.perf_counter()
         loss_value = loss_fn(*inputs)
         loss_value.backward()
+        # Host time to issue the step (syncs included): near the CUDA-event time means launch-bound.
+        host_times.append(1000 * (time.perf_counter() - host_start))
         end.record()
         end.synchronize()
         times.append(start.elapsed_time(end))
@@ -208,6 +213,7 @@ def measure_cuda(variant: str, dtype_name: str, shape: HeadShape, warmup: int, r
         "peak_head_mib": peak / 2**20,
         "time_ms_median": statistics.median(times),
         "times_ms": times,
+        "host_ms_median": statistics.median(host_times),
         "loss": float(loss),
     }
 
@@ -284,8 +290,9 @@ def main() -> None:
             else:
                 result = run_cpu_subprocess(variant, dtype_name, args)
             results.append(result)
+            host = f" (host {result['host_ms_median']:.2f} ms)" if "host_ms_median" in result else ""
             print(f"  measured {dtype_name} {variant}: {result['peak_head_mib']:.1f} MiB, "
-                  f"{result['time_ms_median']:.1f} ms", file=sys.stderr, flush=True)
+                  f"{result['time_ms_median']:.2f} ms{host}", file=sys.stderr, flush=True)
 
     table = summarize(results)
     print("\n".join(table))
