@@ -8,7 +8,7 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import List, Optional
 
 from .model import MODEL_PRESETS
-from .objectives import DEFAULT_OBJECTIVES
+from .objectives import DEFAULT_OBJECTIVES, objective_class
 
 
 class ConfigError(ValueError):
@@ -215,30 +215,87 @@ def validate_config(cfg: PretrainConfig) -> dict:
     if cfg.dist_timeout_minutes <= 0:
         fail("dist_timeout_minutes", f"must be > 0, got {cfg.dist_timeout_minutes}")
     _check_batch_fields(ds_config, cfg.deepspeed_config)
+    _check_optimizer(ds_config, cfg.deepspeed_config)
+    # The sampler checks its own options: build one now so a bad --sampler_args stops the run here.
+    from .samplers import build_sampler
+
+    try:
+        build_sampler(cfg.sampler, num_objectives=len(cfg.objectives), seed=cfg.seed, interval=cfg.meta_interval,
+                      **sampler_kwargs(cfg))
+    except (TypeError, ValueError) as exc:
+        fail("sampler_args", str(exc))
     return ds_config
 
 
-def _check_batch_fields(ds_config: dict, path: str, world_size: Optional[int] = None) -> None:
+def sampler_kwargs(cfg: PretrainConfig) -> dict:
+    """--sampler_args plus what the run's flags imply (MOMETAS's lr and gamma, a schedule's length)."""
+    kwargs = dict(cfg.sampler_args)
+    if cfg.sampler == "mometas":
+        kwargs.setdefault("lr", cfg.meta_lr)
+        kwargs.setdefault("gamma", cfg.meta_gamma)
+    if cfg.sampler == "temperature":
+        kwargs.setdefault("total_steps", cfg.max_steps)
+    return kwargs
+
+
+def _check_optimizer(ds_config: dict, path: str) -> None:
+    optimizer = ds_config.get("optimizer", {})
+    stage = ds_config.get("zero_optimization", {}).get("stage", 0)
+    if isinstance(optimizer, dict) and str(optimizer.get("type", "")).lower() == "lamb" and stage:
+        raise ConfigError(
+            f"{path}: optimizer.type Lamb with zero_optimization.stage {stage}: ZeRO hands the optimizer flat "
+            "partitions, so LAMB's per-layer trust ratio would span whole parameter groups (DeepSpeed lists LAMB "
+            "as untested under ZeRO); use AdamW, or Lamb with stage 0"
+        )
+
+
+def _check_batch_fields(ds_config: dict, path: str, world_size: Optional[int] = None) -> Optional[int]:
+    """Check DeepSpeed's three batch keys; with ``world_size``, return the micro-batch per rank.
+
+    Any two of them may be given and DeepSpeed infers the third (train_batch_size alone means
+    no accumulation); the inferred value must be a whole number.
+    """
     micro = ds_config.get("train_micro_batch_size_per_gpu")
-    gas = ds_config.get("gradient_accumulation_steps", 1)
+    gas = ds_config.get("gradient_accumulation_steps")
     total = ds_config.get("train_batch_size")
     for key, value in (("train_micro_batch_size_per_gpu", micro), ("gradient_accumulation_steps", gas), ("train_batch_size", total)):
-        if value is not None and (not isinstance(value, int) or value < 1):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
             raise ConfigError(f"{path}: {key} must be a positive integer, got {value!r}")
     if micro is None and total is None:
         raise ConfigError(f"{path}: set train_micro_batch_size_per_gpu (and optionally gradient_accumulation_steps)")
-    if world_size is not None and total is not None and micro is not None:
+    if world_size is None:
+        return None
+    if total is None:
+        return micro
+    if micro is not None and gas is not None:
         if total != micro * gas * world_size:
             raise ConfigError(
                 f"{path}: train_batch_size={total} != train_micro_batch_size_per_gpu={micro} x "
                 f"gradient_accumulation_steps={gas} x world_size={world_size}"
             )
+        return micro
+    given, key = (micro, "train_micro_batch_size_per_gpu") if micro is not None else (gas or 1, "gradient_accumulation_steps")
+    if total % (given * world_size):
+        missing = "gradient_accumulation_steps" if micro is not None else "train_micro_batch_size_per_gpu"
+        raise ConfigError(
+            f"{path}: train_batch_size={total} is not a multiple of {key}={given} x world_size={world_size}, "
+            f"so {missing} cannot be inferred"
+        )
+    return micro if micro is not None else total // (given * world_size)
 
 
 def check_world_size(cfg: PretrainConfig, ds_config: dict, world_size: int) -> None:
     """Checks that need the number of ranks; still before any work."""
-    _check_batch_fields(ds_config, cfg.deepspeed_config, world_size)
+    micro = _check_batch_fields(ds_config, cfg.deepspeed_config, world_size)
     if cfg.meta_batch_size % world_size:
         raise ConfigError(
             f"--meta_batch_size: {cfg.meta_batch_size} sequences per objective do not divide across {world_size} ranks"
         )
+    for name in cfg.objectives:
+        need = objective_class(name).min_rows
+        if micro < need:
+            raise ConfigError(f"{cfg.deepspeed_config}: train_micro_batch_size_per_gpu={micro}, but objective {name} "
+                              f"needs at least {need} sequences per forward")
+        if cfg.meta_batch_size // world_size < need:
+            raise ConfigError(f"--meta_batch_size: {cfg.meta_batch_size} over {world_size} rank(s) leaves "
+                              f"{cfg.meta_batch_size // world_size} per rank; objective {name} needs at least {need}")

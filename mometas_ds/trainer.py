@@ -1,9 +1,9 @@
 """The pre-training loop, top to bottom: set up, train with the sampler choosing objectives, checkpoint, export.
 
 Every rank runs this same code. Agreement between ranks comes from determinism, not
-messages: the sampler's draw for a micro-step depends only on (seed, micro-step,
+messages: the sampler's draw for an optimizer step depends only on (seed, step,
 probabilities), and the probabilities change only in the meta-validation update,
-where they are all-reduced.
+where they are all-reduced. Every micro-batch of a step trains that step's objective.
 """
 from __future__ import annotations
 
@@ -23,12 +23,20 @@ import torch.distributed as dist
 
 from . import checkpoint as ckpt
 from . import faults
-from .config import ConfigError, DataError, PretrainConfig, check_world_size, validate_config
+from .config import ConfigError, DataError, PretrainConfig, check_world_size, sampler_kwargs, validate_config
 from .model import MultiObjectiveBert, build_bert_config
 from .objectives import build_objective
 from .optim import Lamb, bert_param_groups
 
 logger = logging.getLogger("mometas_ds")
+
+
+def meta_chunks(rows: torch.Tensor, size: int, min_rows: int) -> List[torch.Tensor]:
+    """``rows`` in chunks of ``size``; a last chunk under ``min_rows`` joins the one before it."""
+    chunks = list(torch.split(rows, size))
+    if len(chunks) > 1 and len(chunks[-1]) < min_rows:
+        chunks[-2:] = [torch.cat(chunks[-2:])]
+    return chunks
 
 
 def _seed_for(*parts: int) -> int:
@@ -87,16 +95,10 @@ class Trainer:
 
         self.batches = ShardedBatches(self.data.train, batch_size=self.micro_batch, rank=self.rank,
                                       world_size=self.world_size, seed=cfg.seed)
-        sampler_args = dict(cfg.sampler_args)
-        if cfg.sampler == "mometas":
-            sampler_args.setdefault("lr", cfg.meta_lr)
-            sampler_args.setdefault("gamma", cfg.meta_gamma)
-        if cfg.sampler == "temperature":
-            sampler_args.setdefault("total_steps", cfg.max_steps * self.gas)
         self.sampler = build_sampler(cfg.sampler, num_objectives=len(self.objective_names), seed=cfg.seed,
-                                     interval=cfg.meta_interval, **sampler_args)
+                                     interval=cfg.meta_interval, **sampler_kwargs(cfg))
         self.step = 0            # optimizer steps done
-        self.micro_step = 0      # micro-batches drawn (the sampler's clock)
+        self.micro_step = 0      # micro-batches drawn
         self.num_updates = 0     # sampler updates done
         self.skipped_steps = 0   # micro-steps skipped for a non-finite loss
         self.skipped_updates = 0  # optimizer updates DeepSpeed skipped for a non-finite gradient norm (not fp16)
@@ -220,6 +222,10 @@ class Trainer:
         random.setstate(rng["python"])
         np.random.set_state(rng["numpy"])
         torch.set_rng_state(rng["torch"])
+        if "accelerator" in rng:
+            from deepspeed.accelerator import get_accelerator
+
+            get_accelerator().set_rng_state(rng["accelerator"])
         self._rewind_logs()
         if self.rank == 0:
             logger.info("resumed from %s at step %d", os.path.join(ckpt_root, tag), self.step)
@@ -237,10 +243,14 @@ class Trainer:
             _keep_first_lines(os.path.join(out, "sampler.jsonl"), self.num_updates)
 
     def _client_state(self) -> dict:
+        from deepspeed.accelerator import get_accelerator
+
         # RNG and data positions differ per rank: gather them so every rank's can be restored.
         mine = {
             "data": self.batches.state_dict(),
-            "rng": {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()},
+            "rng": {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state(),
+                    # The device's generator drives dropout on a GPU (on the CPU it is the torch one).
+                    "accelerator": get_accelerator().get_rng_state()},
         }
         per_rank = [None] * self.world_size
         if self.world_size > 1:
@@ -349,7 +359,9 @@ class Trainer:
         Returns (objective name, loss) or (name, None) when the micro-step was skipped
         because some rank's loss was not finite.
         """
-        index = self.sampler.sample(self.micro_step)
+        # Keyed by the optimizer step: every micro-batch of a step (a retried one too) trains the step's
+        # objective, and the rollout holds one draw per step, as the policy update counts them.
+        index = self.sampler.sample(self.step)
         name = self.objective_names[index]
         clean = next(self.batches)
         generator = torch.Generator(device=self.device)
@@ -444,16 +456,32 @@ class Trainer:
                 rows = torch.randperm(len(meta), generator=rows_gen)[: cfg.meta_batch_size][lo:hi]
                 generator = torch.Generator(device=self.device)
                 generator.manual_seed(_seed_for(cfg.seed, 11, draw_id, k, self.rank))
-                for start in range(0, len(rows), self.micro_batch):
-                    chunk = meta[rows[start:start + self.micro_batch].tolist()]
+                objective = self.objectives[name]
+                for chunk_rows in meta_chunks(rows, self.micro_batch, objective.min_rows):
+                    chunk = meta[chunk_rows.tolist()]
                     clean = {key: torch.as_tensor(chunk[key], dtype=torch.long) for key in ("input_ids", "attention_mask")}
                     batch = self._corrupt(name, clean, generator)
-                    loss = self.engine(batch, name)["loss"]
+                    if objective.meta_eval_with_dropout:
+                        loss = self._forward_with_dropout(batch, name, _seed_for(cfg.seed, 13, draw_id, k, self.rank))
+                    else:
+                        loss = self.engine(batch, name)["loss"]
                     loss_sums[k] += loss.detach().double() * len(clean["input_ids"])
                     counts[k] += len(clean["input_ids"])
         finally:
             self.engine.train()
         return loss_sums.cpu(), counts
+
+    def _forward_with_dropout(self, batch, name: str, seed: int) -> torch.Tensor:
+        """A train-mode forward (dropout on) under no_grad, on its own seeded random stream, so
+        the training run's random state is the same as if no meta-validation had run."""
+        devices = [] if self.device.type == "cpu" else [self.device]
+        with torch.random.fork_rng(devices=devices, device_type=self.device.type):
+            torch.manual_seed(seed)
+            self.engine.train()
+            try:
+                return self.engine(batch, name)["loss"]
+            finally:
+                self.engine.eval()
 
     # ---------------------------------------------------------------- agreement between ranks
     def _all_finite(self, loss: torch.Tensor) -> bool:

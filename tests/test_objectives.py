@@ -506,3 +506,45 @@ def test_cse_loss_equals_direct_computation():
         assert abs(loss.item() - out["loss"].item()) < 0.1 * out["loss"].item() + 0.05
     with pytest.raises(ValueError, match="partner index"):
         head(hidden.bfloat16(), {"labels": batch["labels"][:4]})
+
+
+def test_cse_needs_two_input_rows():
+    """One row leaves the partner as the only candidate: loss 0 and no gradient, so it is refused."""
+    config = tiny_config()
+    head = build_objective("cse", SPECIAL).build_head(config, nn.Embedding(config.vocab_size, config.hidden_size))
+    ids, mask = make_batch(torch.Generator().manual_seed(92), 1, 8)
+    with pytest.raises(ValueError, match="at least 4 views"):
+        head(torch.randn(2, 8, config.hidden_size), corrupt("cse", ids, mask))
+
+
+def test_cse_meta_forward_keeps_dropout_on_its_own_random_stream():
+    from types import SimpleNamespace
+
+    from mometas_ds.model import MultiObjectiveBert
+    from mometas_ds.trainer import Trainer
+
+    torch.manual_seed(93)
+    model = MultiObjectiveBert.from_config(tiny_config(), {"cse": build_objective("cse", SPECIAL)}).eval()
+    ids, mask = make_batch(torch.Generator().manual_seed(94), 4, 10)
+    batch = corrupt("cse", ids, mask)
+    trainer = SimpleNamespace(engine=model, device=torch.device("cpu"))
+    rng_before = torch.get_rng_state()
+    with torch.no_grad():
+        first = Trainer._forward_with_dropout(trainer, batch, "cse", seed=5)
+        again = Trainer._forward_with_dropout(trainer, batch, "cse", seed=5)
+        other_seed = Trainer._forward_with_dropout(trainer, batch, "cse", seed=6)
+        eval_loss = model(batch, "cse")["loss"]
+    assert torch.equal(torch.get_rng_state(), rng_before), "training's random stream moved"
+    assert not model.training, "the model goes back to eval mode"
+    assert first.item() == again.item()
+    assert first.item() != other_seed.item() and first.item() != eval_loss.item()
+
+
+def test_meta_chunks_never_leave_a_chunk_below_the_objective_minimum():
+    from mometas_ds.trainer import meta_chunks
+
+    rows = torch.arange(7)
+    assert [c.tolist() for c in meta_chunks(rows, 3, 2)] == [[0, 1, 2], [3, 4, 5, 6]]
+    assert [c.tolist() for c in meta_chunks(rows, 3, 1)] == [[0, 1, 2], [3, 4, 5], [6]]
+    assert [c.tolist() for c in meta_chunks(torch.arange(1), 3, 2)] == [[0]]
+    assert [c.tolist() for c in meta_chunks(torch.arange(6), 3, 2)] == [[0, 1, 2], [3, 4, 5]]

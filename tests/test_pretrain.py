@@ -110,15 +110,18 @@ def test_single_rank_run_outputs_and_exact_resume(assets, tmp_path):
         assert struct.unpack(">II", head[16:24]) == (800, 450)
 
 
-@pytest.mark.parametrize("stage", [2, 3])
+@pytest.mark.parametrize("stage", [0, 3])  # ZeRO-2, the CPU config's, runs on 2 ranks in test_faults and test_cluster
 def test_two_ranks_draw_the_same_objectives(assets, tmp_path, stage):
     with open(CPU_CONFIG) as f:
         ds_config = json.load(f)
     ds_config["zero_optimization"] = {"stage": stage}
     if stage == 3:
         ds_config["bf16"] = {"enabled": True}
+        # Gradient accumulation: the same tokens per step in two micro-batches, one objective per step.
+        ds_config["train_micro_batch_size_per_gpu"] = ds_config["train_micro_batch_size_per_gpu"] // 2
+        ds_config["gradient_accumulation_steps"] = 2
     else:
-        # LAMB as the large-model configs ask (a torch LAMB on the CPU), and DeepSpeed's CSV monitor.
+        # LAMB, which needs ZeRO off (a torch LAMB on the CPU), and DeepSpeed's CSV monitor.
         ds_config["optimizer"] = {"type": "Lamb", "params": {"lr": 2e-3, "weight_decay": 0.01}}
         ds_config["csv_monitor"] = {"enabled": True, "output_path": str(tmp_path / "monitor"), "job_name": "run"}
     config_path = str(tmp_path / f"zero{stage}.json")
@@ -129,15 +132,20 @@ def test_two_ranks_draw_the_same_objectives(assets, tmp_path, stage):
                                         config=config_path), ranks=2)
     _ok(result)
     rank0, rank1 = read_trace(out, 0), read_trace(out, 1)
-    assert len(rank0) == 24 and rank0 == rank1
+    gas = ds_config["gradient_accumulation_steps"]
+    assert len(rank0) == 24 * gas and rank0 == rank1
     assert set(rank0) == set(OBJECTIVES)
+    per_step = [rank0[i:i + gas] for i in range(0, len(rank0), gas)]
+    assert all(len(set(names)) == 1 for names in per_step), per_step
+    logged = [m["objective"] for m in read_jsonl(os.path.join(out, "metrics.jsonl"))]
+    assert logged == [names[0] for names in per_step]
     assert os.path.isfile(os.path.join(out, "checkpoints", "step24", "COMPLETE"))
     assert os.path.isfile(os.path.join(out, "hf_model", "config.json"))
     updates = read_jsonl(os.path.join(out, "sampler.jsonl"))
     assert len(updates) == 1 + 24 // 5 and all(abs(sum(u["probs"].values()) - 1) < 1e-9 for u in updates)
     losses = [m["loss"] for m in read_jsonl(os.path.join(out, "metrics.jsonl"))]
     assert all(map(math.isfinite, losses))
-    if stage == 2:
+    if stage == 0:
         assert "torch LAMB" in result.stderr + result.stdout
         monitor_files = glob.glob(str(tmp_path / "monitor" / "**" / "*.csv"), recursive=True)
         names = " ".join(os.path.basename(f) for f in monitor_files)
@@ -163,6 +171,46 @@ def test_bad_flags_stop_before_any_work(assets, tmp_path, flags, field, capsys):
     assert main(args) == 2
     assert field in capsys.readouterr().err
     assert not os.path.exists(out), "nothing is written before the flags are checked"
+
+
+def test_batch_keys_optimizer_sampler_args_and_objective_rows_are_checked_before_work(tmp_path):
+    from mometas_ds.config import ConfigError, PretrainConfig, check_world_size, validate_config
+
+    def config(ds_config, **flags):
+        path = tmp_path / "ds.json"
+        path.write_text(json.dumps(ds_config))
+        return PretrainConfig(deepspeed_config=str(path), train_files=["x.jsonl"], model_config="tiny",
+                              train_tokenizer=100, **flags)
+
+    def check(ds_config, world_size=1, **flags):
+        cfg = config(ds_config, **flags)
+        check_world_size(cfg, validate_config(cfg), world_size)
+
+    # Any two of DeepSpeed's batch keys: the third is inferred, and must come out whole.
+    check({"train_batch_size": 256, "train_micro_batch_size_per_gpu": 32}, world_size=4)
+    check({"train_batch_size": 256, "gradient_accumulation_steps": 2}, world_size=4)
+    check({"train_batch_size": 256}, world_size=4)
+    with pytest.raises(ConfigError, match="train_batch_size=100 is not a multiple.*cannot be inferred"):
+        check({"train_batch_size": 100, "train_micro_batch_size_per_gpu": 32}, world_size=4)
+    with pytest.raises(ConfigError, match="train_batch_size=6"):
+        check({"train_batch_size": 6}, world_size=4)
+
+    micro8 = {"train_micro_batch_size_per_gpu": 8}
+    with pytest.raises(ConfigError, match="ds.json: optimizer.type Lamb with zero_optimization.stage 2"):
+        check({**micro8, "optimizer": {"type": "Lamb"}, "zero_optimization": {"stage": 2}})
+    check({**micro8, "optimizer": {"type": "Lamb"}, "zero_optimization": {"stage": 0}})
+
+    with pytest.raises(ConfigError, match="--sampler_args: .*one weight per objective"):
+        check(micro8, sampler="fixed", sampler_args={"weights": [1, 2]})
+    with pytest.raises(ConfigError, match="--sampler_args: .*unknown option"):
+        check(micro8, sampler_args={"bogus": 1})
+
+    # cse contrasts the rows of one forward: one row per micro-batch or per rank's meta share is refused.
+    with pytest.raises(ConfigError, match="train_micro_batch_size_per_gpu=1, but objective cse needs at least 2"):
+        check({"train_micro_batch_size_per_gpu": 1})
+    check({"train_micro_batch_size_per_gpu": 1}, objectives=["mlm", "atd"])
+    with pytest.raises(ConfigError, match="--meta_batch_size: 2 over 2 rank"):
+        check(micro8, world_size=2, meta_batch_size=2)
 
 
 def test_missing_tokenizer_and_bad_batch_config(assets, tmp_path, capsys):

@@ -1,6 +1,6 @@
 """Pre-training objectives: corruption, head and loss, one module each, behind a registry."""
 from .base import IGNORE_INDEX, Objective, SpecialTokens
-from .registry import available_objectives, build_objective, register_objective
+from .registry import available_objectives, build_objective, objective_class, register_objective
 
 # Built-ins register in this order; available_objectives() keeps it.
 from . import mlm, gmlm, atd, dtd, cse  # noqa: E402,F401
@@ -9,5 +9,5 @@ DEFAULT_OBJECTIVES = ("mlm", "gmlm", "atd", "dtd", "cse")
 
 __all__ = [
     "IGNORE_INDEX", "Objective", "SpecialTokens", "available_objectives", "build_objective",
-    "register_objective", "DEFAULT_OBJECTIVES",
+    "objective_class", "register_objective", "DEFAULT_OBJECTIVES",
 ]

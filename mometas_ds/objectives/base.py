@@ -119,6 +119,11 @@ class Objective:
 
     name: str = ""
     default_noise_probability: float = 0.15
+    # Fewest input rows one forward needs for a loss that teaches something (checked against the
+    # micro-batch and each rank's meta-validation share before a run starts).
+    min_rows: int = 1
+    # Whether the meta-validation forward keeps dropout on (eval mode would make cse's views equal).
+    meta_eval_with_dropout: bool = False
 
     def __init__(self, special: SpecialTokens, noise_probability: Optional[float] = None):
         if not isinstance(special, SpecialTokens):

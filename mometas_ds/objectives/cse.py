@@ -48,8 +48,9 @@ class ContrastiveHead(nn.Module):
         if partner.shape != (num_views,):
             raise ValueError(f"cse: labels must have shape [{num_views}] (partner index per view), "
                              f"got {tuple(partner.shape)}")
-        if num_views < 2:
-            raise ValueError(f"cse: needs at least 2 views (one input row), got {num_views}")
+        if num_views < 4:
+            raise ValueError(f"cse: needs at least 4 views (two input rows: with one, the partner is the only "
+                             f"candidate and the loss is 0), got {num_views}")
         cls_hidden = sequence_output[:, 0].to(self.dense.weight.dtype)
         pooled = self.activation(self.dense(cls_hidden))
         logits = contrastive_logits(pooled, self.temperature)
@@ -61,6 +62,8 @@ class ContrastiveHead(nn.Module):
 @register_objective("cse")
 class ContrastiveSentenceEmbedding(Objective):
     default_noise_probability = 0.0  # no token noise: dropout makes the two views
+    min_rows = 2  # with one row the partner view is the only candidate: loss 0, no gradient
+    meta_eval_with_dropout = True  # without dropout the two views are the same embedding
 
     def corrupt(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                 generator: Optional[torch.Generator] = None, **kwargs) -> Dict[str, torch.Tensor]:

@@ -30,7 +30,11 @@ def available_objectives() -> List[str]:
     return list(_REGISTRY)
 
 
-def build_objective(name: str, special: SpecialTokens, **kwargs) -> Objective:
+def objective_class(name: str) -> Type[Objective]:
     if name not in _REGISTRY:
         raise ValueError(f"unknown objective {name!r}; available: {', '.join(available_objectives())}")
-    return _REGISTRY[name](special, **kwargs)
+    return _REGISTRY[name]
+
+
+def build_objective(name: str, special: SpecialTokens, **kwargs) -> Objective:
+    return objective_class(name)(special, **kwargs)
