@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 import re
-from typing import Callable, Optional
+from typing import Callable, Optional, Tuple
 
 from . import faults
 
@@ -130,16 +130,24 @@ def latest_complete_tag(root: str) -> Optional[str]:
     return tag_for(max(steps)) if steps else None
 
 
-def find_resume_tag(root: str, resume: str) -> Optional[str]:
-    """``auto``: the latest complete tag or None; else a tag name or a tag directory, which must be complete."""
+def find_resume_checkpoint(root: str, resume: str) -> Optional[Tuple[str, str]]:
+    """(directory of tags, tag) to resume from, or None.
+
+    ``auto``: the latest complete tag under ``root``, if any. A bare tag name (``step400``) is looked
+    up under ``root``; a path (``runs/a/checkpoints/step400``) is taken where it is, so a run can
+    start from another run's checkpoint. Either must be complete, else ValueError.
+    """
     if resume in (None, "", "none"):
         return None
     if resume == "auto":
-        return latest_complete_tag(root)
-    tag = os.path.basename(os.path.normpath(resume))
-    if not is_complete(root, tag):
-        raise ValueError(f"--resume {resume}: {os.path.join(root, tag)} is not a complete checkpoint")
-    return tag
+        tag = latest_complete_tag(root)
+        return None if tag is None else (root, tag)
+    path = os.path.normpath(resume)
+    tags_dir, tag = os.path.split(path)
+    tags_dir = tags_dir or root
+    if not is_complete(tags_dir, tag):
+        raise ValueError(f"--resume {resume}: {os.path.join(tags_dir, tag)} is not a complete checkpoint")
+    return tags_dir, tag
 
 
 def consolidated_state_dict(engine, root: str, step: int) -> Optional[dict]:

@@ -97,10 +97,12 @@ def build_arg_parser() -> argparse.ArgumentParser:
                    help="stop after this many steps with a checkpoint, without changing the schedule (resume later)")
     p.add_argument("--save_steps", type=int, default=d.save_steps, help="checkpoint every N optimizer steps (and at the end)")
     p.add_argument("--resume", nargs="?", const="auto", default=None,
-                   help="resume from a checkpoint: 'auto' (or no value) = latest in output_dir/checkpoints, or a checkpoint tag directory")
+                   help="resume from a checkpoint: 'auto' (or no value) = latest in output_dir/checkpoints, a tag "
+                        "there (step400), or a checkpoint directory path (another run's too)")
     p.add_argument("--seed", type=int, default=d.seed, help="seed of data order, corruption, dropout and the sampler")
     p.add_argument("--log_steps", type=int, default=d.log_steps, help="progress-bar refresh and console log interval")
-    p.add_argument("--cache_dir", default=None, help="tokenized-data cache (default: output_dir/../.cache/tokenized)")
+    p.add_argument("--cache_dir", default=None,
+                   help="tokenized-data cache (default: output_dir/cache); point runs on the same corpus at one to share it")
     p.add_argument("--num_proc", type=int, default=d.num_proc, help="processes for tokenizing with HF datasets")
     p.add_argument("--dist_timeout_minutes", type=float, default=d.dist_timeout_minutes,
                    help="collective timeout: a rank that died or hangs ends the run after this long")
@@ -198,6 +200,14 @@ def validate_config(cfg: PretrainConfig) -> dict:
         fail("train_tokenizer", f"vocabulary size must be >= 50, got {cfg.train_tokenizer}")
     if cfg.seq_len < 8:
         fail("seq_len", f"must be >= 8, got {cfg.seq_len}")
+    if cfg.model_name_or_path is not None:
+        model_config = read_model_config(cfg.model_name_or_path)
+        if model_config.get("max_position_embeddings", cfg.seq_len) < cfg.seq_len:
+            fail("seq_len", f"{cfg.seq_len} exceeds the max_position_embeddings "
+                            f"({model_config['max_position_embeddings']}) of {cfg.model_name_or_path}")
+        if cfg.train_tokenizer is not None:
+            fail("train_tokenizer", f"a new vocabulary would not match the embeddings of {cfg.model_name_or_path}; "
+                                    "continue with its tokenizer (or --tokenizer DIR)")
     problem = objective_names_problem(cfg.objectives)
     if problem:
         fail("objectives", problem)
@@ -216,6 +226,13 @@ def validate_config(cfg: PretrainConfig) -> dict:
         fail("dist_timeout_minutes", f"must be > 0, got {cfg.dist_timeout_minutes}")
     _check_batch_fields(ds_config, cfg.deepspeed_config)
     _check_optimizer(ds_config, cfg.deepspeed_config)
+    if cfg.resume not in (None, "", "none", "auto"):
+        from .checkpoint import find_resume_checkpoint
+
+        try:
+            find_resume_checkpoint(os.path.join(cfg.output_dir, "checkpoints"), cfg.resume)
+        except ValueError as exc:
+            fail("resume", str(exc).split(": ", 1)[-1])
     # The sampler checks its own options: build one now so a bad --sampler_args stops the run here.
     from .samplers import build_sampler
 
@@ -225,6 +242,30 @@ def validate_config(cfg: PretrainConfig) -> dict:
     except (TypeError, ValueError) as exc:
         fail("sampler_args", str(exc))
     return ds_config
+
+
+def read_model_config(model_dir: str) -> dict:
+    """The config.json of a local HF checkpoint, as a dict; ConfigError naming the flag if unreadable."""
+    path = os.path.join(model_dir, "config.json")
+    try:
+        with open(path, encoding="utf-8") as f:
+            config = json.load(f)
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ConfigError(f"--model_name_or_path: cannot read {path} ({exc})") from None
+    if not isinstance(config, dict):
+        raise ConfigError(f"--model_name_or_path: {path} must hold a JSON object")
+    return config
+
+
+def check_tokenizer_fits_model(cfg: PretrainConfig, num_tokens: int) -> None:
+    """A continual run's tokenizer must not have ids beyond the checkpoint's embedding rows."""
+    if cfg.model_name_or_path is None:
+        return
+    vocab_size = read_model_config(cfg.model_name_or_path).get("vocab_size")
+    if vocab_size is not None and num_tokens > vocab_size:
+        flag = "--tokenizer" if cfg.tokenizer else "--model_name_or_path"
+        raise ConfigError(f"{flag}: the tokenizer has {num_tokens} tokens but the embeddings of "
+                          f"{cfg.model_name_or_path} hold {vocab_size}")
 
 
 def sampler_kwargs(cfg: PretrainConfig) -> dict:

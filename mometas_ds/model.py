@@ -8,11 +8,20 @@ from typing import Dict, Mapping, Optional
 
 import torch
 from torch import nn
-from transformers import BertConfig, BertModel
+from transformers import BertConfig, BertForMaskedLM, BertModel
 
 from .objectives import Objective
 
 logger = logging.getLogger(__name__)
+
+# The mlm head's weights under the names of HF's BertForMaskedLM (its decoder is tied to the embeddings).
+HF_MLM_HEAD_KEYS = {
+    "heads.mlm.dense.weight": "cls.predictions.transform.dense.weight",
+    "heads.mlm.dense.bias": "cls.predictions.transform.dense.bias",
+    "heads.mlm.layer_norm.weight": "cls.predictions.transform.LayerNorm.weight",
+    "heads.mlm.layer_norm.bias": "cls.predictions.transform.LayerNorm.bias",
+    "heads.mlm.bias": "cls.predictions.bias",
+}
 
 # Sizes of the presets; vocab_size and max_position_embeddings come from the tokenizer and seq_len.
 MODEL_PRESETS: Dict[str, dict] = {
@@ -80,11 +89,21 @@ class MultiObjectiveBert(nn.Module):
 
     @classmethod
     def from_pretrained(cls, path: str, objectives: Mapping[str, Objective]) -> "MultiObjectiveBert":
-        """Continual pre-training: the encoder from a local HF checkpoint, fresh heads."""
+        """Continual pre-training from a local HF checkpoint: the encoder, and the mlm head too when the
+        checkpoint has one (a BertForMaskedLM / BertForPreTraining one, e.g. bert-large-uncased); other heads start fresh."""
         if not os.path.isdir(path):
             raise ValueError(f"--model_name_or_path {path}: not a local directory (no model hub here)")
-        encoder = BertModel.from_pretrained(path, add_pooling_layer=False, attn_implementation="sdpa")
-        return cls(encoder, objectives)
+        # BertForMaskedLM loads an encoder-only checkpoint too, reporting its cls.* weights as missing.
+        masked_lm, info = BertForMaskedLM.from_pretrained(path, attn_implementation="sdpa", output_loading_info=True)
+        model = cls(masked_lm.bert, objectives)
+        if "mlm" in model.heads:
+            missing = set(info["missing_keys"])
+            hf_head = {hf: t for hf, t in masked_lm.state_dict().items() if hf in HF_MLM_HEAD_KEYS.values()}
+            if not missing & set(HF_MLM_HEAD_KEYS.values()) and len(hf_head) == len(HF_MLM_HEAD_KEYS):
+                ours = {key[len("heads.mlm."):]: hf_head[hf] for key, hf in HF_MLM_HEAD_KEYS.items()}
+                model.heads["mlm"].load_state_dict(ours, strict=False)
+                logger.info("mlm head loaded from %s", path)
+        return model
 
     def forward(self, batch: Mapping[str, torch.Tensor], objective: str) -> Dict[str, torch.Tensor]:
         if objective not in self.objectives:
@@ -93,17 +112,32 @@ class MultiObjectiveBert(nn.Module):
         return self.heads[self.objectives[objective].head_name](hidden, batch)
 
     def save_hf(self, out_dir: str, tokenizer=None, state_dict: Optional[dict] = None) -> None:
-        """The encoder in HF format: ``transformers.AutoModel.from_pretrained(out_dir)`` loads it.
+        """Write the model in HF format, fp32. With an mlm head it is a BertForMaskedLM checkpoint
+        (``pipeline("fill-mask", out_dir)`` works), and ``AutoModel.from_pretrained(out_dir)`` loads the encoder.
 
         ``state_dict`` (e.g. consolidated from a ZeRO checkpoint) overrides the module's own weights.
         """
         full = state_dict if state_dict is not None else self.state_dict()
-        encoder = {k[len("bert."):]: v.detach().float().contiguous() for k, v in full.items() if k.startswith("bert.")}
+        weights = {k: v for k, v in full.items() if k.startswith("bert.")}
         # BERT's pooler is dense + tanh on [CLS], the cse head's layout: export it so that every
         # weight AutoModel expects is a trained one (without cse the pooler is left out).
         if "heads.cse.dense.weight" in full:
-            encoder["pooler.dense.weight"] = full["heads.cse.dense.weight"].detach().float().contiguous()
-            encoder["pooler.dense.bias"] = full["heads.cse.dense.bias"].detach().float().contiguous()
-        self.bert.save_pretrained(out_dir, state_dict=encoder, safe_serialization=True)
+            weights["bert.pooler.dense.weight"] = full["heads.cse.dense.weight"]
+            weights["bert.pooler.dense.bias"] = full["heads.cse.dense.bias"]
+        has_mlm = all(key in full for key in HF_MLM_HEAD_KEYS)
+        if has_mlm:
+            weights.update({hf: full[key] for key, hf in HF_MLM_HEAD_KEYS.items()})
+        weights = {k: v.detach().float().contiguous() for k, v in weights.items()}
+        # DeepSpeed casts the module to bf16/fp16 in place; the weights written are fp32, so is the config.
+        config = BertConfig.from_dict(self.bert.config.to_dict())
+        config.dtype = torch.float32
+        if has_mlm:
+            with torch.device("meta"):  # only for save_pretrained's bookkeeping: no memory for weights
+                hf_model = BertForMaskedLM(config)
+        else:
+            weights = {k[len("bert."):]: v for k, v in weights.items()}
+            with torch.device("meta"):
+                hf_model = BertModel(config, add_pooling_layer="pooler.dense.weight" in weights)
+        hf_model.save_pretrained(out_dir, state_dict=weights, safe_serialization=True)
         if tokenizer is not None:
             tokenizer.save_pretrained(out_dir)

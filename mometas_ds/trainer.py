@@ -23,7 +23,9 @@ import torch.distributed as dist
 
 from . import checkpoint as ckpt
 from . import faults
-from .config import ConfigError, DataError, PretrainConfig, check_world_size, sampler_kwargs, validate_config
+from .config import (
+    ConfigError, DataError, PretrainConfig, check_tokenizer_fits_model, check_world_size, sampler_kwargs, validate_config,
+)
 from .model import MultiObjectiveBert, build_bert_config
 from .objectives import build_objective
 from .optim import Lamb, bert_param_groups
@@ -78,6 +80,7 @@ class Trainer:
         torch.manual_seed(cfg.seed)
 
         self.tokenizer = self._load_tokenizer()
+        check_tokenizer_fits_model(cfg, len(self.tokenizer))
         from .tokenizer import special_tokens_of
 
         self.special = special_tokens_of(self.tokenizer)
@@ -201,15 +204,16 @@ class Trainer:
     # ---------------------------------------------------------------- resume
     def _resume(self, resume: str):
         ckpt_root = os.path.join(self.cfg.output_dir, "checkpoints")
-        tag = ckpt.find_resume_tag(ckpt_root, resume)
-        if tag is None:
+        found = ckpt.find_resume_checkpoint(ckpt_root, resume)
+        if found is None:
             if self.rank == 0:
                 logger.info("--resume: no complete checkpoint in %s, starting from step 0", ckpt_root)
             self._rewind_logs()
             return
-        load_path, client_state = self.engine.load_checkpoint(ckpt_root, tag=tag)
+        tags_dir, tag = found
+        load_path, client_state = self.engine.load_checkpoint(tags_dir, tag=tag)
         if load_path is None or client_state is None:
-            raise RuntimeError(f"--resume: could not load checkpoint {tag} from {ckpt_root}")
+            raise RuntimeError(f"--resume: could not load checkpoint {tag} from {tags_dir}")
         state = client_state["mometas"]
         self.step = state["step"]
         self.micro_step = state["micro_step"]
@@ -228,7 +232,7 @@ class Trainer:
             get_accelerator().set_rng_state(rng["accelerator"])
         self._rewind_logs()
         if self.rank == 0:
-            logger.info("resumed from %s at step %d", os.path.join(ckpt_root, tag), self.step)
+            logger.info("resumed from %s at step %d", os.path.join(tags_dir, tag), self.step)
 
     def _rewind_logs(self):
         """Cut the run's logs back to the resumed state, so steps redone after a crash are logged once.
@@ -532,7 +536,7 @@ class Trainer:
         state_dict = ckpt.consolidated_state_dict(self.engine, os.path.join(self.cfg.output_dir, "checkpoints"), self.step)
         if self.rank == 0:
             self.model.save_hf(out_dir, self.tokenizer, state_dict=state_dict)
-            logger.info("exported the encoder and tokenizer to %s", out_dir)
+            logger.info("exported the model and tokenizer (HF format) to %s", out_dir)
         self._barrier()
 
 

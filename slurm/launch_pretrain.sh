@@ -20,7 +20,10 @@ read -r -a extra_args <<< "${EXTRA_ARGS:-}"
 
 # One task per GPU; srun takes the task layout from the allocation. --kill-on-bad-exit ends the
 # other ranks when one fails instead of leaving them blocked in a collective until the timeout.
-cmd=(srun --kill-on-bad-exit=1 "$PYTHON" -u -m mometas_ds.pretrain "${args[@]}" "${extra_args[@]}" "$@")
+# --cpus-per-task is passed on explicitly: srun in Slurm 22.05-23.02 does not inherit sbatch's.
+srun_args=(--kill-on-bad-exit=1)
+if [ -n "${SLURM_CPUS_PER_TASK:-}" ]; then srun_args+=(--cpus-per-task="$SLURM_CPUS_PER_TASK"); fi
+cmd=(srun "${srun_args[@]}" "$PYTHON" -u -m mometas_ds.pretrain "${args[@]}" "${extra_args[@]}" "$@")
 
 echo "job ${SLURM_JOB_ID:-?} restart ${SLURM_RESTART_COUNT:-0}: ${SLURM_JOB_NUM_NODES:-?} node(s) [${SLURM_JOB_NODELIST:-?}]," \
      "${SLURM_NTASKS:-?} task(s), master ${MASTER_ADDR}:${MASTER_PORT}, OMP_NUM_THREADS=${OMP_NUM_THREADS}"

@@ -203,8 +203,9 @@ def test_script_builds_pretrain_command(script, ds_config, model, tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert len(calls) == 1
     words = calls[0].split()
-    assert words[:6] == ["srun", "--kill-on-bad-exit=1", "python", "-u", "-m", "mometas_ds.pretrain"]
-    flags = " ".join(words[6:])
+    # Slurm 22.05-23.02's srun does not inherit sbatch's --cpus-per-task: the script passes it on.
+    assert words[:7] == ["srun", "--kill-on-bad-exit=1", "--cpus-per-task=6", "python", "-u", "-m", "mometas_ds.pretrain"]
+    flags = " ".join(words[7:])
     assert f"--deepspeed_config {ds_config} " in flags
     assert f"--model_config {model} " in flags
     assert "--train_files data/*.jsonl more.txt " in flags  # globs reach pretrain unexpanded
@@ -221,6 +222,7 @@ def test_script_model_dir_resume_python_and_missing_train_files(tmp_path):
     assert f"--model_name_or_path {model_dir}" in calls[0] and "--model_config" not in calls[0]
     assert "--resume" not in calls[0]
     assert " /opt/py/bin/python -u " in calls[0]
+    assert "--cpus-per-task" not in calls[0]  # no SLURM_CPUS_PER_TASK: srun keeps its default
 
     env = clean_launch_env(SLURM_JOB_ID="1", MASTER_ADDR="node001")
     proc = subprocess.run(["bash", str(LARGE_SCRIPT)], env=env, capture_output=True, text=True, timeout=30)

@@ -243,3 +243,121 @@ def test_corpus_without_usable_documents_stops_at_start(assets, tmp_path):
     assert result.returncode == 2
     assert "bad.jsonl" in result.stderr and "no usable" in result.stderr.lower()
     assert not os.path.exists(os.path.join(out, "metrics.jsonl"))
+
+
+def test_hf_export_is_a_masked_lm_in_fp32_and_continual_pretraining_reloads_its_head(tmp_path):
+    """BertForMaskedLM.from_pretrained gets every weight (its logits equal the mlm head's), AutoModel
+    the encoder and the cse pooler, both in fp32 though DeepSpeed had cast the module to bf16; and
+    --model_name_or_path on the export starts from the trained mlm head, not a fresh one."""
+    import torch
+    from transformers import AutoModel, BertForMaskedLM
+
+    from mometas_ds.model import MultiObjectiveBert, build_bert_config
+    from mometas_ds.objectives import SpecialTokens, build_objective
+
+    special = SpecialTokens(pad_id=0, cls_id=1, sep_id=2, mask_id=3, vocab_size=60)
+    objectives = {name: build_objective(name, special) for name in ("mlm", "atd", "cse")}
+    torch.manual_seed(0)
+    model = MultiObjectiveBert.from_config(build_bert_config("tiny", vocab_size=60, max_position_embeddings=32), objectives)
+    with torch.no_grad():
+        for param in model.parameters():
+            param.add_(torch.randn_like(param) * 0.1)  # no weight left at its initial value
+    model.to(torch.bfloat16)  # what deepspeed.initialize does to the module under bf16
+    state = {k: v.float() for k, v in model.state_dict().items()}
+    model.float()
+    out = str(tmp_path / "hf_model")
+    model.save_hf(out, state_dict=state)
+
+    masked_lm, info = BertForMaskedLM.from_pretrained(out, output_loading_info=True)
+    assert not info["missing_keys"] and masked_lm.dtype == torch.float32
+    encoder, info = AutoModel.from_pretrained(out, output_loading_info=True)
+    assert not info["missing_keys"] and encoder.dtype == torch.float32
+    torch.testing.assert_close(encoder.pooler.dense.weight, state["heads.cse.dense.weight"], rtol=0, atol=0)
+
+    model.load_state_dict(state)
+    model.eval()
+    input_ids = torch.tensor([[1, 5, 3, 7, 9, 2]])
+    with torch.no_grad():
+        head = model.heads["mlm"]
+        hidden = head.layer_norm(head.act(head.dense(model.bert(input_ids=input_ids).last_hidden_state)))
+        ours = torch.nn.functional.linear(hidden, head.tied_weight, head.bias)
+        torch.testing.assert_close(masked_lm.eval()(input_ids=input_ids).logits, ours)
+
+    reloaded = MultiObjectiveBert.from_pretrained(out, objectives)
+    for name, tensor in reloaded.heads["mlm"].state_dict().items():
+        torch.testing.assert_close(tensor, state[f"heads.mlm.{name}"], rtol=0, atol=0, msg=name)
+    atd_weight = next(k for k in state if k.startswith("heads.atd.") and k.endswith("weight"))
+    assert not torch.equal(reloaded.state_dict()[atd_weight], state[atd_weight]), "other heads start fresh"
+
+
+def test_resume_takes_a_tag_here_or_a_checkpoint_path_where_it_is(tmp_path):
+    from mometas_ds.checkpoint import COMPLETE_MARKER, find_resume_checkpoint
+    from mometas_ds.config import ConfigError, PretrainConfig, validate_config
+
+    here, other = tmp_path / "run_b" / "checkpoints", tmp_path / "run_a" / "checkpoints"
+    for root, tag in ((here, "step2"), (other, "step4"), (other, "step6")):
+        (root / tag).mkdir(parents=True)
+        (root / tag / COMPLETE_MARKER).write_text(tag[4:])
+    (other / "step8").mkdir()  # a save that never finished
+
+    assert find_resume_checkpoint(str(here), "auto") == (str(here), "step2")
+    assert find_resume_checkpoint(str(here), "step2") == (str(here), "step2")
+    assert find_resume_checkpoint(str(here), str(other / "step4")) == (str(other), "step4")
+    assert find_resume_checkpoint(str(tmp_path / "empty"), "auto") is None
+    for bad in ("step4", str(other / "step8")):
+        with pytest.raises(ValueError, match="is not a complete checkpoint"):
+            find_resume_checkpoint(str(here), bad)
+
+    cfg = PretrainConfig(deepspeed_config=CPU_CONFIG, train_files=["x.jsonl"], model_config="tiny", train_tokenizer=100,
+                         output_dir=str(tmp_path / "run_b"), resume=str(other / "step8"))
+    with pytest.raises(ConfigError, match="--resume: .*step8 is not a complete checkpoint"):
+        validate_config(cfg)
+
+
+def test_continual_pretraining_from_an_hf_checkpoint(assets, tmp_path, capsys):
+    """--model_name_or_path: encoder, mlm head and tokenizer from a local checkpoint; a sequence
+    length beyond its position embeddings, or a new vocabulary, stops the run before any work."""
+    import torch
+    from transformers import BertForMaskedLM
+
+    from mometas_ds.model import MultiObjectiveBert, build_bert_config
+    from mometas_ds.objectives import build_objective
+    from mometas_ds.pretrain import main
+    from mometas_ds.tokenizer import load_tokenizer, special_tokens_of
+
+    tokenizer = load_tokenizer(assets["tokenizer"])
+    objectives = {name: build_objective(name, special_tokens_of(tokenizer)) for name in OBJECTIVES}
+    torch.manual_seed(1)
+    config = build_bert_config("tiny", vocab_size=len(tokenizer), max_position_embeddings=40)
+    start_dir = str(tmp_path / "checkpoint")
+    MultiObjectiveBert.from_config(config, objectives).save_hf(start_dir, tokenizer)
+
+    def continual_args(out, *extra):
+        args = pretrain_args(assets["corpus"], assets["tokenizer"], out, assets["cache"], max_steps=4)
+        for flag in ("--model_config", "--tokenizer"):
+            i = args.index(flag)
+            del args[i:i + 2]
+        return args + ["--model_name_or_path", start_dir, *extra]
+
+    out = str(tmp_path / "run")
+    result = run_pretrain(continual_args(out))
+    _ok(result)
+    assert f"mlm head loaded from {start_dir}" in result.stderr + result.stdout
+    before = BertForMaskedLM.from_pretrained(start_dir).state_dict()
+    after = BertForMaskedLM.from_pretrained(os.path.join(out, "hf_model")).state_dict()
+    assert before.keys() == after.keys()
+    assert not torch.equal(before["cls.predictions.transform.dense.weight"], after["cls.predictions.transform.dense.weight"])
+
+    never = str(tmp_path / "never")
+    assert main(continual_args(never, "--seq_len", "64")) == 2
+    assert "--seq_len: 64 exceeds the max_position_embeddings (40)" in capsys.readouterr().err
+    assert main(continual_args(never, "--train_tokenizer", "100")) == 2
+    assert "--train_tokenizer: a new vocabulary" in capsys.readouterr().err
+    assert not os.path.exists(never)
+
+    from mometas_ds.config import ConfigError, PretrainConfig, check_tokenizer_fits_model
+
+    cfg = PretrainConfig(model_name_or_path=start_dir, tokenizer=assets["tokenizer"])
+    check_tokenizer_fits_model(cfg, len(tokenizer))
+    with pytest.raises(ConfigError, match=f"--tokenizer: the tokenizer has {len(tokenizer) + 1} tokens but the embeddings"):
+        check_tokenizer_fits_model(cfg, len(tokenizer) + 1)
