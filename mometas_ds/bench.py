@@ -690,15 +690,9 @@ class Bench:
 
 
 def load_ds_config(path: str, micro_batch: Optional[int], world_size: int, torch_adam: bool = False) -> dict:
-    from .config import _check_batch_fields
+    from .config import _check_batch_fields, read_json_object
 
-    try:
-        with open(path, encoding="utf-8") as f:
-            ds_config = json.load(f)
-    except (OSError, json.JSONDecodeError) as exc:
-        raise BenchError(f"--deepspeed_config: cannot read {path} ({exc})") from exc
-    if not isinstance(ds_config, dict):
-        raise BenchError(f"--deepspeed_config: {path} must hold a JSON object")
+    ds_config = read_json_object(path, "--deepspeed_config", BenchError)
     if micro_batch is not None:
         ds_config["train_micro_batch_size_per_gpu"] = micro_batch
     if "train_micro_batch_size_per_gpu" not in ds_config:

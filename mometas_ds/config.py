@@ -173,13 +173,7 @@ def validate_config(cfg: PretrainConfig) -> dict:
 
     if not cfg.deepspeed_config or not os.path.isfile(cfg.deepspeed_config):
         fail("deepspeed_config", f"file not found: {cfg.deepspeed_config}")
-    try:
-        with open(cfg.deepspeed_config, encoding="utf-8") as f:
-            ds_config = json.load(f)
-    except json.JSONDecodeError as exc:
-        fail("deepspeed_config", f"{cfg.deepspeed_config} is not valid JSON ({exc})")
-    if not isinstance(ds_config, dict):
-        fail("deepspeed_config", f"{cfg.deepspeed_config} must hold a JSON object")
+    ds_config = read_json_object(cfg.deepspeed_config, "--deepspeed_config")
     if not cfg.train_files:
         fail("train_files", "no corpus given")
     if (cfg.model_name_or_path is None) == (cfg.model_config is None):
@@ -244,17 +238,22 @@ def validate_config(cfg: PretrainConfig) -> dict:
     return ds_config
 
 
-def read_model_config(model_dir: str) -> dict:
-    """The config.json of a local HF checkpoint, as a dict; ConfigError naming the flag if unreadable."""
-    path = os.path.join(model_dir, "config.json")
+def read_json_object(path: str, flag: str, error: type = None) -> dict:
+    """A JSON file holding an object; otherwise ``error`` (ConfigError) naming the flag and the file."""
+    error = error or ConfigError
     try:
         with open(path, encoding="utf-8") as f:
-            config = json.load(f)
+            value = json.load(f)
     except (OSError, json.JSONDecodeError) as exc:
-        raise ConfigError(f"--model_name_or_path: cannot read {path} ({exc})") from None
-    if not isinstance(config, dict):
-        raise ConfigError(f"--model_name_or_path: {path} must hold a JSON object")
-    return config
+        raise error(f"{flag}: cannot read {path} ({exc})") from None
+    if not isinstance(value, dict):
+        raise error(f"{flag}: {path} must hold a JSON object")
+    return value
+
+
+def read_model_config(model_dir: str) -> dict:
+    """The config.json of a local HF checkpoint, as a dict; ConfigError naming the flag if unreadable."""
+    return read_json_object(os.path.join(model_dir, "config.json"), "--model_name_or_path")
 
 
 def check_tokenizer_fits_model(cfg: PretrainConfig, num_tokens: int) -> None:
