@@ -17,7 +17,7 @@ setup(
         "tokenizers>=0.15",
         "numpy",
         "tqdm",
-        "matplotlib",
+        "matplotlib>=3.7",  # plot.py reads Legend.legend_handles
     ],
     extras_require={
         "mpi": ["mpi4py>=3.1"],

@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
-# System packages for the cluster tests (tests/test_cluster.py, tests/test_launch.py):
-# munge + slurm-wlm for a live one-node SLURM, OpenMPI for mpirun. Idempotent: apt runs only
+# System packages for CI: make (for `make test`), and for the cluster tests (tests/test_cluster.py,
+# tests/test_launch.py) munge + slurm-wlm for a live one-node SLURM, OpenMPI for mpirun. Idempotent: apt runs only
 # when one of them is missing. Needs root (CI runs as root); without root it prints what to install.
 set -euo pipefail
 
-PACKAGES=(munge slurm-wlm openmpi-bin libopenmpi-dev)
+PACKAGES=(make munge slurm-wlm openmpi-bin libopenmpi-dev)
 
 missing=()
 for pkg in "${PACKAGES[@]}"; do

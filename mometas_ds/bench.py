@@ -509,7 +509,11 @@ class Bench:
                 for name, batch in batches.items():
                     self.sync()
                     start = time.perf_counter()
-                    float(self.engine(batch, name)["loss"].float())
+                    if trainer.objectives[name].meta_eval_with_dropout:  # as the meta-validation runs it
+                        loss = Trainer._forward_with_dropout(trainer, batch, name, self.cfg.seed)
+                    else:
+                        loss = self.engine(batch, name)["loss"]
+                    float(loss.float())
                     self.sync()
                     times[name].append((time.perf_counter() - start) / len(rows))
         finally:

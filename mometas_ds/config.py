@@ -220,8 +220,15 @@ def validate_config(cfg: PretrainConfig) -> dict:
         fail("dist_timeout_minutes", f"must be > 0, got {cfg.dist_timeout_minutes}")
     _check_batch_fields(ds_config, cfg.deepspeed_config)
     _check_optimizer(ds_config, cfg.deepspeed_config)
-    if cfg.resume not in (None, "", "none", "auto"):
-        from .checkpoint import find_resume_checkpoint
+    from .checkpoint import find_resume_checkpoint, latest_complete_tag
+
+    if cfg.resume in (None, "", "none"):
+        earlier = latest_complete_tag(os.path.join(cfg.output_dir, "checkpoints"))
+        if earlier is not None:
+            # Starting over here would overwrite that run's checkpoints and logs as this one reaches them.
+            fail("resume", f"{cfg.output_dir} holds checkpoint {earlier} of an earlier run: add --resume to continue "
+                           "it, or give a new --output_dir")
+    elif cfg.resume != "auto":
 
         try:
             find_resume_checkpoint(os.path.join(cfg.output_dir, "checkpoints"), cfg.resume)

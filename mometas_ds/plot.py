@@ -13,8 +13,8 @@ Every figure is FIGURE_SIZE_IN at FIGURE_DPI: 800 x 450 pixels, whatever the dat
 
 A run killed mid-write leaves a truncated last line: lines that are not JSON objects are skipped,
 counted and logged. NaN/inf/null values are left as gaps. Figures whose data is absent (no
-sampler.jsonl, as for rule-based samplers, or updates without val_losses/reward) are skipped and
-logged; the others are still written.
+sampler.jsonl, or updates without val_losses/reward, as rule-based samplers write them) are skipped
+and logged; the others are still written.
 
 Figures are drawn with matplotlib's Agg renderer through `matplotlib.figure.Figure`, so importing
 this module never touches pyplot or the caller's backend and needs no display.
@@ -236,7 +236,7 @@ def plot_run(run_dir: str, out_dir: str | None = None) -> list[str]:
         updates = read_sampler(sampler_path)
     else:
         updates = UpdateRecords(np.zeros(0, dtype=np.int64))
-        logger.info("%s not found (rule-based sampler?): sampler figures will be skipped", sampler_path)
+        logger.info("%s not found: sampler figures will be skipped", sampler_path)
 
     out_dir = out_dir if out_dir is not None else os.path.join(run_dir, "plots")
     os.makedirs(out_dir, exist_ok=True)

@@ -108,6 +108,8 @@ class Trainer:
         self.consecutive_skips = 0  # both kinds since the last applied update
         if cfg.resume:
             self._resume(cfg.resume)
+        else:
+            self._rewind_logs()  # a fresh run's logs start empty (a run killed before its first save left some)
 
     # ---------------------------------------------------------------- set-up
     def _install_signal_handlers(self):

@@ -62,6 +62,10 @@ def test_single_rank_run_outputs_and_exact_resume(assets, tmp_path):
     _ok(second)
     assert "reusing tokenized cache" in second.stderr + second.stdout
     assert "resumed from" in second.stderr + second.stdout
+    # Starting over in a finished run's directory without --resume would overwrite it: refused up front.
+    again = run_pretrain(pretrain_args(corpus, assets["tokenizer"], part_dir, assets["cache"], max_steps=steps))
+    assert again.returncode == 2
+    assert f"--resume: {part_dir} holds checkpoint step{steps} of an earlier run" in again.stderr
 
     full = read_jsonl(os.path.join(full_dir, "metrics.jsonl"))
     part = read_jsonl(os.path.join(part_dir, "metrics.jsonl"))
