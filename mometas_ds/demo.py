@@ -70,7 +70,7 @@ def main(argv=None) -> int:
     print(f"  sampler:     {os.path.join(out, 'sampler.jsonl')}")
     print(f"  traces:      {os.path.join(out, 'trace')}")
     print(f"  checkpoint:  {os.path.join(out, 'checkpoints')}")
-    print(f"  HF model:    {os.path.join(out, 'hf_model')}  (transformers.AutoModel.from_pretrained loads it)")
+    print(f"  HF model:    {os.path.join(out, 'hf_model')}  (transformers' BertForMaskedLM and AutoModel load it)")
     for path in figures:
         print(f"  figure:      {path}")
     return 0
