@@ -7,6 +7,7 @@ import os
 from dataclasses import asdict, dataclass, field, fields
 from typing import List, Optional
 
+from .checkpoint import find_resume_checkpoint, latest_complete_tag
 from .model import MODEL_PRESETS
 from .objectives import DEFAULT_OBJECTIVES, objective_class
 
@@ -160,7 +161,7 @@ def objective_names_problem(names: List[str]) -> Optional[str]:
 
 def validate_config(cfg: PretrainConfig) -> dict:
     """Check every flag that can be checked without doing work; return the parsed DeepSpeed config."""
-    from .samplers import available_samplers
+    from .samplers import available_samplers, build_sampler
 
     def fail(flag, message):
         raise ConfigError(f"--{flag}: {message}")
@@ -220,8 +221,6 @@ def validate_config(cfg: PretrainConfig) -> dict:
         fail("dist_timeout_minutes", f"must be > 0, got {cfg.dist_timeout_minutes}")
     _check_batch_fields(ds_config, cfg.deepspeed_config)
     _check_optimizer(ds_config, cfg.deepspeed_config)
-    from .checkpoint import find_resume_checkpoint, latest_complete_tag
-
     if cfg.resume in (None, "", "none"):
         earlier = latest_complete_tag(os.path.join(cfg.output_dir, "checkpoints"))
         if earlier is not None:
@@ -229,14 +228,11 @@ def validate_config(cfg: PretrainConfig) -> dict:
             fail("resume", f"{cfg.output_dir} holds checkpoint {earlier} of an earlier run: add --resume to continue "
                            "it, or give a new --output_dir")
     elif cfg.resume != "auto":
-
         try:
             find_resume_checkpoint(os.path.join(cfg.output_dir, "checkpoints"), cfg.resume)
         except ValueError as exc:
             fail("resume", str(exc).split(": ", 1)[-1])
     # The sampler checks its own options: build one now so a bad --sampler_args stops the run here.
-    from .samplers import build_sampler
-
     try:
         build_sampler(cfg.sampler, num_objectives=len(cfg.objectives), seed=cfg.seed, interval=cfg.meta_interval,
                       **sampler_kwargs(cfg))

@@ -101,7 +101,7 @@ class MultiObjectiveBert(nn.Module):
             hf_head = {hf: t for hf, t in masked_lm.state_dict().items() if hf in HF_MLM_HEAD_KEYS.values()}
             if not missing & set(HF_MLM_HEAD_KEYS.values()) and len(hf_head) == len(HF_MLM_HEAD_KEYS):
                 ours = {key[len("heads.mlm."):]: hf_head[hf] for key, hf in HF_MLM_HEAD_KEYS.items()}
-                model.heads["mlm"].load_state_dict(ours, strict=False)
+                model.heads["mlm"].load_state_dict(ours)
                 logger.info("mlm head loaded from %s", path)
         return model
 
