@@ -179,8 +179,10 @@ def validate_config(cfg: PretrainConfig) -> dict:
         fail("train_files", "no corpus given")
     if (cfg.model_name_or_path is None) == (cfg.model_config is None):
         fail("model_config", "give exactly one of --model_name_or_path (continual) or --model_config (from scratch)")
-    if cfg.model_config is not None and cfg.model_config not in MODEL_PRESETS and not os.path.isfile(cfg.model_config):
-        fail("model_config", f"{cfg.model_config!r} is neither a preset ({', '.join(MODEL_PRESETS)}) nor a JSON file")
+    if cfg.model_config is not None and cfg.model_config not in MODEL_PRESETS:
+        if not os.path.isfile(cfg.model_config):
+            fail("model_config", f"{cfg.model_config!r} is neither a preset ({', '.join(MODEL_PRESETS)}) nor a JSON file")
+        read_json_object(cfg.model_config, "--model_config")  # a BertConfig JSON: unreadable stops the run here
     if cfg.model_name_or_path is not None and not os.path.isdir(cfg.model_name_or_path):
         fail("model_name_or_path", f"{cfg.model_name_or_path} is not a local directory")
     if cfg.tokenizer is None and cfg.train_tokenizer is None:

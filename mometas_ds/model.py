@@ -1,7 +1,6 @@
 """A BERT encoder with one head per objective: ``model(batch, objective) -> {"loss": ...}``."""
 from __future__ import annotations
 
-import json
 import logging
 import os
 from typing import Dict, Mapping, Optional
@@ -37,13 +36,9 @@ def build_bert_config(model_config: str, vocab_size: int, max_position_embedding
     if model_config in MODEL_PRESETS:
         fields = dict(MODEL_PRESETS[model_config])
     elif os.path.isfile(model_config):
-        try:
-            with open(model_config, encoding="utf-8") as f:
-                fields = json.load(f)
-        except (OSError, json.JSONDecodeError) as exc:
-            raise ValueError(f"--model_config {model_config}: not a readable JSON file ({exc})") from exc
-        if not isinstance(fields, dict):
-            raise ValueError(f"--model_config {model_config}: expected a JSON object of BertConfig fields")
+        from .config import read_json_object  # config imports this module
+
+        fields = read_json_object(model_config, "--model_config", ValueError)
     else:
         raise ValueError(
             f"--model_config {model_config!r} is neither a preset ({', '.join(MODEL_PRESETS)}) nor a JSON file"

@@ -183,8 +183,8 @@ def test_batch_keys_optimizer_sampler_args_and_objective_rows_are_checked_before
     def config(ds_config, **flags):
         path = tmp_path / "ds.json"
         path.write_text(json.dumps(ds_config))
-        return PretrainConfig(deepspeed_config=str(path), train_files=["x.jsonl"], model_config="tiny",
-                              train_tokenizer=100, **flags)
+        return PretrainConfig(**{"deepspeed_config": str(path), "train_files": ["x.jsonl"], "model_config": "tiny",
+                                 "train_tokenizer": 100, **flags})
 
     def check(ds_config, world_size=1, **flags):
         cfg = config(ds_config, **flags)
@@ -208,6 +208,11 @@ def test_batch_keys_optimizer_sampler_args_and_objective_rows_are_checked_before
         check(micro8, sampler="fixed", sampler_args={"weights": [1, 2]})
     with pytest.raises(ConfigError, match="--sampler_args: .*unknown option"):
         check(micro8, sampler_args={"bogus": 1})
+
+    broken = tmp_path / "bert.json"
+    broken.write_text('{"hidden_size": 64,')
+    with pytest.raises(ConfigError, match="--model_config: cannot read .*bert.json"):
+        check(micro8, model_config=str(broken))
 
     # cse contrasts the rows of one forward: one row per micro-batch or per rank's meta share is refused.
     with pytest.raises(ConfigError, match="train_micro_batch_size_per_gpu=1, but objective cse needs at least 2"):
