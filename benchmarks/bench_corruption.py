@@ -53,11 +53,19 @@ def make_batch(batch_size: int, seq_len: int, special: SpecialTokens, seed: int,
 
 # --- straightforward per-token loops (the baseline) -------------------------------------------------
 
+def _padded_batch(rows, seq_len: int, pad_id: int):
+    """(token ids, labels) per row -> right-padded tensors, labels -100 and mask 0 on padding."""
+    pad = [seq_len - len(ids) for ids, _ in rows]
+    return {"input_ids": torch.tensor([ids + [pad_id] * n for (ids, _), n in zip(rows, pad)]),
+            "attention_mask": torch.tensor([[1] * len(ids) + [0] * n for (ids, _), n in zip(rows, pad)]),
+            "labels": torch.tensor([labels + [-100] * n for (_, labels), n in zip(rows, pad)])}
+
+
 def atd_loop(input_ids, attention_mask, special: SpecialTokens, p: float, rng: random.Random):
     batch, seq_len = input_ids.shape
     insert = torch.bernoulli(torch.full((batch, seq_len), p))
     specials = set(special.ids)
-    out_ids, out_labels, out_mask = [], [], []
+    rows = []
     for i in range(batch):
         row, labels = [], []
         for j in range(seq_len):
@@ -74,20 +82,15 @@ def atd_loop(input_ids, attention_mask, special: SpecialTokens, p: float, rng: r
             labels.append(0)
         if len(row) > seq_len:
             row, labels = row[:seq_len - 1] + [special.sep_id], labels[:seq_len - 1] + [0]
-        out_mask.append([1] * len(row) + [0] * (seq_len - len(row)))
-        labels += [-100] * (seq_len - len(row))
-        row += [special.pad_id] * (seq_len - len(row))
-        out_ids.append(row)
-        out_labels.append(labels)
-    return {"input_ids": torch.tensor(out_ids), "attention_mask": torch.tensor(out_mask),
-            "labels": torch.tensor(out_labels)}
+        rows.append((row, labels))
+    return _padded_batch(rows, seq_len, special.pad_id)
 
 
 def dtd_loop(input_ids, attention_mask, special: SpecialTokens, p: float, rng: random.Random):
     batch, seq_len = input_ids.shape
     delete = torch.bernoulli(torch.full((batch, seq_len), p))
     specials = set(special.ids)
-    out_ids, out_labels, out_mask = [], [], []
+    rows = []
     for i in range(batch):
         row, labels = [], []
         previous_deleted = False
@@ -101,13 +104,8 @@ def dtd_loop(input_ids, attention_mask, special: SpecialTokens, p: float, rng: r
             row.append(token)
             labels.append(1 if previous_deleted else 0)
             previous_deleted = False
-        out_mask.append([1] * len(row) + [0] * (seq_len - len(row)))
-        labels += [-100] * (seq_len - len(row))
-        row += [special.pad_id] * (seq_len - len(row))
-        out_ids.append(row)
-        out_labels.append(labels)
-    return {"input_ids": torch.tensor(out_ids), "attention_mask": torch.tensor(out_mask),
-            "labels": torch.tensor(out_labels)}
+        rows.append((row, labels))
+    return _padded_batch(rows, seq_len, special.pad_id)
 
 
 LOOPS = {"atd": atd_loop, "dtd": dtd_loop}

@@ -1,5 +1,15 @@
-# The part of slurm/pretrain_*.sh after their defaults: master address, the pretrain command, srun,
-# and the requeue after a pre-timeout save. Sourced by those scripts (with their "$@"); not run alone.
+# The part of slurm/pretrain_*.sh after their own defaults: the defaults they share, master address,
+# the pretrain command, srun, and the requeue after a pre-timeout save. Sourced by those scripts (with
+# their "$@"); not run alone. Their headers document every variable.
+: "${TRAIN_FILES:?set TRAIN_FILES to the corpus files or globs (space-separated)}"
+SEQ_LEN=${SEQ_LEN:-512}
+MAX_STEPS=${MAX_STEPS:-50000}
+SAVE_STEPS=${SAVE_STEPS:-1000}
+RESUME=${RESUME-auto}
+DIST_TIMEOUT_MINUTES=${DIST_TIMEOUT_MINUTES:-30}
+PYTHON=${PYTHON:-python}
+REQUEUE_ON_TIMEOUT=${REQUEUE_ON_TIMEOUT:-1}
+
 export MASTER_ADDR=${MASTER_ADDR:-$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n1)}
 if [ -z "$MASTER_ADDR" ]; then
     echo "cannot resolve the first node of SLURM_JOB_NODELIST='${SLURM_JOB_NODELIST:-}'; set MASTER_ADDR" >&2

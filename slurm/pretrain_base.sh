@@ -52,17 +52,10 @@
 
 set -uo pipefail
 
-: "${TRAIN_FILES:?set TRAIN_FILES to the corpus files or globs (space-separated)}"
+# This script's own defaults; those shared with the other pretrain script are in launch_pretrain.sh.
 MODEL=${MODEL:-base}
 DS_CONFIG=${DS_CONFIG:-ds_configs/bert_base_zero2.json}
 OUTPUT_DIR=${OUTPUT_DIR:-runs/${SLURM_JOB_NAME:-pretrain_base}}
-SEQ_LEN=${SEQ_LEN:-512}
-MAX_STEPS=${MAX_STEPS:-50000}
-SAVE_STEPS=${SAVE_STEPS:-1000}
-RESUME=${RESUME-auto}
-DIST_TIMEOUT_MINUTES=${DIST_TIMEOUT_MINUTES:-30}
-PYTHON=${PYTHON:-python}
-REQUEUE_ON_TIMEOUT=${REQUEUE_ON_TIMEOUT:-1}
 REQUEUE_WITHIN_SECONDS=${REQUEUE_WITHIN_SECONDS:-600}
 
 # sbatch runs a copy of this script from its spool directory: find the shared part in the submit
