@@ -8,7 +8,11 @@ setup(
     long_description_content_type="text/markdown",
     license="Apache-2.0",
     python_requires=">=3.9",
-    packages=find_packages(include=["mometas_ds", "mometas_ds.*"]),
+    packages=find_packages(include=["mometas_ds", "mometas_ds.*"]) + ["mometas_ds.ds_configs"],
+    # The DeepSpeed configs ship inside the package, so the built-in defaults (mometas-bench,
+    # the demo) also work from an installed wheel; mometas_ds.config.bundled_ds_config finds them.
+    package_dir={"mometas_ds.ds_configs": "ds_configs"},
+    package_data={"mometas_ds.ds_configs": ["*.json"]},
     install_requires=[
         "torch>=2.1,<3",
         "deepspeed>=0.14",

@@ -62,12 +62,13 @@ from typing import Callable, Dict, List, Optional
 
 import torch
 
+from .config import bundled_ds_config
 from .model import MODEL_PRESETS
 from .objectives import DEFAULT_OBJECTIVES, SpecialTokens
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CPU_CONFIG = os.path.join(REPO_ROOT, "ds_configs", "cpu_demo.json")
-GPU_CONFIG = os.path.join(REPO_ROOT, "ds_configs", "bert_base_zero2.json")
+CPU_CONFIG = bundled_ds_config("cpu_demo.json")
+GPU_CONFIG = bundled_ds_config("bert_base_zero2.json")
 ARMS = ["single", "uniform", "mometas"]
 # --quick: sized to finish in a few minutes on a 2-core CPU with 1 or 2 ranks.
 # Its ratio of meta-validation forwards to training steps is the paper's: (8 / 8) x 5 per 25 steps = (128 / 32) x 5 per 100.

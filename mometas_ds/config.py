@@ -243,6 +243,19 @@ def validate_config(cfg: PretrainConfig) -> dict:
     return ds_config
 
 
+_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
+
+
+def bundled_ds_config(name: str) -> str:
+    """Path of a DeepSpeed config shipped with mometas_ds (``ds_configs/NAME``): the copy a wheel
+    installs inside the package (setup.py maps ds_configs/ to mometas_ds/ds_configs), else the
+    source checkout's."""
+    installed = os.path.join(_PACKAGE_DIR, "ds_configs", name)
+    if os.path.isfile(installed):
+        return installed
+    return os.path.join(os.path.dirname(_PACKAGE_DIR), "ds_configs", name)
+
+
 def read_json_object(path: str, flag: str, error: type = None) -> dict:
     """A JSON file holding an object; otherwise ``error`` (ConfigError) naming the flag and the file."""
     error = error or ConfigError

@@ -12,6 +12,8 @@ import subprocess
 import sys
 import time
 
+from .config import bundled_ds_config
+
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -20,7 +22,7 @@ def main(argv=None) -> int:
     p.add_argument("--output_dir", default="runs/demo")
     p.add_argument("--ranks", type=int, default=2)
     p.add_argument("--max_steps", type=int, default=300)
-    p.add_argument("--deepspeed_config", default=os.path.join(REPO_ROOT, "ds_configs", "cpu_demo.json"))
+    p.add_argument("--deepspeed_config", default=bundled_ds_config("cpu_demo.json"))
     p.add_argument("--keep", action="store_true", help="keep an earlier runs/demo (default: start afresh)")
     args = p.parse_args(argv)
 
