@@ -213,7 +213,7 @@ def _read_jsonl(path: str, text_field: str, report: CorpusReport) -> Iterator[Tu
                     line = line.lstrip("\ufeff")
                 try:
                     record = json.loads(line)
-                except ValueError:
+                except (ValueError, RecursionError):  # RecursionError: pathologically nested brackets
                     report.skip("malformed_json", where)
                     continue
                 if not isinstance(record, dict):

@@ -177,6 +177,7 @@ def _parquet_with_null_text(path):
 BAD_CASES = {
     "malformed_json": ("malformed_json", _jsonl_with_bad_line(b'{"text": "unterminated')),
     "json_array_line": ("malformed_json", _jsonl_with_bad_line(b'["a", "list"]')),
+    "deeply_nested_json": ("malformed_json", _jsonl_with_bad_line(b"[" * 100_000)),
     "missing_text_field": ("missing_text_field", _jsonl_with_bad_line(b'{"body": "no text field here"}')),
     "null_text_field": ("missing_text_field", _jsonl_with_bad_line(b'{"text": null}')),
     "non_string_text": ("non_string_text", _jsonl_with_bad_line(b'{"text": 42}')),
