@@ -289,8 +289,11 @@ def sampler_kwargs(cfg: PretrainConfig) -> dict:
     """--sampler_args plus what the run's flags imply (MOMETAS's lr and gamma, a schedule's length)."""
     kwargs = dict(cfg.sampler_args)
     if cfg.sampler == "mometas":
-        kwargs.setdefault("lr", cfg.meta_lr)
-        kwargs.setdefault("gamma", cfg.meta_gamma)
+        # One way to set each: a value here would silently override the flag (or be overridden).
+        for key, flag in (("lr", "--meta_lr"), ("gamma", "--meta_gamma")):
+            if key in kwargs:
+                raise ValueError(f"{key!r} is set by {flag}, not here")
+        kwargs.update(lr=cfg.meta_lr, gamma=cfg.meta_gamma)
     if cfg.sampler == "temperature":
         kwargs.setdefault("total_steps", cfg.max_steps)
     return kwargs

@@ -208,6 +208,13 @@ def test_batch_keys_optimizer_sampler_args_and_objective_rows_are_checked_before
         check(micro8, sampler="fixed", sampler_args={"weights": [1, 2]})
     with pytest.raises(ConfigError, match="--sampler_args: .*unknown option"):
         check(micro8, sampler_args={"bogus": 1})
+    # The policy's lr and gamma have their own flags; a second way to set them would silently lose one.
+    with pytest.raises(ConfigError, match="--sampler_args: 'lr' is set by --meta_lr"):
+        check(micro8, sampler_args={"lr": 0.7}, meta_lr=0.3)
+    with pytest.raises(ConfigError, match="--sampler_args: 'gamma' is set by --meta_gamma"):
+        check(micro8, sampler_args={"gamma": 1.0})
+    from mometas_ds.config import sampler_kwargs
+    assert sampler_kwargs(config(micro8, meta_lr=0.3, meta_gamma=0.5)) == {"lr": 0.3, "gamma": 0.5}
 
     broken = tmp_path / "bert.json"
     broken.write_text('{"hidden_size": 64,')
