@@ -79,7 +79,8 @@ def build_arg_parser() -> argparse.ArgumentParser:
                    help=f"train from scratch with a preset ({' | '.join(MODEL_PRESETS)}) or a BertConfig JSON path")
     p.add_argument("--tokenizer", default=None, help="local HF tokenizer directory")
     p.add_argument("--train_tokenizer", type=int, default=None, metavar="VOCAB_SIZE",
-                   help="train a BERT WordPiece tokenizer of this vocabulary size on the corpus (saved in output_dir/tokenizer)")
+                   help="train a BERT WordPiece tokenizer of at most this vocabulary size on the corpus (saved in "
+                   "output_dir/tokenizer; not deterministic: to compare runs, pass one run's as --tokenizer)")
     p.add_argument("--seq_len", type=int, default=d.seq_len, help="tokens per packed sequence, cls and sep included")
     p.add_argument("--objectives", type=_csv, default=list(d.objectives),
                    help="comma-separated objective names (default: mlm,gmlm,atd,dtd,cse)")

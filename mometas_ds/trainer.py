@@ -147,8 +147,10 @@ class Trainer:
                 from .data import CorpusReport, iter_texts
 
                 logger.info("training a WordPiece tokenizer (vocab %d) on the corpus", cfg.train_tokenizer)
-                train_wordpiece_tokenizer(iter_texts(cfg.train_files, cfg.text_field, CorpusReport()),
-                                          cfg.train_tokenizer, out_dir)
+                trained = train_wordpiece_tokenizer(iter_texts(cfg.train_files, cfg.text_field, CorpusReport()),
+                                                    cfg.train_tokenizer, out_dir)
+                logger.info("trained a tokenizer of %d tokens (asked for at most %d), saved in %s",
+                            len(trained), cfg.train_tokenizer, out_dir)
 
         self._on_rank0_first(train)
         return load_tokenizer(out_dir)

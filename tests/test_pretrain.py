@@ -114,6 +114,29 @@ def test_single_rank_run_outputs_and_exact_resume(assets, tmp_path):
         assert struct.unpack(">II", head[16:24]) == (800, 450)
 
 
+def test_a_run_trains_its_tokenizer_once_and_a_resume_reuses_it(assets, tmp_path):
+    out = str(tmp_path / "own_tokenizer")
+    args = pretrain_args(assets["corpus"], assets["tokenizer"], out, str(tmp_path / "cache"), max_steps=6)
+    at = args.index("--tokenizer")
+    args[at:at + 2] = ["--train_tokenizer", "300"]
+    first = run_pretrain(args + ["--steps_this_run", "3"])
+    _ok(first)
+    tokenizer_json = os.path.join(out, "tokenizer", "tokenizer.json")
+    with open(tokenizer_json, "rb") as f:
+        trained = f.read()
+    size = len(json.loads(trained)["model"]["vocab"])
+    assert 50 < size <= 300
+    assert f"trained a tokenizer of {size} tokens (asked for at most 300)" in first.stderr + first.stdout
+
+    second = run_pretrain(args + ["--resume"])
+    _ok(second)
+    assert "trained a tokenizer" not in second.stderr + second.stdout
+    with open(tokenizer_json, "rb") as f:
+        assert f.read() == trained, "the resumed run must keep the tokenizer its checkpoint was trained with"
+    with open(os.path.join(out, "hf_model", "config.json")) as f:
+        assert json.load(f)["vocab_size"] == size
+
+
 @pytest.mark.parametrize("stage", [0, 3])  # ZeRO-2, the CPU config's, runs on 2 ranks in test_faults and test_cluster
 def test_two_ranks_draw_the_same_objectives(assets, tmp_path, stage):
     with open(CPU_CONFIG) as f:
