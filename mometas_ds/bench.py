@@ -26,15 +26,16 @@ arm's per-objective micro-step cost of the same round:
   U* = sum_k n_k(mometas) * c_k(uniform)        overhead = T(mometas block) / U* - 1
 
 The breakdown is timed directly inside the MOMETAS arm (per sampler update): meta-validation
-forward passes, meta-validation corruption, and the sampler update with its all-reduces; "rest" is
-the measured overhead they do not explain (MOMETAS-arm training steps slower than uniform's, noise).
+forward passes, meta-validation corruption, and the sampler update with its all-reduces (none on
+one rank); "rest" is the measured overhead they do not explain (MOMETAS-arm training steps slower
+than uniform's, noise).
 The prediction uses the config and two measured costs:
 
   predicted = objectives x (meta_batch_size / ranks) x forward_s_per_meta_sequence / (interval x train_step_s)
 
-where forward_s_per_meta_sequence comes from the probe (eval-mode forward of each objective on as
-many rows as a meta-validation chunk holds, corruption excluded, per row, averaged over objectives)
-and train_step_s = U* / steps.
+where forward_s_per_meta_sequence comes from the probe (each objective's forward as the
+meta-validation runs it, i.e. eval mode with cse's dropout on, on as many rows as a meta-validation
+chunk holds, corruption excluded, per row, averaged over objectives) and train_step_s = U* / steps.
 
     mometas-bench --quick --json runs/bench/mometas_quick.json
     mometas-bench --quick --ranks 2            # re-launches itself through the deepspeed launcher
@@ -257,20 +258,6 @@ class SyntheticBatches:
         return batch
 
 
-class SyntheticMeta:
-    """Stands in for the meta-validation split: ``len()`` and ``meta[list_of_rows]`` -> columns."""
-
-    def __init__(self, num_rows: int, seq_len: int, special: SpecialTokens, seed: int):
-        self.input_ids, self.attention_mask = synthetic_rows(num_rows, seq_len, special, seed)
-
-    def __len__(self) -> int:
-        return len(self.input_ids)
-
-    def __getitem__(self, rows) -> Dict[str, torch.Tensor]:
-        index = torch.as_tensor(rows, dtype=torch.long)
-        return {"input_ids": self.input_ids[index], "attention_mask": self.attention_mask[index]}
-
-
 class _Discard:
     """The per-micro-step trace file of a real run; the benchmark keeps no trace."""
 
@@ -383,8 +370,9 @@ class Bench:
         base.device = base.engine.device
         base.gas = base.engine.gradient_accumulation_steps()
         base.micro_batch = base.engine.train_micro_batch_size_per_gpu()
-        base.data = argparse.Namespace(meta=SyntheticMeta(2 * cfg.meta_batch_size, cfg.seq_len, self.special,
-                                                          seed=cfg.seed + 1_000_003))
+        # The meta-validation split in the form the trainer holds it (Trainer.meta_rows).
+        ids, mask = synthetic_rows(2 * cfg.meta_batch_size, cfg.seq_len, self.special, seed=cfg.seed + 1_000_003)
+        base.meta_rows = {"input_ids": ids, "attention_mask": mask}
         base.step = base.micro_step = base.num_updates = 0
         base.skipped_steps = base.skipped_updates = base.consecutive_skips = 0
         base.stop_requested = base.stop_agreed = False
@@ -490,15 +478,14 @@ class Bench:
 
     @torch.no_grad()
     def probe_forward(self, reps: int) -> Dict[str, List[float]]:
-        """Eval-mode forward per meta-validation sequence of each objective, corruption excluded.
+        """Forward time per meta-validation sequence of each objective, corruption excluded, run as
+        the meta-validation runs it (eval mode; with dropout for objectives that ask, i.e. cse).
 
         Each forward takes as many rows as a chunk of this rank's meta-validation does
         (``Trainer._measure_meta_losses`` evaluates its shard in chunks of the micro-batch).
         """
         trainer = self.trainers["mometas"]
-        meta = trainer.data.meta
-        rows = list(range(self.probe_rows))
-        clean = meta[rows]
+        clean = {key: column[: self.probe_rows] for key, column in trainer.meta_rows.items()}
         generator = torch.Generator(device=self.device).manual_seed(self.cfg.seed)
         from .trainer import Trainer
 
@@ -516,7 +503,7 @@ class Bench:
                         loss = self.engine(batch, name)["loss"]
                     float(loss.float())
                     self.sync()
-                    times[name].append((time.perf_counter() - start) / len(rows))
+                    times[name].append((time.perf_counter() - start) / self.probe_rows)
         finally:
             self.engine.train()
         return times
@@ -646,6 +633,11 @@ class Bench:
         def predicted(ranks: int) -> float:
             return 100.0 * len(names) * (cfg.meta_batch_size / ranks) * forward_per_seq / (cfg.interval * train_step_s)
 
+        # Rank counts a real run could use: the batch splits evenly and every rank's share holds
+        # the rows each objective needs (check_world_size refuses e.g. one cse row per rank).
+        min_rows = max(self.trainers["mometas"].objectives[name].min_rows for name in names)
+        rank_counts = [r for r in (1, 2, 4, 8) if cfg.meta_batch_size % r == 0 and cfg.meta_batch_size // r >= min_rows]
+
         return {
             "benchmark": "mometas-bench",
             "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
@@ -675,7 +667,7 @@ class Bench:
             "forward_s_per_sequence_by_objective": forward_by_objective,
             "probe_rows_per_forward": self.probe_rows,
             "predicted_overhead_pct": predicted(self.world_size),
-            "predicted_overhead_pct_at_ranks": {str(r): predicted(r) for r in (1, 2, 8) if cfg.meta_batch_size % r == 0},
+            "predicted_overhead_pct_at_ranks": {str(r): predicted(r) for r in rank_counts},
             "skipped_micro_steps": {arm: self.trainers[arm].skipped_steps for arm in ARMS},
             "warmup_s": warmup_s,
             "elapsed_s": elapsed_s,
@@ -767,6 +759,8 @@ def format_report(result: dict) -> str:
         lines.append(f"  {labels[arm]:<18}{a['samples_per_s']:>11.1f}{a['tokens_per_s']:>11.0f}"
                      f"{1e3 * a['step_s']:>9.1f}   {draws}")
     costs = result["arms"]["uniform"]["micro_step_s_by_objective"]
+    # With one rank meta_update_distributed is a plain sampler.update: no collective ran.
+    update_label = "sampler update + all-reduces" if c["ranks"] > 1 else "sampler update (1 rank: no all-reduce)"
     lines += [
         "  uniform ms/micro-step by objective: " + ", ".join(f"{n} {1e3 * costs[n]:.1f}" for n in names if n in costs),
         "",
@@ -778,7 +772,7 @@ def format_report(result: dict) -> str:
         f"{1e3 * result['train_step_s']:.2f} ms:",
         f"    meta-validation forward      {1e3 * b['meta_forward_s_per_update']:9.1f} ms  {b['meta_forward_pct']:6.2f} %",
         f"    meta-validation corruption   {1e3 * b['meta_corrupt_s_per_update']:9.1f} ms  {b['meta_corrupt_pct']:6.2f} %",
-        f"    sampler update + all-reduce  {1e3 * b['sampler_update_s_per_update']:9.1f} ms  {b['sampler_update_pct']:6.2f} %",
+        f"    {update_label:<28} {1e3 * b['sampler_update_s_per_update']:9.1f} ms  {b['sampler_update_pct']:6.2f} %",
         f"    sum of the above                            {b['direct_overhead_pct']:6.2f} %",
         f"    rest (slower training steps, noise)         {b['rest_pct']:6.2f} %",
         f"  predicted from the config: {len(names)} objectives x {result['meta_sequences_per_rank']} seq/rank x "

@@ -732,19 +732,10 @@ class ShardedBatches:
         self.epoch, self.offset, self._order = epoch, offset, None
 
 
-def eval_batches(dataset: datasets.Dataset, batch_size: int, rank: int = 0,
-                 world_size: int = 1) -> Iterator[Dict[str, torch.Tensor]]:
-    """One pass, in order, over rank ``rank``'s contiguous share of ``dataset`` (e.g. the meta split).
-    Every rank gets ``len(dataset) // world_size`` rows; the last batch may be smaller."""
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
-    if not 0 <= rank < world_size:
-        raise ValueError(f"rank {rank} is not in [0, world_size={world_size})")
-    per_rank = len(dataset) // world_size
-    if per_rank == 0:
-        raise DataError(f"{len(dataset)} meta-validation sequence(s) cannot be shared by {world_size} rank(s): "
-                        f"raise --meta_batch_size")
-    rows = dataset.with_format("numpy", columns=["input_ids", "attention_mask"])
-    for start in range(rank * per_rank, (rank + 1) * per_rank, batch_size):
-        stop = min(start + batch_size, (rank + 1) * per_rank)
-        yield _to_batch(rows[start:stop])
+def rows_as_tensors(dataset: datasets.Dataset) -> Dict[str, torch.Tensor]:
+    """Every row of ``dataset`` as int64 tensors [rows, seq_len], read from Arrow once.
+
+    For the meta-validation split: it is small (2 x --meta_batch_size sequences) and each sampler
+    update indexes it chunk by chunk, which through Python lists costs milliseconds per chunk.
+    """
+    return _to_batch(dataset.with_format("numpy", columns=["input_ids", "attention_mask"])[:])

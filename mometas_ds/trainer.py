@@ -85,6 +85,9 @@ class Trainer:
 
         self.special = special_tokens_of(self.tokenizer)
         self.data = self._prepare_data()
+        from .data import rows_as_tensors
+
+        self.meta_rows = rows_as_tensors(self.data.meta)  # indexed by every sampler update
         self.objectives = {name: build_objective(name, self.special) for name in cfg.objectives}
         self.objective_names: List[str] = list(cfg.objectives)
         self.model = self._build_model()
@@ -449,7 +452,7 @@ class Trainer:
         from .samplers import shard_range
 
         cfg = self.cfg
-        meta = self.data.meta
+        meta = self.meta_rows
         draw_id = 0 if getattr(self.sampler, "fixed_meta_set", False) else self.num_updates
         lo, hi = shard_range(cfg.meta_batch_size, self.rank, self.world_size)
         n = len(self.objective_names)
@@ -461,13 +464,12 @@ class Trainer:
             for k, name in enumerate(self.objective_names):
                 # The same rows on every rank for a given update; each rank takes its own slice.
                 rows_gen = torch.Generator().manual_seed(_seed_for(cfg.seed, 7, draw_id, k))
-                rows = torch.randperm(len(meta), generator=rows_gen)[: cfg.meta_batch_size][lo:hi]
+                rows = torch.randperm(len(meta["input_ids"]), generator=rows_gen)[: cfg.meta_batch_size][lo:hi]
                 generator = torch.Generator(device=self.device)
                 generator.manual_seed(_seed_for(cfg.seed, 11, draw_id, k, self.rank))
                 objective = self.objectives[name]
                 for chunk_rows in meta_chunks(rows, self.micro_batch, objective.min_rows):
-                    chunk = meta[chunk_rows.tolist()]
-                    clean = {key: torch.as_tensor(chunk[key], dtype=torch.long) for key in ("input_ids", "attention_mask")}
+                    clean = {key: column[chunk_rows] for key, column in meta.items()}
                     batch = self._corrupt(name, clean, generator)
                     if objective.meta_eval_with_dropout:
                         loss = self._forward_with_dropout(batch, name, _seed_for(cfg.seed, 13, draw_id, k, self.rank))

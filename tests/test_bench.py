@@ -29,6 +29,7 @@ def result(tmp_path_factory):
                           env=subprocess_env(), cwd=REPO_ROOT, capture_output=True, text=True, timeout=180)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "MOMETAS overhead vs uniform" in proc.stdout  # the printed table
+    assert "sampler update (1 rank: no all-reduce)" in proc.stdout  # one rank runs no collective
     return json.loads(path.read_text())
 
 
@@ -85,6 +86,8 @@ def test_predicted_overhead_follows_from_the_measured_costs(result):
     assert result["predicted_overhead_pct"] == pytest.approx(predicted, rel=1e-9)
     assert result["predicted_overhead_pct_at_ranks"]["1"] == pytest.approx(predicted, rel=1e-9)
     assert result["predicted_overhead_pct_at_ranks"]["2"] == pytest.approx(predicted / 2, rel=1e-9)
+    # 4 ranks would leave one meta-validation row per rank, and cse needs 2: no such run exists to predict.
+    assert set(result["predicted_overhead_pct_at_ranks"]) == {"1", "2"}
     b = result["breakdown"]
     for part in ("meta_forward", "meta_corrupt", "sampler_update"):
         assert b[f"{part}_pct"] == pytest.approx(100 * b[f"{part}_s_per_update"] / per_interval, rel=1e-9)

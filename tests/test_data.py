@@ -17,9 +17,9 @@ from mometas_ds.data import (
     DataConfig,
     DataError,
     ShardedBatches,
-    eval_batches,
     iter_texts,
     prepare_data,
+    rows_as_tensors,
 )
 from mometas_ds.demo_corpus import generate_documents, write_demo_corpus
 from mometas_ds.tokenizer import load_tokenizer, special_tokens_of, train_wordpiece_tokenizer
@@ -426,16 +426,13 @@ def test_sharded_batches_reject_too_small_data_and_bad_ranks():
         ShardedBatches(numbered_dataset(20), batch_size=4, rank=2, world_size=2)
 
 
-def test_eval_batches_share_the_meta_split_equally():
-    dataset = numbered_dataset(23)
-    per_rank = [[row_ids(b) for b in eval_batches(dataset, batch_size=4, rank=r, world_size=2)] for r in range(2)]
-    assert [len(sum(rows, [])) for rows in per_rank] == [11, 11]
-    assert [len(b) for b in per_rank[0]] == [4, 4, 3]
-    assert set(sum(per_rank[0], [])).isdisjoint(sum(per_rank[1], []))
-    # Fixed order: the same on every call.
-    assert per_rank[0] == [row_ids(b) for b in eval_batches(dataset, batch_size=4, rank=0, world_size=2)]
-    with pytest.raises(DataError, match="--meta_batch_size"):
-        list(eval_batches(numbered_dataset(1), batch_size=4, rank=0, world_size=2))
+def test_rows_as_tensors_reads_the_whole_split_once_as_int64():
+    rows = rows_as_tensors(numbered_dataset(23, seq_len=5))
+    assert set(rows) == {"input_ids", "attention_mask"}
+    assert rows["input_ids"].shape == rows["attention_mask"].shape == (23, 5)
+    assert rows["input_ids"].dtype == rows["attention_mask"].dtype == torch.int64
+    assert row_ids(rows) == list(range(23)) and bool((rows["attention_mask"] == 1).all())
+    assert len(rows_as_tensors(numbered_dataset(0))["input_ids"]) == 0
 
 
 # ----------------------------------------------------------------------------------------- tokenizer
