@@ -468,6 +468,19 @@ def test_second_backward_through_the_loss_raises(backend):
         loss.backward()
 
 
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("fused", [True, False])
+def test_double_backward_raises_instead_of_dropping_the_second_order_terms(backend, fused):
+    skip_unrunnable(backend, "cpu")
+    h, w, b, t = make_head_inputs(4, 31, 8, torch.float32, "cpu")
+    h.requires_grad_(True)
+    loss = fused_linear_cross_entropy(h, w, t, b, backend=backend) if fused else cross_entropy(h @ w.t(), t, backend=backend)
+    # A gradient penalty: the reference would differentiate d(loss)/dh again; the kernels cannot.
+    with pytest.raises(RuntimeError, match="create_graph=True"):
+        torch.autograd.grad(loss, h, create_graph=True)
+
+
 def test_auto_backend_choice_is_logged_once(caplog):
     kernels._logged_choices.clear()
     h, w, b, t = make_head_inputs(4, 31, 8, torch.float32, "cpu")
@@ -499,6 +512,16 @@ def test_bad_inputs_raise_value_errors(monkeypatch):
         fused_linear_cross_entropy(h, w[:, :5], t, b, backend="torch")
     with pytest.raises(ValueError, match="integer class ids"):
         cross_entropy(h @ w.t(), t.float())
+    with pytest.raises(ValueError, match="target must be a torch.Tensor"):
+        cross_entropy(h @ w.t(), t.tolist())
+    with pytest.raises(ValueError, match="bias must be a torch.Tensor"):
+        fused_linear_cross_entropy(h, w, t, b.numpy(), backend="torch")
+    with pytest.raises(ValueError, match="ignore_index must be an int"):
+        cross_entropy(h @ w.t(), t, ignore_index=True)
+    with pytest.raises(ValueError, match="no classes"):
+        cross_entropy(torch.zeros(4, 0), t)
+    with pytest.raises(ValueError, match="vocab >= 1"):
+        fused_linear_cross_entropy(h, w[:0], t, b[:0], backend="torch")
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
     with pytest.raises(ValueError, match="cannot run on device cpu"):
         cross_entropy(h @ w.t(), t, backend="triton")

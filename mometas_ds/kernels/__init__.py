@@ -75,10 +75,16 @@ def _resolve_backend(backend: str, device: torch.device) -> ModuleType:
     return triton_module if triton_module is not None else cross_entropy_torch
 
 
+def _check_tensors(**tensors) -> None:
+    for name, tensor in tensors.items():
+        if tensor is not None and not isinstance(tensor, torch.Tensor):
+            raise ValueError(f"{name} must be a torch.Tensor, got {type(tensor).__name__}")
+
+
 def _check_common(target: torch.Tensor, ignore_index: int, reduction: str) -> None:
     if reduction not in REDUCTIONS:
         raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
-    if not isinstance(ignore_index, int):
+    if isinstance(ignore_index, bool) or not isinstance(ignore_index, int):
         raise ValueError(f"ignore_index must be an int, got {ignore_index!r}")
     if target.is_floating_point() or target.is_complex() or target.dtype == torch.bool:
         raise ValueError(f"target must hold integer class ids, got dtype {target.dtype}")
@@ -91,6 +97,7 @@ def _check_float(name: str, tensor: torch.Tensor) -> None:
 
 def cross_entropy(logits, target, ignore_index=-100, reduction="mean", backend="auto"):
     """Cross-entropy of ``logits`` [..., C] against class ids ``target`` [...]; a 0-dim fp32 loss."""
+    _check_tensors(logits=logits, target=target)
     _check_common(target, ignore_index, reduction)
     _check_float("logits", logits)
     if logits.dim() < 1 or tuple(target.shape) != tuple(logits.shape[:-1]):
@@ -98,6 +105,8 @@ def cross_entropy(logits, target, ignore_index=-100, reduction="mean", backend="
             f"target shape {tuple(target.shape)} must equal logits shape without its class dimension "
             f"{tuple(logits.shape[:-1])} (logits [..., C], class dimension last)"
         )
+    if logits.shape[-1] == 0:
+        raise ValueError(f"logits shape {tuple(logits.shape)} has no classes")
     if target.device != logits.device:
         raise ValueError(f"target is on {target.device} but logits on {logits.device}")
     module = _resolve_backend(backend, logits.device)
@@ -118,12 +127,14 @@ def fused_linear_cross_entropy(hidden, weight, target, bias=None, ignore_index=-
     Pass only the rows that carry a target (e.g. the masked positions) to skip the rest.
     Hidden, weight and bias must share a dtype; that dtype is the compute dtype of the GEMMs.
     """
+    _check_tensors(hidden=hidden, weight=weight, target=target, bias=bias)
     _check_common(target, ignore_index, reduction)
     _check_float("hidden", hidden)
-    if weight.dim() != 2:
-        raise ValueError(f"weight must be [vocab, hidden], got shape {tuple(weight.shape)}")
+    if weight.dim() != 2 or weight.shape[0] == 0:
+        raise ValueError(f"weight must be [vocab, hidden] with vocab >= 1, got shape {tuple(weight.shape)}")
     if hidden.dim() < 1 or hidden.shape[-1] != weight.shape[1]:
-        raise ValueError(f"hidden's last dimension {tuple(hidden.shape)} must equal weight.shape[1]={weight.shape[1]}")
+        raise ValueError(f"hidden's last dimension ({hidden.shape[-1] if hidden.dim() else 'none'}; hidden shape "
+                         f"{tuple(hidden.shape)}) must equal weight.shape[1]={weight.shape[1]}")
     if tuple(target.shape) != tuple(hidden.shape[:-1]):
         raise ValueError(f"target shape {tuple(target.shape)} must equal hidden.shape[:-1]={tuple(hidden.shape[:-1])}")
     if bias is not None and tuple(bias.shape) != (weight.shape[0],):

@@ -93,6 +93,11 @@ def cross_entropy_chunked(
 
 def take_saved(ctx, name: str):
     """Hand out a gradient saved in forward exactly once (backward scales it in place)."""
+    if torch.is_grad_enabled():  # true inside backward only under create_graph=True
+        raise RuntimeError(
+            "mometas_ds.kernels: double backward (create_graph=True) is not supported: the gradient is computed "
+            "in forward as a constant, so its own gradient would silently be dropped; use F.cross_entropy there"
+        )
     saved = getattr(ctx, name)
     if saved is None:
         raise RuntimeError(
