@@ -229,7 +229,8 @@ def summarize(results: List[Dict]) -> List[str]:
         dense = by_key.get((r["dtype"], "dense"))
         sparse = by_key.get((r["dtype"], "sparse"))
         # Tiny shapes can peak below the CPU measurement's page granularity (0 MiB): no ratio then.
-        r["memory_saving_vs_dense"] = dense["peak_head_mib"] / r["peak_head_mib"] if dense and min(dense["peak_head_mib"], r["peak_head_mib"]) > 0 else None
+        measurable = dense is not None and min(dense["peak_head_mib"], r["peak_head_mib"]) > 0
+        r["memory_saving_vs_dense"] = dense["peak_head_mib"] / r["peak_head_mib"] if measurable else None
         r["time_vs_sparse"] = r["time_ms_median"] / sparse["time_ms_median"] if sparse else None
         saving = f"{r['memory_saving_vs_dense']:.1f}x" if r["memory_saving_vs_dense"] is not None else "-"
         speed = f"{r['time_vs_sparse']:.2f}" if sparse else "-"
