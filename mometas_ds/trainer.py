@@ -394,10 +394,29 @@ class Trainer:
         loss_value = float(loss.detach().float())
         self.engine.backward(faults.nonfinite_grad(loss, self.micro_step - 1))
         self._boundary_done = self.engine.is_gradient_accumulation_boundary()
+        if self._boundary_done and self.engine.zero_optimization_stage() == 3:
+            self._zero_unused_head_grads(name)
         self.engine.step()
         if self._boundary_done:
             self._count_update()
         return name, loss_value
+
+    def _zero_unused_head_grads(self, objective: str) -> None:
+        """Zero the gradients of the heads this step did not use, before a ZeRO-3 optimizer step.
+
+        ZeRO-3 keeps each parameter's gradient partition in a buffer that only that parameter's
+        own backward overwrites, so an unused head would hand the optimizer (and the clipping
+        norm) the gradient of the last step that used it. ZeRO-1/2 give such parameters zeros;
+        this does the same through DeepSpeed's public gradient API.
+        """
+        from deepspeed.utils import safe_set_local_grad
+
+        used = self.objectives[objective].head_name
+        for head_name, head in self.model.heads.items():
+            if head_name != used:
+                for param in head.parameters():
+                    if param.requires_grad:
+                        safe_set_local_grad(param, torch.zeros_like(param.ds_tensor))
 
     def _count_update(self):
         """After an optimizer step: was the update applied? DeepSpeed's ZeRO optimizers skip an update

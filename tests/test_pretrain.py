@@ -4,11 +4,14 @@ import json
 import math
 import os
 import struct
+import subprocess
+import sys
 
 import pytest
 
 from tests.pretrain_helpers import (
     CPU_CONFIG, REPO_ROOT, make_corpus_and_tokenizer, pretrain_args, read_jsonl, read_trace, run_pretrain,
+    subprocess_env,
 )
 
 OBJECTIVES = ["mlm", "gmlm", "atd", "dtd", "cse"]
@@ -135,6 +138,33 @@ def test_a_run_trains_its_tokenizer_once_and_a_resume_reuses_it(assets, tmp_path
         assert f.read() == trained, "the resumed run must keep the tokenizer its checkpoint was trained with"
     with open(os.path.join(out, "hf_model", "config.json")) as f:
         assert json.load(f)["vocab_size"] == size
+
+
+def test_zero3_gives_the_heads_a_step_did_not_use_zero_gradients(assets, tmp_path):
+    # Each step trains one objective's head. ZeRO-3 keeps gradient partitions in a buffer that only a
+    # parameter's own backward overwrites, so the other heads handed the optimizer (and the clipping
+    # norm) their last gradient again; ZeRO-2 gives them zeros. Every stage must train the same model.
+    with open(CPU_CONFIG) as f:
+        base = json.load(f)
+    losses = {}
+    for name, zero in (("zero2", {"stage": 2}), ("zero3", {"stage": 3}),
+                       ("zero3_offload", {"stage": 3, "offload_optimizer": {"device": "cpu"}})):
+        config = tmp_path / f"{name}.json"
+        config.write_text(json.dumps({**base, "zero_optimization": zero}))
+        out, record = tmp_path / name, tmp_path / f"{name}_grads.json"
+        args = pretrain_args(assets["corpus"], assets["tokenizer"], str(out), assets["cache"], max_steps=8,
+                             config=str(config))
+        _ok(subprocess.run([sys.executable, os.path.join(REPO_ROOT, "tests", "step_grads_probe.py"), str(record), *args],
+                           env=subprocess_env(), cwd=REPO_ROOT, capture_output=True, text=True, timeout=300))
+        steps = json.loads(record.read_text())
+        assert len(steps) == 8 and len({s["head"] for s in steps}) >= 3, "the steps switched heads"
+        for s in steps:
+            norms = s["head_grad_norms"]
+            assert norms[s["head"]] > 0, s
+            assert all(norm == 0 for head, norm in norms.items() if head != s["head"]), (name, s)
+        losses[name] = [m["loss"] for m in read_jsonl(str(out / "metrics.jsonl"))]
+    for name in ("zero3", "zero3_offload"):
+        assert losses[name] == pytest.approx(losses["zero2"], rel=1e-5), name
 
 
 @pytest.mark.parametrize("stage", [0, 3])  # ZeRO-2, the CPU config's, runs on 2 ranks in test_faults and test_cluster
