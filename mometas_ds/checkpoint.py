@@ -9,15 +9,19 @@ nothing is published and the previous complete tag stays the latest.
 """
 from __future__ import annotations
 
+import logging
 import os
 import re
 from typing import Callable, Optional, Tuple
+
+import torch
 
 from . import faults
 
 COMPLETE_MARKER = "COMPLETE"
 LATEST_FILE = "latest_complete"
 _TAG_RE = re.compile(r"^step(\d+)$")
+logger = logging.getLogger(__name__)
 
 
 def tag_for(step: int) -> str:
@@ -156,9 +160,44 @@ def consolidated_state_dict(engine, root: str, step: int) -> Optional[dict]:
 
     rank = dist.get_rank() if dist.is_initialized() else 0
     if engine.zero_optimization_stage() == 0:
-        return {k: v.float() for k, v in engine.module.state_dict().items()} if rank == 0 else None
+        state = _stage0_fp32_state_dict(engine)  # every rank: the bf16 optimizer gathers by all-reduce
+        return state if rank == 0 else None
     if rank != 0:
         return None
     from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
     return get_fp32_state_dict_from_zero_checkpoint(root, tag=tag_for(step))
+
+
+def _stage0_fp32_state_dict(engine) -> dict:
+    """The module's weights in fp32. Without ZeRO, DeepSpeed keeps a bf16/fp16 module and the fp32
+    master weights inside its optimizer wrapper: export those, not the rounded module copy."""
+    state = engine.module.state_dict(keep_vars=True)
+    if all(not v.is_floating_point() or v.dtype == torch.float32 for v in state.values()):
+        return {k: v.detach().float() for k, v in state.items()}
+    masters = _fp32_master_weights(engine)
+    return {k: masters[id(v)].detach().float().clone() if id(v) in masters else v.detach().float()
+            for k, v in state.items()}
+
+
+def _fp32_master_weights(engine) -> dict:
+    """{id(param): fp32 master weight} from DeepSpeed's stage-0 mixed-precision optimizers."""
+    from deepspeed.utils import safe_get_full_fp32_param
+
+    params = list(engine.module.parameters())
+    if any(hasattr(p, "_hp_mapping") for p in params):  # BF16_Optimizer (public API; an all-reduce per parameter)
+        masters = {id(p): safe_get_full_fp32_param(p) for p in params}
+        return {key: value for key, value in masters.items() if value is not None}
+    optimizer = engine.optimizer
+    groups = getattr(optimizer, "fp16_groups", None)
+    if groups is not None and hasattr(optimizer, "fp32_groups"):  # FP16_UnfusedOptimizer (e.g. Lamb + fp16)
+        return {id(p): m for lp, hp in zip(groups, optimizer.fp32_groups) for p, m in zip(lp, hp)}
+    if groups is not None and hasattr(optimizer, "fp32_groups_flat"):  # FP16_Optimizer: one flat buffer per group
+        from torch._utils import _unflatten_dense_tensors
+
+        return {id(p): m for lp, flat in zip(groups, optimizer.fp32_groups_flat)
+                for p, m in zip(lp, _unflatten_dense_tensors(flat, lp))}
+    logger.warning(
+        "HF export: no fp32 master weights found in %s; exporting the %s module weights upcast to fp32 "
+        "(the DeepSpeed checkpoint holds the full-precision state)", type(optimizer).__name__, params[0].dtype)
+    return {}

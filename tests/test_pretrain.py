@@ -359,6 +359,32 @@ def test_hf_export_is_a_masked_lm_in_fp32_and_continual_pretraining_reloads_its_
     assert not torch.equal(reloaded.state_dict()[atd_weight], state[atd_weight]), "other heads start fresh"
 
 
+def test_hf_export_without_zero_in_bf16_writes_the_fp32_master_weights(assets, tmp_path):
+    # Without ZeRO DeepSpeed trains a bf16 module and keeps the fp32 master weights in its optimizer:
+    # the export must be those, not the module's rounded copy upcast.
+    import torch
+    from safetensors.torch import load_file
+
+    with open(CPU_CONFIG) as f:
+        config = {**json.load(f), "zero_optimization": {"stage": 0}, "bf16": {"enabled": True}}
+    path = tmp_path / "bf16_stage0.json"
+    path.write_text(json.dumps(config))
+    out = tmp_path / "run"
+    _ok(run_pretrain(pretrain_args(assets["corpus"], assets["tokenizer"], str(out), assets["cache"], max_steps=6,
+                                   config=str(path))))
+    exported = load_file(str(out / "hf_model" / "model.safetensors"))
+    (states,) = glob.glob(str(out / "checkpoints" / "step6" / "*model_states.pt"))
+    module = torch.load(states, map_location="cpu", weights_only=False)["module"]
+    shared = [k for k in exported if k in module and module[k].is_floating_point()]
+    assert len(shared) > 10 and all(module[k].dtype == torch.bfloat16 for k in shared)
+    for key in shared:
+        assert exported[key].dtype == torch.float32
+        # The bf16 module weight is the master weight rounded to nearest.
+        assert torch.equal(exported[key].bfloat16(), module[key]), key
+    assert any(not torch.equal(exported[k], exported[k].bfloat16().float()) for k in shared), \
+        "every exported weight is bf16-exact: the export upcast the bf16 module instead of the fp32 masters"
+
+
 def test_resume_takes_a_tag_here_or_a_checkpoint_path_where_it_is(tmp_path):
     from mometas_ds.checkpoint import COMPLETE_MARKER, find_resume_checkpoint
     from mometas_ds.config import ConfigError, PretrainConfig, validate_config
