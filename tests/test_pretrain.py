@@ -385,6 +385,32 @@ def test_hf_export_without_zero_in_bf16_writes_the_fp32_master_weights(assets, t
         "every exported weight is bf16-exact: the export upcast the bf16 module instead of the fp32 masters"
 
 
+@pytest.mark.parametrize("wrapper", ["FP16_Optimizer", "FP16_UnfusedOptimizer"])
+def test_fp16_export_without_zero_reads_the_masters_of_both_deepspeed_fp16_optimizers(wrapper):
+    # DeepSpeed refuses fp16 on this CPU, so the two fp16 wrappers' layouts are stood in for:
+    # FP16_Optimizer keeps one flat fp32 buffer per group, FP16_UnfusedOptimizer a list per group.
+    import types
+
+    import torch
+    from torch._utils import _flatten_dense_tensors
+
+    from mometas_ds.checkpoint import _stage0_fp32_state_dict
+
+    torch.manual_seed(0)
+    module = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.LayerNorm(4))
+    masters = {id(p): torch.randn(p.shape) for p in module.parameters()}
+    module.half()  # the training copy: the masters rounded
+    groups = [list(module[0].parameters()), list(module[1].parameters())]
+    if wrapper == "FP16_Optimizer":
+        optimizer = types.SimpleNamespace(fp16_groups=groups, fp32_groups_flat=[
+            _flatten_dense_tensors([masters[id(p)] for p in group]) for group in groups])
+    else:
+        optimizer = types.SimpleNamespace(fp16_groups=groups, fp32_groups=[[masters[id(p)] for p in group] for group in groups])
+    state = _stage0_fp32_state_dict(types.SimpleNamespace(module=module, optimizer=optimizer))
+    for key, param in module.state_dict(keep_vars=True).items():
+        assert state[key].dtype == torch.float32 and torch.equal(state[key], masters[id(param)]), key
+
+
 def test_resume_takes_a_tag_here_or_a_checkpoint_path_where_it_is(tmp_path):
     from mometas_ds.checkpoint import COMPLETE_MARKER, find_resume_checkpoint
     from mometas_ds.config import ConfigError, PretrainConfig, validate_config
