@@ -411,12 +411,12 @@ class Trainer:
         """
         from deepspeed.utils import safe_set_local_grad
 
-        used = self.objectives[objective].head_name
-        for head_name, head in self.model.heads.items():
-            if head_name != used:
-                for param in head.parameters():
-                    if param.requires_grad:
-                        safe_set_local_grad(param, torch.zeros_like(param.ds_tensor))
+        used = self.model.heads[self.objectives[objective].head_name]
+        trained = {id(param) for param in used.parameters()}  # a module two heads share keeps its gradient
+        for head in self.model.heads.values():
+            for param in head.parameters():
+                if param.requires_grad and id(param) not in trained:
+                    safe_set_local_grad(param, torch.zeros_like(param.ds_tensor))
 
     def _count_update(self):
         """After an optimizer step: was the update applied? DeepSpeed's ZeRO optimizers skip an update

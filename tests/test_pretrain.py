@@ -167,6 +167,28 @@ def test_zero3_gives_the_heads_a_step_did_not_use_zero_gradients(assets, tmp_pat
         assert losses[name] == pytest.approx(losses["zero2"], rel=1e-5), name
 
 
+def test_zeroing_idle_heads_spares_a_module_the_trained_head_shares(monkeypatch):
+    import types
+
+    import deepspeed.utils
+    import torch
+
+    from mometas_ds.trainer import Trainer
+
+    shared = torch.nn.Linear(2, 2)
+    heads = torch.nn.ModuleDict({"a": torch.nn.Sequential(shared), "b": torch.nn.Sequential(shared, torch.nn.Linear(2, 3)),
+                                 "c": torch.nn.Linear(2, 2)})
+    for param in heads.parameters():
+        param.ds_tensor = param.data  # what ZeRO-3 attaches: this rank's partition
+    zeroed = []
+    monkeypatch.setattr(deepspeed.utils, "safe_set_local_grad", lambda param, value: zeroed.append(param))
+    fake = types.SimpleNamespace(model=types.SimpleNamespace(heads=heads),
+                                 objectives={"x": types.SimpleNamespace(head_name="a")})
+    Trainer._zero_unused_head_grads(fake, "x")
+    expected = list(heads["b"][1].parameters()) + list(heads["c"].parameters())
+    assert {id(p) for p in zeroed} == {id(p) for p in expected} and len(zeroed) == len(expected)
+
+
 @pytest.mark.parametrize("stage", [0, 3])  # ZeRO-2, the CPU config's, runs on 2 ranks in test_faults and test_cluster
 def test_two_ranks_draw_the_same_objectives(assets, tmp_path, stage):
     with open(CPU_CONFIG) as f:
