@@ -173,11 +173,9 @@ def _stage0_fp32_state_dict(engine) -> dict:
     """The module's weights in fp32. Without ZeRO, DeepSpeed keeps a bf16/fp16 module and the fp32
     master weights inside its optimizer wrapper: export those, not the rounded module copy."""
     state = engine.module.state_dict(keep_vars=True)
-    if all(not v.is_floating_point() or v.dtype == torch.float32 for v in state.values()):
-        return {k: v.detach().float() for k, v in state.items()}
-    masters = _fp32_master_weights(engine)
-    return {k: masters[id(v)].detach().float().clone() if id(v) in masters else v.detach().float()
-            for k, v in state.items()}
+    low_precision = any(v.is_floating_point() and v.dtype != torch.float32 for v in state.values())
+    masters = _fp32_master_weights(engine) if low_precision else {}
+    return {k: masters.get(id(v), v).detach().float() for k, v in state.items()}
 
 
 def _fp32_master_weights(engine) -> dict:
@@ -195,7 +193,8 @@ def _fp32_master_weights(engine) -> dict:
     if groups is not None and hasattr(optimizer, "fp32_groups_flat"):  # FP16_Optimizer: one flat buffer per group
         from torch._utils import _unflatten_dense_tensors
 
-        return {id(p): m for lp, flat in zip(groups, optimizer.fp32_groups_flat)
+        # Copies, not views: safetensors refuses to write tensors that share one storage.
+        return {id(p): m.clone() for lp, flat in zip(groups, optimizer.fp32_groups_flat)
                 for p, m in zip(lp, _unflatten_dense_tensors(flat, lp))}
     logger.warning(
         "HF export: no fp32 master weights found in %s; exporting the %s module weights upcast to fp32 "
