@@ -223,7 +223,7 @@ def summarize(results: List[Dict]) -> List[str]:
     by_key = {(r["dtype"], r["variant"]): r for r in results}
     lines = [
         f"{'dtype':5} {'variant':13} {'backend':11} {'peak MiB':>10} {'dense/x':>8} {'median ms':>11} "
-        f"{'x/sparse':>9} {'loss':>9}"
+        f"{'x/sparse':>9} {'host ms':>8} {'loss':>9}"
     ]
     for r in results:
         dense = by_key.get((r["dtype"], "dense"))
@@ -234,9 +234,10 @@ def summarize(results: List[Dict]) -> List[str]:
         r["time_vs_sparse"] = r["time_ms_median"] / sparse["time_ms_median"] if sparse else None
         saving = f"{r['memory_saving_vs_dense']:.1f}x" if r["memory_saving_vs_dense"] is not None else "-"
         speed = f"{r['time_vs_sparse']:.2f}" if sparse else "-"
+        host = f"{r['host_ms_median']:.2f}" if "host_ms_median" in r else "-"
         lines.append(
             f"{r['dtype']:5} {r['variant']:13} {r['backend']:11} {r['peak_head_mib']:10.1f} {saving:>8} "
-            f"{r['time_ms_median']:11.1f} {speed:>9} {r['loss']:9.4f}"
+            f"{r['time_ms_median']:11.2f} {speed:>9} {host:>8} {r['loss']:9.4f}"
         )
     return lines
 

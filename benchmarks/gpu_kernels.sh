@@ -11,8 +11,8 @@
 # 2. benchmarks/bench_kernels.py --device cuda: MLM head + loss at 32 x 256 tokens, 15% masked,
 #    hidden 1024, vocab 30522; dense / sparse / fused (triton and torch backends); fp32 and bf16;
 #    peak torch.cuda.max_memory_allocated above the inputs, median of 20 CUDA-event timings.
-#    JSON: $OUT/kernels_gpu.json; a second run with a 256 MiB chunk budget (bf16 only) goes to
-#    $OUT/kernels_gpu_budget256.json, to see what larger chunks buy in time.
+#    JSON: $OUT/kernels_gpu.json; a second run with a 256 MiB chunk budget (one chunk at this shape,
+#    fp32 and bf16) goes to $OUT/kernels_gpu_budget256.json, to see what the chunking costs in time.
 # 3. benchmarks/profile_mlm_head.py: torch.profiler table of the sparse and fused heads (bf16),
 #    $OUT/profile_mlm_head.txt (informational; its exit status does not fail the script).
 # About 1-2 minutes on an H100 (most of it Triton compiling the kernel's variants once).
@@ -44,7 +44,7 @@ fi
 echo "== benchmark: MLM head + loss, forward + backward =="
 timeout 150 "$PYTHON" benchmarks/bench_kernels.py --device cuda --json "$OUT/kernels_gpu.json"
 bench_status=$?
-timeout 60 "$PYTHON" benchmarks/bench_kernels.py --device cuda --dtypes bf16 --variants sparse,fused_triton \
+timeout 90 "$PYTHON" benchmarks/bench_kernels.py --device cuda --dtypes fp32,bf16 --variants sparse,fused_triton \
     --chunk-budget-mib 256 --json "$OUT/kernels_gpu_budget256.json"
 budget_status=$?
 

@@ -256,7 +256,7 @@ def test_backward_scales_by_grad_output(grad_output, backend, device, monkeypatc
 
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_triton_scale_kernel_matches_mul(dtype, device):
+def test_triton_scale_kernel_matches_mul(dtype, device, monkeypatch):
     """Sizes around the kernel's block, a 1 that must leave values as they are, and a strided tensor.
 
     Powers of two keep the products exact in bf16 whatever the rounding: the interpreter truncates
@@ -265,14 +265,34 @@ def test_triton_scale_kernel_matches_mul(dtype, device):
     triton_backend = importlib.import_module("mometas_ds.kernels.cross_entropy_triton")
     g = torch.Generator().manual_seed(5)
     block = triton_backend.SCALE_BLOCK
+    launches = count_launches(monkeypatch, triton_backend, "_scale_unless_one_kernel")
     for scale in (1.0, 0.25, -2.0, float("nan")):
         tensors = [torch.randn(n, generator=g).to(device, dtype) for n in (1, block - 1, block + 1, 2 * block)]
         tensors.append(torch.randn(6, 10, generator=g).to(device, dtype)[:, ::3])  # not contiguous
         tensors.append(torch.empty(0, device=device, dtype=dtype))
         expected = [x * torch.tensor(scale) for x in tensors]
+        launches.count = 0
         triton_backend.scale_grads_(tensors, torch.tensor(scale, device=device))
         for x, e in zip(tensors, expected):
             torch.testing.assert_close(x, e.to(dtype), atol=0, rtol=0, equal_nan=True)
+        # Four contiguous non-empty tensors in two launches (three per launch); the strided one by mul_.
+        assert launches.count == 2
+
+
+def count_launches(monkeypatch, module, kernel_name):
+    """Wrap ``module.<kernel_name>`` so that ``kernel[grid](...)`` calls are counted (for one test)."""
+    kernel = getattr(module, kernel_name)
+
+    class Counter:
+        count = 0
+
+        def __getitem__(self, grid):
+            self.count += 1
+            return kernel[grid]
+
+    counter = Counter()
+    monkeypatch.setattr(module, kernel_name, counter)
+    return counter
 
 
 COMPILE_FOR_HOPPER = r"""
@@ -291,7 +311,8 @@ for dtype in ("fp32", "bf16", "fp16"):
         )
         source = ASTSource(kernels._cross_entropy_rows_kernel, signature, {"BLOCK": 32768, "WRITE_GRAD": write_grad})
         assert triton.compile(source, target=target, options={"num_warps": 32}).asm["cubin"]
-    signature = dict(x_ptr=f"*{dtype}", n_elements="i64", scale_ptr="*fp32", BLOCK="constexpr")
+    signature = dict(x0_ptr=f"*{dtype}", n0="i64", x1_ptr=f"*{dtype}", n1="i32", x2_ptr=f"*{dtype}", n2="i32",
+                     scale_ptr="*fp32", BLOCK="constexpr")
     source = ASTSource(kernels._scale_unless_one_kernel, signature, {"BLOCK": kernels.SCALE_BLOCK})
     assert triton.compile(source, target=target).asm["cubin"]
 print("compiled")

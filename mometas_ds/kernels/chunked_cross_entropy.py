@@ -30,7 +30,8 @@ def rows_per_chunk(n_rows: int, n_classes: int, bytes_per_logit: int) -> int:
 
 
 def count_valid_targets(target: torch.Tensor, n_classes: int, ignore_index: int) -> torch.Tensor:
-    """Number of targets that are not ``ignore_index``, as a 0-dim int64 tensor on target's device.
+    """Number of targets that are not ``ignore_index``, as a 0-dim fp32 tensor on target's device
+    (exact up to 2**24 rows; fp32 because the count is only ever used as a divisor).
 
     Targets that are neither ignore_index nor a class id in [0, n_classes): ValueError on CPU
     (and any device but CUDA). On CUDA the check is a device-side assert (torch._assert_async,
@@ -50,22 +51,22 @@ def count_valid_targets(target: torch.Tensor, n_classes: int, ignore_index: int)
             f"target holds {bad.numel()} value(s) outside [0, {n_classes}) that are not ignore_index={ignore_index} "
             f"(e.g. {bad[0].item()})"
         )
-    return valid.sum()
-
-
-def reduce_loss(loss_sum: torch.Tensor, n_valid: torch.Tensor, reduction: str) -> torch.Tensor:
-    """'sum' as is; 'mean' over non-ignored rows, 0 when every row is ignored. No host sync."""
-    if reduction == "mean":
-        return loss_sum / n_valid.clamp(min=1)
-    return loss_sum
+    return valid.sum(dtype=torch.float32)
 
 
 def grad_scale(n_valid: torch.Tensor, reduction: str) -> torch.Tensor:
-    """d(loss)/d(loss_sum) as a 0-dim fp32 tensor on n_valid's device (never a Python float, which
-    would need a host sync): 1 / max(n_valid, 1) for 'mean', 1 for 'sum'."""
+    """d(loss)/d(sum of row losses) as a 0-dim fp32 tensor on n_valid's device (never a Python float,
+    which would need a host sync): 1 / max(n_valid, 1) for 'mean', 1 for 'sum'."""
     if reduction == "mean":
-        return n_valid.clamp(min=1).to(torch.float32).reciprocal()
+        return n_valid.clamp(min=1).reciprocal_()
     return torch.ones((), dtype=torch.float32, device=n_valid.device)
+
+
+def reduce_loss(row_losses: torch.Tensor, scale: torch.Tensor, reduction: str) -> torch.Tensor:
+    """The loss from every row's loss (0 on ignored rows): 'sum', or 'mean' over the non-ignored
+    rows by the ``grad_scale`` factor (0 when every row is ignored). No host sync."""
+    loss_sum = row_losses.sum()
+    return loss_sum * scale if reduction == "mean" else loss_sum
 
 
 def cross_entropy_chunked(
@@ -78,17 +79,17 @@ def cross_entropy_chunked(
 ) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
     """Loss of ``logits`` [rows, classes] and, if ``write_grad``, d(loss)/d(logits) in the logits' dtype."""
     n_rows, n_classes = logits.shape
-    n_valid = count_valid_targets(target, n_classes, ignore_index)
-    scale = grad_scale(n_valid, reduction)
+    scale = grad_scale(count_valid_targets(target, n_classes, ignore_index), reduction)
     dlogits = torch.empty_like(logits) if write_grad else None
     extra = backend.extra_bytes_per_logit(logits.dtype, write_grad)
     step = max(1, n_rows) if extra == 0 else rows_per_chunk(n_rows, n_classes, extra)
-    loss_sum = torch.zeros((), dtype=torch.float32, device=logits.device)
+    # Each chunk writes its rows' losses here; one sum at the end instead of a sum and an add per chunk.
+    row_losses = torch.empty(n_rows, dtype=torch.float32, device=logits.device)
     for start in range(0, n_rows, step):
         rows = slice(start, start + step)
         chunk_grad = dlogits[rows] if write_grad else None
-        loss_sum += backend.cross_entropy_rows(logits[rows], target[rows], ignore_index, chunk_grad, scale).sum()
-    return reduce_loss(loss_sum, n_valid, reduction), dlogits
+        backend.cross_entropy_rows(logits[rows], target[rows], ignore_index, chunk_grad, scale, row_losses[rows])
+    return reduce_loss(row_losses, scale, reduction), dlogits
 
 
 def take_saved(ctx, name: str):

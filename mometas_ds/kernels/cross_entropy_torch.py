@@ -22,8 +22,10 @@ def cross_entropy_rows(
     ignore_index: int,
     dlogits: Optional[torch.Tensor] = None,
     grad_scale: Union[float, torch.Tensor] = 1.0,
+    loss_out: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
-    """Per-row loss (fp32; 0 on ignored rows) of ``logits`` [rows, classes] against ``target`` [rows].
+    """Per-row loss (fp32; 0 on ignored rows) of ``logits`` [rows, classes] against ``target`` [rows],
+    also written into ``loss_out`` (fp32 [rows]) when given.
 
     If ``dlogits`` is given (same shape and dtype as ``logits``; may be ``logits`` itself), it
     receives ``grad_scale * (softmax - onehot)``, zero on ignored rows. ``grad_scale`` may be a
@@ -45,6 +47,8 @@ def cross_entropy_rows(
     work.sub_(row_max).exp_()
     sum_exp = work.sum(dim=1, keepdim=True)
     loss = torch.where(valid, (row_max + sum_exp.log()).squeeze(1) - target_logit, 0.0)
+    if loss_out is not None:
+        loss = loss_out.copy_(loss)
     if dlogits is None:
         return loss
 

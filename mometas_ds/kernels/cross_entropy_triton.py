@@ -91,21 +91,37 @@ def _cross_entropy_rows_kernel(
 
 
 @triton.jit
-def _scale_unless_one_kernel(x_ptr, n_elements, scale_ptr, BLOCK: tl.constexpr):
-    # Every program reads the scale from device memory and leaves at once when it is 1, so the
-    # common grad_output of 1 costs a launch, not a read and write of a weight-sized gradient.
-    scale = tl.load(scale_ptr)
-    if scale == 1.0:
-        return
-    offsets = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+def _scale_block(x_ptr, n_elements, block, scale, BLOCK: tl.constexpr):
+    offsets = block.to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     mask = offsets < n_elements
     x = tl.load(x_ptr + offsets, mask=mask).to(tl.float32)
     tl.store(x_ptr + offsets, x * scale, mask=mask)
 
 
+@triton.jit
+def _scale_unless_one_kernel(x0_ptr, n0, x1_ptr, n1, x2_ptr, n2, scale_ptr, BLOCK: tl.constexpr):
+    # Up to three tensors in one launch (the fused head's input, weight and bias gradients): each
+    # Python-side Triton launch costs the host tens of microseconds. Every program reads the scale
+    # from device memory and leaves at once when it is 1, so the common grad_output of 1 costs a
+    # launch, not a read and write of a weight-sized gradient.
+    scale = tl.load(scale_ptr)
+    if scale == 1.0:
+        return
+    block = tl.program_id(0)
+    blocks0 = (n0 + BLOCK - 1) // BLOCK
+    blocks1 = (n1 + BLOCK - 1) // BLOCK
+    if block < blocks0:
+        _scale_block(x0_ptr, n0, block, scale, BLOCK)
+    elif block < blocks0 + blocks1:
+        _scale_block(x1_ptr, n1, block - blocks0, scale, BLOCK)
+    else:
+        _scale_block(x2_ptr, n2, block - blocks0 - blocks1, scale, BLOCK)
+
+
 # True when the kernels were defined for the interpreter, i.e. they run on CPU tensors.
 INTERPRETED = isinstance(_cross_entropy_rows_kernel, InterpretedFunction)
 SCALE_BLOCK = 4096
+TENSORS_PER_SCALE_LAUNCH = 3
 
 
 def scale_grads_(grads, grad_output: torch.Tensor) -> None:
@@ -115,14 +131,24 @@ def scale_grads_(grads, grad_output: torch.Tensor) -> None:
     without the host ever reading grad_output: checking it on the host would be a sync.
     """
     scale = grad_output.detach().reshape(()).to(torch.float32)
+    flat = []
     for grad in grads:
         if grad.numel() == 0:
             continue
-        if not grad.is_contiguous():  # the kernel walks memory flat; gradients made here never take this path
+        if grad.is_contiguous():
+            flat.append(grad)
+        else:  # the kernel walks memory flat; gradients made here never take this path
             grad.mul_(scale)
-            continue
-        n = grad.numel()
-        _scale_unless_one_kernel[(triton.cdiv(n, SCALE_BLOCK),)](grad, n, scale, BLOCK=SCALE_BLOCK)
+    for first in range(0, len(flat), TENSORS_PER_SCALE_LAUNCH):
+        group = flat[first:first + TENSORS_PER_SCALE_LAUNCH]
+        sizes = [grad.numel() for grad in group]
+        n_blocks = sum(triton.cdiv(n, SCALE_BLOCK) for n in sizes)
+        while len(group) < TENSORS_PER_SCALE_LAUNCH:  # unused slots: no blocks, any valid pointer
+            group.append(group[0])
+            sizes.append(0)
+        _scale_unless_one_kernel[(n_blocks,)](
+            group[0], sizes[0], group[1], sizes[1], group[2], sizes[2], scale, BLOCK=SCALE_BLOCK
+        )
 
 
 def cross_entropy_rows(
@@ -131,8 +157,10 @@ def cross_entropy_rows(
     ignore_index: int,
     dlogits: Optional[torch.Tensor] = None,
     grad_scale: Union[float, torch.Tensor] = 1.0,
+    loss_out: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
-    """Per-row loss (fp32; 0 on ignored rows) of ``logits`` [rows, classes] against ``target`` [rows].
+    """Per-row loss (fp32; 0 on ignored rows) of ``logits`` [rows, classes] against ``target`` [rows],
+    written into ``loss_out`` (a contiguous fp32 [rows] tensor) when given.
 
     If ``dlogits`` is given (same shape and dtype as ``logits``; may be ``logits`` itself), it
     receives ``grad_scale * (softmax - onehot)``, zero on ignored rows. ``grad_scale`` is best a
@@ -141,7 +169,7 @@ def cross_entropy_rows(
     Targets must already be valid class ids or ``ignore_index``; rows must be unit-stride.
     """
     n_rows, n_classes = logits.shape
-    loss = torch.empty(n_rows, dtype=torch.float32, device=logits.device)
+    loss = torch.empty(n_rows, dtype=torch.float32, device=logits.device) if loss_out is None else loss_out
     if n_rows == 0:
         return loss
     target = target.contiguous()

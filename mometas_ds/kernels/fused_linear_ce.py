@@ -55,7 +55,7 @@ def linear_cross_entropy_chunked(
     bytes_per_logit = hidden.element_size() + backend.extra_bytes_per_logit(hidden.dtype, write_grad)
     step = rows_per_chunk(n_rows, vocab, bytes_per_logit)
     multi_chunk = step < n_rows
-    grad_hidden = grad_weight = grad_bias = loss_sum = None
+    grad_hidden = grad_weight = grad_bias = None
 
     # Autocast would change the chunk's dtype under us; the inputs' dtypes are the compute dtypes.
     with torch.autocast(hidden.device.type, enabled=False):
@@ -63,8 +63,9 @@ def linear_cross_entropy_chunked(
         # have just synced (boolean-mask indexing of the masked rows), so on a GPU the small ops
         # below would otherwise run while the device sits idle; now they overlap the GEMM.
         first_logits = F.linear(hidden[:step], weight, bias) if n_rows else None
-        n_valid = count_valid_targets(target, vocab, ignore_index)
-        scale = grad_scale(n_valid, reduction)
+        scale = grad_scale(count_valid_targets(target, vocab, ignore_index), reduction)
+        # Each chunk writes its rows' losses here; one sum at the end instead of a sum and an add per chunk.
+        row_losses = torch.empty(n_rows, dtype=torch.float32, device=hidden.device)
         if need_hidden_grad:
             # Contiguous, whatever the inputs' strides: chunk rows are written with mm(out=).
             grad_hidden = torch.empty(hidden.shape, dtype=hidden.dtype, device=hidden.device)
@@ -74,15 +75,11 @@ def linear_cross_entropy_chunked(
             logits = first_logits if start == 0 else F.linear(hidden_chunk, weight, bias)
             first_logits = None
             # With write_grad the logits buffer becomes d(loss)/d(logits) for these rows.
-            loss_rows = backend.cross_entropy_rows(
-                logits, target[rows], ignore_index, logits if write_grad else None, scale
+            backend.cross_entropy_rows(
+                logits, target[rows], ignore_index, logits if write_grad else None, scale, row_losses[rows]
             )
-            # The first chunk writes the sums outright (no zero fill, no read of zeros); later
+            # The first chunk writes the gradient sums outright (no zero fill, no read of zeros); later
             # chunks accumulate. grad_bias sums in fp32 only when there are chunks to add up.
-            if loss_sum is None:
-                loss_sum = loss_rows.sum()
-            else:
-                loss_sum += loss_rows.sum()
             if need_hidden_grad:
                 torch.mm(logits, weight, out=grad_hidden[rows])
             if need_weight_grad:
@@ -97,13 +94,11 @@ def linear_cross_entropy_chunked(
                     grad_bias += logits.sum(dim=0, dtype=torch.float32)
             del logits
 
-    if loss_sum is None:  # no rows
-        loss_sum = torch.zeros((), dtype=torch.float32, device=hidden.device)
     if need_weight_grad and grad_weight is None:  # no rows
         grad_weight = torch.zeros(weight.shape, dtype=weight.dtype, device=weight.device)
     if need_bias_grad:
         grad_bias = torch.zeros_like(bias) if grad_bias is None else grad_bias.to(bias.dtype)
-    return reduce_loss(loss_sum, n_valid, reduction), grad_hidden, grad_weight, grad_bias
+    return reduce_loss(row_losses, scale, reduction), grad_hidden, grad_weight, grad_bias
 
 
 class FusedLinearCrossEntropyFunction(torch.autograd.Function):
