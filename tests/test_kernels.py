@@ -546,3 +546,15 @@ def test_bad_inputs_raise_value_errors(monkeypatch):
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
     with pytest.raises(ValueError, match="cannot run on device cpu"):
         cross_entropy(h @ w.t(), t, backend="triton")
+
+
+def test_fused_backward_issues_one_scale_launch_for_all_gradients():
+    """benchmarks/count_head_launches.py: the host's launches for a 2-chunk forward + backward."""
+    script = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks",
+                          "count_head_launches.py")
+    done = subprocess.run([sys.executable, script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    counts = {line.split()[1]: int(line.split()[0]) for line in done.stdout.splitlines()[1:]}
+    assert counts["triton:_scale_unless_one_kernel"] == 1  # input, weight and bias gradients together
+    assert counts["triton:_cross_entropy_rows_kernel"] == 2  # one per chunk
+    assert counts["sum"] == 4  # the count, the bias gradient of each chunk, the losses once
