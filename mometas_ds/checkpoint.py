@@ -9,6 +9,7 @@ nothing is published and the previous complete tag stays the latest.
 """
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
@@ -20,6 +21,7 @@ from . import faults
 
 COMPLETE_MARKER = "COMPLETE"
 LATEST_FILE = "latest_complete"
+RUN_IDENTITY_FILE = "run_identity.json"  # the settings a resume must share (config.run_identity)
 _TAG_RE = re.compile(r"^step(\d+)$")
 logger = logging.getLogger(__name__)
 
@@ -41,7 +43,17 @@ class CheckpointError(RuntimeError):
     """A checkpoint could not be written (disk full, permissions); the previous complete one is untouched."""
 
 
-def save(engine, root: str, step: int, client_state: dict, rank: int, barrier: Callable[[], None]) -> str:
+def read_run_identity(tag_dir: str) -> Optional[dict]:
+    """The run settings recorded with a checkpoint, or None for a checkpoint that has none."""
+    path = os.path.join(tag_dir, RUN_IDENTITY_FILE)
+    if not os.path.isfile(path):
+        return None
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
+
+
+def save(engine, root: str, step: int, client_state: dict, rank: int, barrier: Callable[[], None],
+         run_identity: Optional[dict] = None) -> str:
     tag = tag_for(step)
     tag_dir = os.path.join(root, tag)
     if rank == 0 and os.path.exists(os.path.join(tag_dir, COMPLETE_MARKER)):
@@ -53,6 +65,8 @@ def save(engine, root: str, step: int, client_state: dict, rank: int, barrier: C
     if rank == 0:
         faults.sleep_in_save(step)
         try:
+            if run_identity is not None:
+                _atomic_write(os.path.join(tag_dir, RUN_IDENTITY_FILE), json.dumps(run_identity, indent=1))
             _atomic_write(os.path.join(tag_dir, COMPLETE_MARKER), str(step))
             _atomic_write(os.path.join(root, LATEST_FILE), tag)
         except OSError as exc:

@@ -48,6 +48,7 @@ class PretrainConfig:
     cache_dir: Optional[str] = None
     num_proc: int = 1
     dist_timeout_minutes: float = 30.0
+    setup_timeout_minutes: float = 1440.0
     max_skipped_steps: int = 10
     local_rank: int = -1
 
@@ -108,6 +109,9 @@ def build_arg_parser() -> argparse.ArgumentParser:
     p.add_argument("--num_proc", type=int, default=d.num_proc, help="processes for tokenizing with HF datasets")
     p.add_argument("--dist_timeout_minutes", type=float, default=d.dist_timeout_minutes,
                    help="collective timeout: a rank that died or hangs ends the run after this long")
+    p.add_argument("--setup_timeout_minutes", type=float, default=d.setup_timeout_minutes,
+                   help="how long the other ranks wait for rank 0's one-off work: training the tokenizer, "
+                        "tokenizing the corpus, writing the HF export (default 24 hours)")
     p.add_argument("--max_skipped_steps", type=int, default=d.max_skipped_steps,
                    help="stop with an error, keeping the last checkpoint, after this many skips without an applied "
                    "update in between (micro-steps with a non-finite loss; bf16/fp32 updates with a non-finite gradient norm)")
@@ -183,7 +187,12 @@ def validate_config(cfg: PretrainConfig) -> dict:
     if cfg.model_config is not None and cfg.model_config not in MODEL_PRESETS:
         if not os.path.isfile(cfg.model_config):
             fail("model_config", f"{cfg.model_config!r} is neither a preset ({', '.join(MODEL_PRESETS)}) nor a JSON file")
-        read_json_object(cfg.model_config, "--model_config")  # a BertConfig JSON: unreadable stops the run here
+        fields = read_json_object(cfg.model_config, "--model_config")  # a BertConfig JSON: unreadable stops here
+        if fields.get("model_type", "bert") != "bert":
+            fail("model_config", f"{cfg.model_config} is a {fields['model_type']!r} config; mometas_ds trains BERT")
+        if fields.get("max_position_embeddings", cfg.seq_len) < cfg.seq_len:
+            fail("seq_len", f"{cfg.seq_len} exceeds the max_position_embeddings ({fields['max_position_embeddings']}) "
+                            f"of --model_config {cfg.model_config}")
     if cfg.model_name_or_path is not None and not os.path.isdir(cfg.model_name_or_path):
         fail("model_name_or_path", f"{cfg.model_name_or_path} is not a local directory")
     if cfg.tokenizer is None and cfg.train_tokenizer is None:
@@ -200,6 +209,10 @@ def validate_config(cfg: PretrainConfig) -> dict:
         fail("seq_len", f"must be >= 8, got {cfg.seq_len}")
     if cfg.model_name_or_path is not None:
         model_config = read_model_config(cfg.model_name_or_path)
+        if model_config.get("model_type") != "bert":
+            # Loaded as BERT, another architecture's weights would all be missing: random weights, no error.
+            fail("model_name_or_path", f"{cfg.model_name_or_path} holds a {model_config.get('model_type')!r} model "
+                                       "(config.json model_type); mometas_ds continues pre-training BERT checkpoints")
         if model_config.get("max_position_embeddings", cfg.seq_len) < cfg.seq_len:
             fail("seq_len", f"{cfg.seq_len} exceeds the max_position_embeddings "
                             f"({model_config['max_position_embeddings']}) of {cfg.model_name_or_path}")
@@ -222,6 +235,8 @@ def validate_config(cfg: PretrainConfig) -> dict:
         fail("steps_this_run", f"must be >= 1, got {cfg.steps_this_run}")
     if cfg.dist_timeout_minutes <= 0:
         fail("dist_timeout_minutes", f"must be > 0, got {cfg.dist_timeout_minutes}")
+    if not cfg.setup_timeout_minutes > 0 or cfg.setup_timeout_minutes == float("inf"):
+        fail("setup_timeout_minutes", f"must be a finite number > 0, got {cfg.setup_timeout_minutes}")
     _check_batch_fields(ds_config, cfg.deepspeed_config)
     _check_optimizer(ds_config, cfg.deepspeed_config)
     if cfg.resume in (None, "", "none"):
@@ -276,14 +291,18 @@ def read_model_config(model_dir: str) -> dict:
 
 
 def check_tokenizer_fits_model(cfg: PretrainConfig, num_tokens: int) -> None:
-    """A continual run's tokenizer must not have ids beyond the checkpoint's embedding rows."""
-    if cfg.model_name_or_path is None:
-        return
-    vocab_size = read_model_config(cfg.model_name_or_path).get("vocab_size")
+    """The tokenizer must not have ids beyond the embedding rows (of the checkpoint, or of a
+    --model_config JSON that sets vocab_size); checked before the corpus is tokenized."""
+    if cfg.model_name_or_path is not None:
+        vocab_size = read_model_config(cfg.model_name_or_path).get("vocab_size")
+        flag, source = ("--tokenizer" if cfg.tokenizer else "--model_name_or_path"), cfg.model_name_or_path
+    elif cfg.model_config not in MODEL_PRESETS:
+        vocab_size = read_json_object(cfg.model_config, "--model_config").get("vocab_size")
+        flag, source = "--model_config", cfg.model_config
+    else:
+        return  # a preset takes its vocab_size from the tokenizer
     if vocab_size is not None and num_tokens > vocab_size:
-        flag = "--tokenizer" if cfg.tokenizer else "--model_name_or_path"
-        raise ConfigError(f"{flag}: the tokenizer has {num_tokens} tokens but the embeddings of "
-                          f"{cfg.model_name_or_path} hold {vocab_size}")
+        raise ConfigError(f"{flag}: the tokenizer has {num_tokens} tokens but the embeddings of {source} hold {vocab_size}")
 
 
 def sampler_kwargs(cfg: PretrainConfig) -> dict:
@@ -303,6 +322,15 @@ def sampler_kwargs(cfg: PretrainConfig) -> dict:
 def _check_optimizer(ds_config: dict, path: str) -> None:
     optimizer = ds_config.get("optimizer", {})
     stage = ds_config.get("zero_optimization", {}).get("stage", 0)
+    if isinstance(optimizer, dict) and "type" in optimizer:
+        import torch
+        from deepspeed.runtime.config import DEEPSPEED_OPTIMIZERS
+
+        name = str(optimizer["type"])
+        # What deepspeed.initialize accepts: its own optimizers (any case), else a torch.optim class.
+        if name.lower() not in DEEPSPEED_OPTIMIZERS and not isinstance(getattr(torch.optim, name, None), type):
+            raise ConfigError(f"{path}: optimizer.type {name!r} is neither a DeepSpeed optimizer "
+                              f"({', '.join(DEEPSPEED_OPTIMIZERS)}) nor a torch.optim class")
     if isinstance(optimizer, dict) and str(optimizer.get("type", "")).lower() == "lamb" and stage:
         raise ConfigError(
             f"{path}: optimizer.type Lamb with zero_optimization.stage {stage}: ZeRO hands the optimizer flat "
@@ -349,6 +377,8 @@ def _check_batch_fields(ds_config: dict, path: str, world_size: Optional[int] = 
 def check_world_size(cfg: PretrainConfig, ds_config: dict, world_size: int) -> None:
     """Checks that need the number of ranks; still before any work."""
     micro = _check_batch_fields(ds_config, cfg.deepspeed_config, world_size)
+    _check_with_deepspeed(ds_config, cfg.deepspeed_config)
+    check_resume_matches(cfg, ds_config, world_size)
     if cfg.meta_batch_size % world_size:
         raise ConfigError(
             f"--meta_batch_size: {cfg.meta_batch_size} sequences per objective do not divide across {world_size} ranks"
@@ -361,3 +391,75 @@ def check_world_size(cfg: PretrainConfig, ds_config: dict, world_size: int) -> N
         if cfg.meta_batch_size // world_size < need:
             raise ConfigError(f"--meta_batch_size: {cfg.meta_batch_size} over {world_size} rank(s) leaves "
                               f"{cfg.meta_batch_size // world_size} per rank; objective {name} needs at least {need}")
+
+
+def _check_with_deepspeed(ds_config: dict, path: str) -> None:
+    """Parse the config as deepspeed.initialize will, now rather than after the corpus is tokenized.
+
+    Needs the process group (DeepSpeed reads the world size for its batch arithmetic)."""
+    from deepspeed.runtime.config import DeepSpeedConfig
+
+    try:
+        DeepSpeedConfig(json.loads(json.dumps(ds_config)))
+    except Exception as exc:  # pydantic's ValidationError names the key; DeepSpeed's asserts say what is wrong
+        raise ConfigError(f"{path}: DeepSpeed rejects this config: {type(exc).__name__}: {exc}") from None
+
+
+def run_identity(cfg: PretrainConfig, ds_config: dict, world_size: int) -> dict:
+    """What a resumed run must share with the run that wrote its checkpoint, keyed by where it is set.
+
+    A different value would silently mix two experiments (a policy learned for other objectives,
+    another model's weights loaded over this one) or fail only deep inside DeepSpeed's load after
+    the corpus work. Flags a resume may change (--max_steps, --save_steps, --steps_this_run, logging,
+    timeouts, paths of the corpus and tokenizer) are left out.
+    """
+    micro = _check_batch_fields(ds_config, cfg.deepspeed_config, world_size)
+    total = ds_config.get("train_batch_size")
+    accumulation = total // (micro * world_size) if total else ds_config.get("gradient_accumulation_steps", 1)
+    if (ds_config.get("bf16") or {}).get("enabled"):
+        precision = "bf16"
+    else:
+        precision = "fp16" if (ds_config.get("fp16") or {}).get("enabled") else "fp32"
+    identity = {
+        "--objectives": list(cfg.objectives),
+        "--sampler": cfg.sampler,
+        "--sampler_args": dict(cfg.sampler_args),
+        "--meta_interval": cfg.meta_interval,
+        "--meta_batch_size": cfg.meta_batch_size,
+        "--seed": cfg.seed,
+        "--model_name_or_path": cfg.model_name_or_path,
+        "--model_config": cfg.model_config,
+        "--seq_len": cfg.seq_len,
+        "--train_tokenizer": cfg.train_tokenizer,
+        "number of ranks": world_size,
+        "train_micro_batch_size_per_gpu": micro,
+        "gradient_accumulation_steps": accumulation,
+        "zero_optimization.stage": (ds_config.get("zero_optimization") or {}).get("stage", 0),
+        "precision (bf16/fp16)": precision,
+    }
+    if cfg.sampler == "mometas":
+        identity.update({"--meta_lr": cfg.meta_lr, "--meta_gamma": cfg.meta_gamma})
+    return json.loads(json.dumps(identity))  # as it reads back from the checkpoint (tuples -> lists)
+
+
+def check_resume_matches(cfg: PretrainConfig, ds_config: dict, world_size: int) -> None:
+    """With --resume, stop before any work if the checkpoint was written by a run set up differently."""
+    from .checkpoint import read_run_identity
+
+    try:
+        found = find_resume_checkpoint(os.path.join(cfg.output_dir, "checkpoints"), cfg.resume)
+    except ValueError:
+        return  # validate_config reported it
+    if found is None:
+        return
+    tag_dir = os.path.join(*found)
+    saved = read_run_identity(tag_dir)
+    if saved is None:
+        return  # written before checkpoints recorded their run's settings
+    ours = run_identity(cfg, ds_config, world_size)
+    differs = [key for key in ours if key in saved and saved[key] != ours[key]]
+    if differs:
+        where = {key: f"{cfg.deepspeed_config}: {key}" for key in ours if not key.startswith("-") and key != "number of ranks"}
+        details = "; ".join(f"{where.get(key, key)} was {saved[key]!r}, now {ours[key]!r}" for key in differs)
+        raise ConfigError(f"--resume {cfg.resume}: checkpoint {tag_dir} was written by a run with other settings: "
+                          f"{details}. Resume with the same settings, or give a new --output_dir to start afresh")

@@ -8,6 +8,7 @@ The tests start every rank as its own process, so a fault can be given to one ra
   MOMETAS_FAULT_NONFINITE_GRAD=9         micro-steps whose gradients this rank turns into NaN (loss stays finite)
   MOMETAS_FAULT_SLEEP_IN_SAVE=60         seconds rank 0 sleeps inside a checkpoint save, after every rank
                                          wrote its shards and before the tag is published
+  MOMETAS_FAULT_SLEEP_IN_SETUP=20        seconds rank 0 sleeps in data preparation while the others wait
   MOMETAS_FAULT_HANG_AT_STEP=6           this rank stops answering (sleeps an hour) when optimizer step 6 is done
 
 Each hook logs a line starting with "fault injection:" when it fires, so a test can wait for it.
@@ -71,6 +72,14 @@ def sleep_in_save(step: int) -> None:
     seconds = float(os.environ.get(ENV_PREFIX + "SLEEP_IN_SAVE", "0") or 0)
     if seconds > 0:
         logger.warning("fault injection: sleeping %.0f s before publishing checkpoint step%d", seconds, step)
+        time.sleep(seconds)
+
+
+def sleep_in_setup() -> None:
+    """Rank 0's data preparation takes this long (a large corpus being tokenized) while the others wait."""
+    seconds = float(os.environ.get(ENV_PREFIX + "SLEEP_IN_SETUP", "0") or 0)
+    if seconds > 0:
+        logger.warning("fault injection: sleeping %.0f s in data preparation", seconds)
         time.sleep(seconds)
 
 

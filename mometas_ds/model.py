@@ -90,6 +90,17 @@ class MultiObjectiveBert(nn.Module):
             raise ValueError(f"--model_name_or_path {path}: not a local directory (no model hub here)")
         # BertForMaskedLM loads an encoder-only checkpoint too, reporting its cls.* weights as missing.
         masked_lm, info = BertForMaskedLM.from_pretrained(path, attn_implementation="sdpa", output_loading_info=True)
+        missing_encoder = sorted(key for key in info["missing_keys"] if key.startswith("bert."))
+        if missing_encoder:
+            from .config import ConfigError  # config imports this module
+
+            raise ConfigError(
+                f"--model_name_or_path {path}: {len(missing_encoder)} encoder weight(s) are not in the checkpoint "
+                f"(e.g. {missing_encoder[0]}), so they would start random; is it a BERT checkpoint with HF's names?"
+            )
+        # A checkpoint saved in bf16/fp16 loads in that dtype (transformers' dtype="auto"), beside fp32 heads;
+        # the engine casts the whole model to the DeepSpeed config's precision later.
+        masked_lm.float()
         model = cls(masked_lm.bert, objectives)
         if "mlm" in model.heads:
             missing = set(info["missing_keys"])

@@ -7,6 +7,7 @@ where they are all-reduced. Every micro-batch of a step trains that step's objec
 """
 from __future__ import annotations
 
+import datetime
 import json
 import logging
 import math
@@ -24,7 +25,8 @@ import torch.distributed as dist
 from . import checkpoint as ckpt
 from . import faults
 from .config import (
-    ConfigError, DataError, PretrainConfig, check_tokenizer_fits_model, check_world_size, sampler_kwargs, validate_config,
+    ConfigError, DataError, PretrainConfig, check_tokenizer_fits_model, check_world_size, run_identity, sampler_kwargs,
+    validate_config,
 )
 from .model import MultiObjectiveBert, build_bert_config
 from .objectives import build_objective
@@ -66,6 +68,12 @@ class Trainer:
         self.launch = init_distributed(cfg.dist_timeout_minutes)
         self.rank, self.world_size = self.launch.rank, self.launch.world_size
         check_world_size(cfg, self.ds_config, self.world_size)
+        # Rank 0's one-off work (tokenizing a large corpus: hours) must not run into --dist_timeout_minutes,
+        # which is meant to catch a dead or hung rank during training: the others wait in their own group.
+        self._setup_group = None
+        if self.world_size > 1:
+            self._setup_group = dist.new_group(
+                backend="gloo", timeout=datetime.timedelta(minutes=cfg.setup_timeout_minutes))
         _setup_logging(self.rank)
         if self.rank == 0:
             logger.info("launcher: %s, %d rank(s)", self.launch.launcher, self.world_size)
@@ -166,8 +174,12 @@ class Trainer:
         data_cfg = DataConfig(train_files=list(cfg.train_files), text_field=cfg.text_field, seq_len=cfg.seq_len,
                               cache_dir=cache_dir, num_proc=cfg.num_proc,
                               meta_sequences=2 * cfg.meta_batch_size, seed=cfg.seed)
+        def prepare_on_rank0():
+            faults.sleep_in_setup()
+            return prepare_data(data_cfg, self.tokenizer)
+
         # Rank 0 tokenizes and writes the cache; the others then read it.
-        prepared = self._on_rank0_first(lambda: prepare_data(data_cfg, self.tokenizer))
+        prepared = self._on_rank0_first(prepare_on_rank0)
         if self.rank != 0:
             prepared = prepare_data(data_cfg, self.tokenizer)
         if self.rank == 0:
@@ -278,7 +290,8 @@ class Trainer:
 
     def save_checkpoint(self):
         ckpt_root = os.path.join(self.cfg.output_dir, "checkpoints")
-        ckpt.save(self.engine, ckpt_root, self.step, self._client_state(), self.rank, self._barrier)
+        ckpt.save(self.engine, ckpt_root, self.step, self._client_state(), self.rank, self._barrier,
+                  run_identity(self.cfg, self.ds_config, self.world_size))
         if self.rank == 0:
             logger.info("saved checkpoint step%d in %s", self.step, ckpt_root)
 
@@ -304,6 +317,7 @@ class Trainer:
         self.engine.train()
         tokens_per_step = self.micro_batch * self.gas * self.world_size * cfg.seq_len
         stopped_by_signal = False
+        start_step = self.step
         while self.step < end_step:
             started = time.perf_counter()
             losses, names = [], []
@@ -350,7 +364,11 @@ class Trainer:
                 break
             if self.step % cfg.save_steps == 0 and self.step < end_step:
                 self.save_checkpoint()
-        self.save_checkpoint()
+        if self.step > start_step:
+            self.save_checkpoint()
+        elif self.rank == 0:
+            # A resume of a finished run: re-saving would only unpublish and rewrite the final checkpoint.
+            logger.info("nothing to train: the run is at step %d, --max_steps %d", self.step, cfg.max_steps)
         for f in (metrics_file, sampler_file, trace_file):
             if f is not None:
                 f.close()
@@ -539,7 +557,7 @@ class Trainer:
                 error = exc
         if self.world_size > 1:
             box = [None if error is None else (type(error).__name__, str(error))]
-            dist.broadcast_object_list(box, src=0)
+            dist.broadcast_object_list(box, src=0, group=self._setup_group)
             if box[0] is not None and error is None:
                 error = (DataError if box[0][0] == "DataError" else ConfigError)(box[0][1])
         if error is not None:
@@ -562,7 +580,8 @@ class Trainer:
         if self.rank == 0:
             self.model.save_hf(out_dir, self.tokenizer, state_dict=state_dict)
             logger.info("exported the model and tokenizer (HF format) to %s", out_dir)
-        self._barrier()
+        if self.world_size > 1:
+            dist.barrier(group=self._setup_group)  # writing a large model may outlast --dist_timeout_minutes
 
 
 def _fit_schedule_to_max_steps(ds_config: dict, max_steps: int) -> None:

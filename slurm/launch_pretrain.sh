@@ -33,7 +33,8 @@ read -r -a extra_args <<< "${EXTRA_ARGS:-}"
 # --cpus-per-task is passed on explicitly: srun in Slurm 22.05-23.02 does not inherit sbatch's.
 srun_args=(--kill-on-bad-exit=1)
 if [ -n "${SLURM_CPUS_PER_TASK:-}" ]; then srun_args+=(--cpus-per-task="$SLURM_CPUS_PER_TASK"); fi
-cmd=(srun "${srun_args[@]}" "$PYTHON" -u -m mometas_ds.pretrain "${args[@]}" "${extra_args[@]}" "$@")
+# ${a[@]+...}: an empty array under `set -u` is an "unbound variable" in bash < 4.4 (RHEL/CentOS 7).
+cmd=(srun "${srun_args[@]}" "$PYTHON" -u -m mometas_ds.pretrain "${args[@]}" ${extra_args[@]+"${extra_args[@]}"} "$@")
 
 echo "job ${SLURM_JOB_ID:-?} restart ${SLURM_RESTART_COUNT:-0}: ${SLURM_JOB_NUM_NODES:-?} node(s) [${SLURM_JOB_NODELIST:-?}]," \
      "${SLURM_NTASKS:-?} task(s), master ${MASTER_ADDR}:${MASTER_PORT}, OMP_NUM_THREADS=${OMP_NUM_THREADS}"

@@ -69,6 +69,16 @@ def test_single_rank_run_outputs_and_exact_resume(assets, tmp_path):
     again = run_pretrain(pretrain_args(corpus, assets["tokenizer"], part_dir, assets["cache"], max_steps=steps))
     assert again.returncode == 2
     assert f"--resume: {part_dir} holds checkpoint step{steps} of an earlier run" in again.stderr
+    # Resuming the finished run trains nothing and leaves its final checkpoint as it was (no re-save).
+    final_tag = os.path.join(part_dir, "checkpoints", f"step{steps}")
+    with open(os.path.join(final_tag, "run_identity.json")) as f:
+        assert json.load(f)["--objectives"] == list(OBJECTIVES)
+    before = {name: os.stat(os.path.join(final_tag, name)).st_mtime_ns for name in os.listdir(final_tag)}
+    done_again = run_pretrain(pretrain_args(corpus, assets["tokenizer"], part_dir, assets["cache"], max_steps=steps,
+                                            extra=["--resume"]))
+    _ok(done_again)
+    assert f"nothing to train: the run is at step {steps}, --max_steps {steps}" in done_again.stderr + done_again.stdout
+    assert {name: os.stat(os.path.join(final_tag, name)).st_mtime_ns for name in os.listdir(final_tag)} == before
 
     full = read_jsonl(os.path.join(full_dir, "metrics.jsonl"))
     part = read_jsonl(os.path.join(part_dir, "metrics.jsonl"))
@@ -295,6 +305,31 @@ def test_batch_keys_optimizer_sampler_args_and_objective_rows_are_checked_before
     broken.write_text('{"hidden_size": 64,')
     with pytest.raises(ConfigError, match="--model_config: cannot read .*bert.json"):
         check(micro8, model_config=str(broken))
+    short = tmp_path / "short.json"
+    short.write_text('{"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2, "max_position_embeddings": 64}')
+    check(micro8, model_config=str(short), seq_len=64)
+    with pytest.raises(ConfigError, match=r"--seq_len: 128 exceeds the max_position_embeddings \(64\) of --model_config"):
+        check(micro8, model_config=str(short), seq_len=128)
+    roberta = tmp_path / "roberta.json"
+    roberta.write_text('{"model_type": "roberta", "hidden_size": 64}')
+    with pytest.raises(ConfigError, match="--model_config: .*roberta.json is a 'roberta' config"):
+        check(micro8, model_config=str(roberta))
+    small_vocab = tmp_path / "small_vocab.json"
+    small_vocab.write_text('{"hidden_size": 64, "vocab_size": 50}')
+    from mometas_ds.config import check_tokenizer_fits_model
+
+    check_tokenizer_fits_model(config(micro8, model_config=str(small_vocab)), 50)
+    with pytest.raises(ConfigError, match="--model_config: the tokenizer has 51 tokens but the embeddings of .*small_vocab"):
+        check_tokenizer_fits_model(config(micro8, model_config=str(small_vocab)), 51)
+
+    # Whatever deepspeed.initialize would reject stops the run here, naming the file (and DeepSpeed's key).
+    with pytest.raises(ConfigError, match="ds.json: optimizer.type 'AdamWW' is neither a DeepSpeed optimizer"):
+        check({**micro8, "optimizer": {"type": "AdamWW"}})
+    check({**micro8, "optimizer": {"type": "SGD", "params": {"lr": 0.1}}})  # DeepSpeed takes torch.optim classes
+    with pytest.raises(ConfigError, match="(?s)ds.json: DeepSpeed rejects this config: .*stage"):
+        check({**micro8, "zero_optimization": {"stage": 4}})
+    with pytest.raises(ConfigError, match="--setup_timeout_minutes: must be a finite number > 0"):
+        check(micro8, setup_timeout_minutes=float("nan"))
 
     # cse contrasts the rows of one forward: one row per micro-batch or per rank's meta share is refused.
     with pytest.raises(ConfigError, match="train_micro_batch_size_per_gpu=1, but objective cse needs at least 2"):
@@ -504,3 +539,83 @@ def test_continual_pretraining_from_an_hf_checkpoint(assets, tmp_path, capsys):
     check_tokenizer_fits_model(cfg, len(tokenizer))
     with pytest.raises(ConfigError, match=f"--tokenizer: the tokenizer has {len(tokenizer) + 1} tokens but the embeddings"):
         check_tokenizer_fits_model(cfg, len(tokenizer) + 1)
+
+
+def test_resume_refuses_a_checkpoint_written_by_a_run_with_other_settings(tmp_path):
+    """A resume that would mix two experiments (another objective order, sampler, model, seed, rank count,
+    batch layout...) stops before any work, naming what differs; the same settings resume."""
+    from mometas_ds.checkpoint import COMPLETE_MARKER, LATEST_FILE, RUN_IDENTITY_FILE
+    from mometas_ds.config import ConfigError, PretrainConfig, check_world_size, run_identity, validate_config
+
+    out = tmp_path / "run"
+    tag_dir = out / "checkpoints" / "step6"
+    tag_dir.mkdir(parents=True)
+    written = PretrainConfig(deepspeed_config=CPU_CONFIG, train_files=["x.jsonl"], model_config="tiny",
+                             train_tokenizer=100, output_dir=str(out), objectives=["mlm", "atd"])
+    (tag_dir / RUN_IDENTITY_FILE).write_text(json.dumps(run_identity(written, validate_config(written), 2)))
+    (tag_dir / COMPLETE_MARKER).write_text("6")
+    (out / "checkpoints" / LATEST_FILE).write_text("step6")
+
+    def resume(world_size=2, **changes):
+        cfg = PretrainConfig(**{**written.__dict__, "resume": "auto", "max_steps": 500, **changes})
+        check_world_size(cfg, validate_config(cfg), world_size)
+
+    resume()  # the same settings; a longer schedule is fine
+    resume(resume=str(tag_dir), save_steps=7, steps_this_run=3)
+    with pytest.raises(ConfigError, match=r"--resume auto: checkpoint .*step6 was written by a run with other "
+                                          r"settings: --objectives was \['mlm', 'atd'\], now \['atd', 'mlm'\]"):
+        resume(objectives=["atd", "mlm"])
+    with pytest.raises(ConfigError, match="--meta_lr was 0.1, now 0.5"):
+        resume(meta_lr=0.5)
+    with pytest.raises(ConfigError, match="--seed was 1234, now 1"):
+        resume(seed=1)
+    with pytest.raises(ConfigError, match="number of ranks was 2, now 1"):
+        resume(world_size=1)
+    bf16 = tmp_path / "bf16.json"
+    with open(CPU_CONFIG) as f:
+        bf16.write_text(json.dumps({**json.load(f), "bf16": {"enabled": True}}))
+    with pytest.raises(ConfigError, match=r"bf16.json: precision \(bf16/fp16\) was 'fp32', now 'bf16'"):
+        resume(deepspeed_config=str(bf16))
+
+
+def test_checkpoints_that_would_load_random_or_half_precision_weights(assets, tmp_path):
+    """A checkpoint that lacks encoder weights (another architecture, other names) is refused instead of
+    training from random weights; one saved in bf16 loads in fp32 like the fresh heads beside it."""
+    import torch
+    from transformers import BertForMaskedLM
+
+    from mometas_ds.config import ConfigError, PretrainConfig, validate_config
+    from mometas_ds.model import MultiObjectiveBert, build_bert_config
+    from mometas_ds.objectives import build_objective
+    from mometas_ds.tokenizer import load_tokenizer, special_tokens_of
+
+    tokenizer = load_tokenizer(assets["tokenizer"])
+    objectives = {name: build_objective(name, special_tokens_of(tokenizer)) for name in ("mlm", "atd")}
+    torch.manual_seed(2)
+    hf = BertForMaskedLM(build_bert_config("tiny", vocab_size=len(tokenizer), max_position_embeddings=64))
+
+    half = str(tmp_path / "bf16")
+    hf.to(torch.bfloat16).save_pretrained(half)
+    model = MultiObjectiveBert.from_pretrained(half, objectives)
+    assert {p.dtype for p in model.parameters()} == {torch.float32}
+    assert torch.equal(model.bert.embeddings.word_embeddings.weight,
+                       hf.bert.embeddings.word_embeddings.weight.float())
+
+    deeper = str(tmp_path / "deeper")  # config.json says 3 layers, the weights hold 2
+    hf.save_pretrained(deeper)
+    with open(os.path.join(deeper, "config.json")) as f:
+        config = json.load(f)
+    with open(os.path.join(deeper, "config.json"), "w") as f:
+        json.dump({**config, "num_hidden_layers": 3}, f)
+    with pytest.raises(ConfigError, match=r"--model_name_or_path .*deeper: \d+ encoder weight\(s\) are not in the "
+                                          r"checkpoint \(e.g. bert.encoder.layer.2"):
+        MultiObjectiveBert.from_pretrained(deeper, objectives)
+
+    other = str(tmp_path / "roberta")
+    os.makedirs(other)
+    with open(os.path.join(other, "config.json"), "w") as f:
+        json.dump({**config, "model_type": "roberta"}, f)
+    cfg = PretrainConfig(deepspeed_config=CPU_CONFIG, train_files=["x.jsonl"], model_name_or_path=other,
+                         tokenizer=assets["tokenizer"])
+    with pytest.raises(ConfigError, match="--model_name_or_path: .*roberta holds a 'roberta' model"):
+        validate_config(cfg)
