@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import re
+import shutil
 from typing import Callable, Optional, Tuple
 
 import torch
@@ -91,10 +92,14 @@ def _save_recording_errors(engine, root: str, tag: str, client_state: dict) -> l
 
     def recording(write, what):
         def wrapper(*args, **kwargs):
+            path = kwargs.get("path", args[-1] if args else "?")
             try:
-                return write(*args, **kwargs)
+                result = write(*args, **kwargs)
+                if what == "writing" and isinstance(path, str) and os.path.isfile(path):
+                    # On disk before COMPLETE is: after a node crash the marker must not name lost data.
+                    _fsync(path)
+                return result
             except Exception as exc:  # torch.save reports a full disk as RuntimeError
-                path = kwargs.get("path", args[-1] if args else "?")
                 errors.append(f"rank {rank}: {what} {path}: {type(exc).__name__}: {exc}")
         return wrapper
 
@@ -102,11 +107,40 @@ def _save_recording_errors(engine, root: str, tag: str, client_state: dict) -> l
     writer.makedirs = recording(writer.makedirs, "creating")
     try:
         engine.save_checkpoint(root, tag=tag, client_state=client_state, save_latest=False)
+        _fsync(os.path.join(root, tag))  # the directory entries of the files just written
     except Exception as exc:  # a write outside the checkpoint engine (DeepSpeed copies a script)
         errors.append(f"rank {rank}: saving {os.path.join(root, tag)}: {type(exc).__name__}: {exc}")
     finally:
         del writer.save, writer.makedirs  # back to the class's methods
     return errors
+
+
+def _fsync(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def prune(root: str, keep: int) -> list:
+    """Delete all but the newest ``keep`` complete checkpoints (never the one ``latest_complete`` names)
+    and any unfinished tag older than the newest complete one; return the deleted tags."""
+    latest = latest_complete_tag(root)
+    if latest is None:
+        return []
+    steps = sorted((int(m.group(1)), name) for name in os.listdir(root) if (m := _TAG_RE.match(name)))
+    complete = [name for _, name in steps if is_complete(root, name)]
+    newest = set(complete[-keep:]) | {latest}
+    latest_step = int(_TAG_RE.match(latest).group(1))
+    doomed = [name for step, name in steps if name not in newest and step < latest_step]
+    for name in doomed:
+        # Unpublish first: a kill mid-delete must not leave a COMPLETE tag with missing files.
+        marker = os.path.join(root, name, COMPLETE_MARKER)
+        if os.path.exists(marker):
+            os.remove(marker)
+        shutil.rmtree(os.path.join(root, name), ignore_errors=True)
+    return doomed
 
 
 def _raise_if_any_rank_failed(errors: list, tag_dir: str, root: str) -> None:

@@ -49,6 +49,7 @@ class PretrainConfig:
     num_proc: int = 1
     dist_timeout_minutes: float = 30.0
     setup_timeout_minutes: float = 1440.0
+    save_total_limit: Optional[int] = None
     max_skipped_steps: int = 10
     local_rank: int = -1
 
@@ -99,6 +100,8 @@ def build_arg_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps_this_run", type=int, default=None,
                    help="stop after this many steps with a checkpoint, without changing the schedule (resume later)")
     p.add_argument("--save_steps", type=int, default=d.save_steps, help="checkpoint every N optimizer steps (and at the end)")
+    p.add_argument("--save_total_limit", type=int, default=d.save_total_limit,
+                   help="keep only the newest N complete checkpoints, deleting older ones after each save (default: keep all)")
     p.add_argument("--resume", nargs="?", const="auto", default=None,
                    help="resume from a checkpoint: 'auto' (or no value) = latest in output_dir/checkpoints, a tag "
                         "there (step400), or a checkpoint directory path (another run's too)")
@@ -239,6 +242,13 @@ def validate_config(cfg: PretrainConfig) -> dict:
         fail("setup_timeout_minutes", f"must be a finite number > 0, got {cfg.setup_timeout_minutes}")
     _check_batch_fields(ds_config, cfg.deepspeed_config)
     _check_optimizer(ds_config, cfg.deepspeed_config)
+    if (ds_config.get("checkpoint") or {}).get("writer") or (ds_config.get("datastates_ckpt") or {}).get("enabled"):
+        # Checkpoints are published (COMPLETE) once every rank's save returned: a writer that finishes later
+        # would let a resume take a checkpoint whose files are still being written.
+        raise ConfigError(f"{cfg.deepspeed_config}: checkpoint.writer / datastates_ckpt (asynchronous checkpoint "
+                          "writers) are not supported: remove them to use DeepSpeed's synchronous torch.save writer")
+    if cfg.save_total_limit is not None and cfg.save_total_limit < 1:
+        fail("save_total_limit", f"must be >= 1, got {cfg.save_total_limit}")
     if cfg.resume in (None, "", "none"):
         earlier = latest_complete_tag(os.path.join(cfg.output_dir, "checkpoints"))
         if earlier is not None:

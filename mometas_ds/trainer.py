@@ -294,6 +294,11 @@ class Trainer:
                   run_identity(self.cfg, self.ds_config, self.world_size))
         if self.rank == 0:
             logger.info("saved checkpoint step%d in %s", self.step, ckpt_root)
+            if self.cfg.save_total_limit is not None:
+                deleted = ckpt.prune(ckpt_root, self.cfg.save_total_limit)
+                if deleted:
+                    logger.info("deleted checkpoint(s) %s (--save_total_limit %d)", ", ".join(deleted),
+                                self.cfg.save_total_limit)
 
     # ---------------------------------------------------------------- training
     def train(self) -> dict:

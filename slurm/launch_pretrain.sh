@@ -26,6 +26,7 @@ if [ -d "$MODEL" ]; then args+=(--model_name_or_path "$MODEL"); else args+=(--mo
 if [ -n "${TOKENIZER:-}" ]; then args+=(--tokenizer "$TOKENIZER"); fi
 if [ -n "${TRAIN_TOKENIZER:-}" ]; then args+=(--train_tokenizer "$TRAIN_TOKENIZER"); fi
 if [ -n "$RESUME" ]; then args+=(--resume "$RESUME"); fi
+if [ -n "${SAVE_TOTAL_LIMIT:-}" ]; then args+=(--save_total_limit "$SAVE_TOTAL_LIMIT"); fi
 read -r -a extra_args <<< "${EXTRA_ARGS:-}"
 
 # One task per GPU; srun takes the task layout from the allocation. --kill-on-bad-exit ends the

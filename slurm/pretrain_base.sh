@@ -20,6 +20,7 @@
 #   SEQ_LEN           tokens per packed sequence                         [512]
 #   MAX_STEPS         optimizer steps of the whole schedule              [50000]
 #   SAVE_STEPS        checkpoint interval in optimizer steps             [1000]
+#   SAVE_TOTAL_LIMIT  keep only the newest N checkpoints (--save_total_limit)  [empty: keep all]
 #   RESUME            --resume value: `auto` = latest checkpoint in OUTPUT_DIR/checkpoints; empty = start afresh [auto]
 #   DIST_TIMEOUT_MINUTES  collective timeout before a hung/dead rank ends the job   [30]
 #   EXTRA_ARGS        more pretrain flags, split on whitespace (use the "$@" pass-through for values with spaces)

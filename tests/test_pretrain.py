@@ -54,7 +54,13 @@ def test_single_rank_run_outputs_and_exact_resume(assets, tmp_path):
         dst.write('{"title": "no text field"}\n')
         dst.writelines(lines[100:])
     steps = 30
-    _ok(run_pretrain(pretrain_args(corpus, assets["tokenizer"], full_dir, assets["cache"], max_steps=steps)))
+    full_run = run_pretrain(pretrain_args(corpus, assets["tokenizer"], full_dir, assets["cache"], max_steps=steps,
+                                          extra=["--save_steps", "10", "--save_total_limit", "2"]))
+    _ok(full_run)
+    # Saves at steps 10, 20, 30; --save_total_limit 2 deleted the oldest after the last one.
+    assert sorted(name for name in os.listdir(os.path.join(full_dir, "checkpoints")) if name.startswith("step")) == \
+        ["step20", "step30"]
+    assert "deleted checkpoint(s) step10 (--save_total_limit 2)" in full_run.stderr + full_run.stdout
     first = run_pretrain(pretrain_args(corpus, assets["tokenizer"], part_dir, assets["cache"], max_steps=steps,
                                        extra=["--steps_this_run", "13"]))
     _ok(first)
@@ -330,6 +336,10 @@ def test_batch_keys_optimizer_sampler_args_and_objective_rows_are_checked_before
         check({**micro8, "zero_optimization": {"stage": 4}})
     with pytest.raises(ConfigError, match="--setup_timeout_minutes: must be a finite number > 0"):
         check(micro8, setup_timeout_minutes=float("nan"))
+    with pytest.raises(ConfigError, match="--save_total_limit: must be >= 1, got 0"):
+        check(micro8, save_total_limit=0)
+    with pytest.raises(ConfigError, match="ds.json: checkpoint.writer / datastates_ckpt .* not supported"):
+        check({**micro8, "checkpoint": {"writer": {"decoupled": True}}})
 
     # cse contrasts the rows of one forward: one row per micro-batch or per rank's meta share is refused.
     with pytest.raises(ConfigError, match="train_micro_batch_size_per_gpu=1, but objective cse needs at least 2"):
@@ -619,3 +629,21 @@ def test_checkpoints_that_would_load_random_or_half_precision_weights(assets, tm
                          tokenizer=assets["tokenizer"])
     with pytest.raises(ConfigError, match="--model_name_or_path: .*roberta holds a 'roberta' model"):
         validate_config(cfg)
+
+
+def test_save_total_limit_keeps_the_newest_complete_checkpoints(tmp_path):
+    from mometas_ds.checkpoint import COMPLETE_MARKER, LATEST_FILE, prune
+
+    root = tmp_path / "checkpoints"
+    for step in (2, 4, 5, 6, 8, 12):
+        (root / f"step{step}").mkdir(parents=True)
+        (root / f"step{step}" / "shard.pt").write_text("x")
+        if step not in (5, 12):  # 5: a save a kill interrupted; 12: one from before a restart at step 8
+            (root / f"step{step}" / COMPLETE_MARKER).write_text(str(step))
+    (root / LATEST_FILE).write_text("step8")
+    assert prune(str(root), keep=2) == ["step2", "step4", "step5"]
+    assert sorted(os.listdir(root)) == [LATEST_FILE, "step12", "step6", "step8"]
+    assert prune(str(root), keep=2) == []
+    (root / LATEST_FILE).write_text("step6")  # latest_complete is never deleted, even beyond the limit
+    assert prune(str(root), keep=1) == []
+    assert prune(str(tmp_path / "none"), keep=1) == []
