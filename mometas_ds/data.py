@@ -1,5 +1,5 @@
 """Pre-training data: read corpora, tokenize once into a cached packed Arrow dataset, hold out a
-meta-validation split, and serve each rank its own seeded, resumable shard of batches.
+seeded meta-validation split of it, and serve each rank its own seeded, resumable shard of batches.
 
 Corpus formats (chosen by file name; ``--train_files`` entries may be globs):
 
@@ -19,6 +19,11 @@ usable document is left does ``prepare_data`` raise ``DataError``, before any tr
 Packing: the token ids of all documents (no special tokens) are concatenated in corpus order and cut
 into chunks of ``seq_len - 2``; each chunk becomes ``[CLS] chunk [SEP]``; the last, shorter chunk is
 right-padded with ``[PAD]``. Rows hold ``input_ids`` and ``attention_mask`` of length ``seq_len``.
+
+Meta-validation split: of the ``N`` packed rows, the meta split is the rows
+``np.sort(np.random.default_rng(seed).permutation(N)[:meta_sequences])`` and training gets the others, both
+in packed order (``meta_split_rows``). The split is drawn each time the cache is loaded, so runs that differ
+only in ``--seed`` or ``--meta_batch_size`` share one cache.
 """
 from __future__ import annotations
 
@@ -47,7 +52,7 @@ from mometas_ds.tokenizer import required_token_id
 logger = logging.getLogger(__name__)
 
 MIN_DOC_TOKENS = 2
-CACHE_FORMAT_VERSION = 1  # bump when the cached layout or packing rule changes
+CACHE_FORMAT_VERSION = 2  # bump when the cached layout or packing rule changes (2: unsplit rows, split on load)
 REPORT_FILE = "corpus_report.json"
 SKIP_REASONS = {
     "missing_file": "path or glob that matched no file",
@@ -385,8 +390,8 @@ class DataConfig:
     seq_len: int = 128
     cache_dir: str = os.path.join("~", ".cache", "mometas_ds", "data")
     num_proc: int = 1  # processes for tokenization
-    meta_sequences: int = 0  # packed sequences held out for the sampler's meta-validation
-    seed: int = 0  # picks the held-out sequences
+    meta_sequences: int = 0  # packed sequences held out for the sampler's meta-validation (not in the cache key)
+    seed: int = 0  # picks the held-out sequences (not in the cache key)
     max_examples: int = 5  # "file:line" examples kept per skip reason
 
     def __post_init__(self):
@@ -416,11 +421,14 @@ class PreparedData:
 
 
 def prepare_data(config: DataConfig, tokenizer) -> PreparedData:
-    """Tokenize and pack the corpus into ``config.cache_dir/<key>/``, or reuse that cache.
+    """Tokenize and pack the corpus into ``config.cache_dir/<key>/``, or reuse that cache; then split
+    the packed rows into training and meta-validation (see ``meta_split_rows``).
 
-    The key covers the resolved files with their sizes and mtimes, ``text_field``, the tokenizer,
-    ``seq_len`` and the meta split. The cache appears by an atomic rename, so a concurrent reader
-    sees it whole or not at all; in multi-rank runs call this on rank 0 first, then on the others.
+    The cache holds every packed row once. Its key covers what determines those rows: the resolved
+    files with their sizes and mtimes (and the paths that matched nothing), ``text_field``, the tokenizer
+    and its special ids, ``seq_len`` and ``max_examples`` (of the report), not ``seed`` nor
+    ``meta_sequences``. The cache appears by an atomic rename, so a concurrent reader sees it whole or
+    not at all; in multi-rank runs call this on rank 0 first, then on the others. Loading writes nothing.
     """
     pad_id, cls_id, sep_id = (required_token_id(tokenizer, role) for role in ("pad", "cls", "sep"))
     paths, missing = resolve_files(config.train_files)
@@ -429,7 +437,7 @@ def prepare_data(config: DataConfig, tokenizer) -> PreparedData:
     cache_path = os.path.join(config.cache_dir, key)
     if os.path.isfile(os.path.join(cache_path, REPORT_FILE)):
         logger.info("reusing tokenized cache at %s", cache_path)
-        return _load_cache(cache_path, cache_hit=True)
+        return _load_cache(cache_path, config, cache_hit=True)
 
     os.makedirs(config.cache_dir, exist_ok=True)
     work = tempfile.mkdtemp(prefix=f".tmp-{key}-", dir=config.cache_dir)
@@ -437,12 +445,12 @@ def prepare_data(config: DataConfig, tokenizer) -> PreparedData:
         report = CorpusReport(max_examples=config.max_examples)
         built = _build(config, tokenizer, backend, report, (pad_id, cls_id, sep_id), work, key)
         with open(os.path.join(built, REPORT_FILE), "w") as f:
-            json.dump(report.to_dict(), f, indent=1)
+            json.dump(_report_to_store(report), f, indent=1)
         _publish(built, cache_path)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     logger.info("wrote tokenized cache at %s", cache_path)
-    return _load_cache(cache_path, cache_hit=False)
+    return _load_cache(cache_path, config, cache_hit=False)
 
 
 def _publish(built: str, cache_path: str) -> None:
@@ -461,18 +469,54 @@ def _publish(built: str, cache_path: str) -> None:
     os.rename(built, cache_path)
 
 
-def _load_cache(cache_path: str, cache_hit: bool) -> PreparedData:
-    splits = datasets.load_from_disk(cache_path)
+_SPLIT_FIELDS = ("train_sequences", "meta_sequences")  # of one run, so not in the shared report file
+
+
+def _report_to_store(report: CorpusReport) -> dict:
+    return {name: value for name, value in report.to_dict().items() if name not in _SPLIT_FIELDS}
+
+
+def meta_split_rows(num_rows: int, meta_sequences: int, seed: int) -> np.ndarray:
+    """The packed rows held out for meta-validation, ascending:
+    ``np.sort(np.random.default_rng(seed).permutation(num_rows)[:meta_sequences])``."""
+    if meta_sequences == 0:
+        return np.empty(0, dtype=np.int64)
+    return np.sort(np.random.default_rng(seed).permutation(num_rows)[:meta_sequences])
+
+
+def _train_rows(packed: datasets.Dataset, meta_rows: np.ndarray) -> datasets.Dataset:
+    """The rows of ``packed`` not in ``meta_rows`` (ascending), in order: the contiguous runs between held-out
+    rows, concatenated (at most ``len(meta_rows) + 1`` zero-copy slices)."""
+    starts = np.concatenate([[0], meta_rows + 1])
+    stops = np.concatenate([meta_rows, [len(packed)]])
+    pieces = [packed.select(range(int(a), int(b))) for a, b in zip(starts, stops) if b > a]
+    return pieces[0] if len(pieces) == 1 else datasets.concatenate_datasets(pieces)
+
+
+def _load_cache(cache_path: str, config: DataConfig, cache_hit: bool) -> PreparedData:
+    packed = datasets.load_from_disk(cache_path)
     with open(os.path.join(cache_path, REPORT_FILE)) as f:
         report = CorpusReport.from_dict(json.load(f))
-    meta = splits["meta"] if "meta" in splits else splits["train"].select([])
-    return PreparedData(train=splits["train"], meta=meta, report=report,
-                        cache_hit=cache_hit, cache_path=cache_path)
+    num_rows = len(packed)
+    if num_rows <= config.meta_sequences:
+        raise DataError(
+            f"the corpus packs into {num_rows} sequence(s) of --seq_len {config.seq_len}, but the meta-validation "
+            f"split needs {config.meta_sequences} (from --meta_batch_size) plus at least one for training: "
+            f"add data, or lower --meta_batch_size or --seq_len"
+        )
+    meta_rows = meta_split_rows(num_rows, config.meta_sequences, config.seed)
+    # A few rows: an indices mapping, built in memory (datasets writes one to disk only when given a file name).
+    meta = packed.select(meta_rows, keep_in_memory=True)
+    # Training: the runs of rows between the held-out ones, as contiguous slices, so that no indices mapping
+    # of every row is built on each load.
+    train = _train_rows(packed, meta_rows)
+    report.train_sequences, report.meta_sequences = len(train), len(meta)
+    return PreparedData(train=train, meta=meta, report=report, cache_hit=cache_hit, cache_path=cache_path)
 
 
 def _build(config: DataConfig, tokenizer, backend, report: CorpusReport, special: Tuple[int, int, int],
            work: str, key: str) -> str:
-    """Read, tokenize, pack and split into ``work``; return the directory to publish."""
+    """Read, tokenize and pack into ``work``; return the directory to publish."""
     found = iter_documents(config.train_files, config.text_field, report)
     first = next(found, None)  # datasets cannot build a dataset from an empty generator
     if first is None:
@@ -509,22 +553,8 @@ def _build(config: DataConfig, tokenizer, backend, report: CorpusReport, special
     if num_rows == 0:
         raise DataError(f"no usable document in --train_files {list(config.train_files)}: every document has "
                         f"fewer than {MIN_DOC_TOKENS} tokens\n{report.summary()}")
-    if num_rows <= config.meta_sequences:
-        raise DataError(
-            f"the corpus packs into {num_rows} sequence(s) of --seq_len {config.seq_len}, but the meta-validation "
-            f"split needs {config.meta_sequences} (from --meta_batch_size) plus at least one for training: "
-            f"add data, or lower --meta_batch_size or --seq_len"
-        )
-    packed = datasets.Dataset.from_file(packed_file)
-    order = np.random.default_rng(config.seed).permutation(num_rows)
-    meta_rows = np.sort(order[: config.meta_sequences])
-    train_rows = np.sort(order[config.meta_sequences:])
-    report.train_sequences, report.meta_sequences = len(train_rows), len(meta_rows)
     out = os.path.join(work, "dataset")
-    splits = {"train": packed.select(train_rows)}
-    if len(meta_rows):  # datasets cannot reload a saved split of zero rows
-        splits["meta"] = packed.select(meta_rows)
-    datasets.DatasetDict(splits).save_to_disk(out)
+    datasets.Dataset.from_file(packed_file).save_to_disk(out)
     return out
 
 
@@ -590,8 +620,6 @@ def _cache_key(config: DataConfig, paths: List[str], missing: List[str], tokeniz
         "special": list(special),
         "seq_len": config.seq_len,
         "min_doc_tokens": MIN_DOC_TOKENS,
-        "meta_sequences": config.meta_sequences,
-        "seed": config.seed,
         "max_examples": config.max_examples,
     }
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode("utf-8")).hexdigest()[:24]

@@ -18,6 +18,7 @@ from mometas_ds.data import (
     DataError,
     ShardedBatches,
     iter_texts,
+    meta_split_rows,
     prepare_data,
     rows_as_tensors,
 )
@@ -297,7 +298,56 @@ def test_second_call_reuses_cache_and_file_changes_invalidate_it(tmp_path, token
     assert not prepare(tmp_path, tokenizer, [path], meta_sequences=2).cache_hit
     # Other settings are part of the key too.
     assert not prepare(tmp_path, tokenizer, [path], meta_sequences=2, seq_len=24).cache_hit
-    assert not prepare(tmp_path, tokenizer, [path], meta_sequences=3).cache_hit
+
+
+def test_seed_and_meta_split_size_share_one_cache(tmp_path, tokenizer, caplog):
+    """The cache holds the packed rows; the meta split is drawn on load, so new seeds and meta sizes reuse it."""
+    path = write_jsonl(tmp_path / "c.jsonl", [{"text": t} for t in generate_documents(40, seed=3)])
+    first = prepare(tmp_path, tokenizer, [path], meta_sequences=4, seed=1)
+    assert not first.cache_hit
+    cached = sorted(os.listdir(first.cache_path))
+    with caplog.at_level(logging.INFO, logger="mometas_ds.data"):
+        other_seed = prepare(tmp_path, tokenizer, [path], meta_sequences=4, seed=2)
+        other_size = prepare(tmp_path, tokenizer, [path], meta_sequences=7, seed=1)
+        no_meta = prepare(tmp_path, tokenizer, [path], meta_sequences=0, seed=1)
+    assert caplog.text.count(f"reusing tokenized cache at {first.cache_path}") == 3
+    for prepared in (other_seed, other_size, no_meta):
+        assert prepared.cache_hit and prepared.cache_path == first.cache_path
+    assert os.listdir(tmp_path / "cache") == [os.path.basename(first.cache_path)]  # one entry, no tmp dirs
+    assert sorted(os.listdir(first.cache_path)) == cached  # loading and splitting wrote nothing there
+
+    all_rows = rows_of(no_meta.train)[0]
+    assert len(no_meta.meta) == 0 and (no_meta.report.train_sequences, no_meta.report.meta_sequences) == (len(all_rows), 0)
+    for prepared, meta in ((first, 4), (other_seed, 4), (other_size, 7)):
+        assert (prepared.report.train_sequences, prepared.report.meta_sequences) == (len(all_rows) - meta, meta)
+        assert (len(prepared.train), len(prepared.meta)) == (len(all_rows) - meta, meta)
+        together = np.concatenate([rows_of(prepared.train)[0], rows_of(prepared.meta)[0]])
+        assert sorted(map(tuple, together.tolist())) == sorted(map(tuple, all_rows.tolist()))
+    assert rows_of(first.meta)[0].tolist() != rows_of(other_seed.meta)[0].tolist()
+    # The shared report file holds no split; each run's report has its own.
+    with open(os.path.join(first.cache_path, "corpus_report.json")) as f:
+        stored = json.load(f)
+    assert "train_sequences" not in stored and "meta_sequences" not in stored
+    assert first.report.documents == other_size.report.documents == 40
+
+
+def test_meta_split_rule(tmp_path, tokenizer):
+    """Meta rows are ``sort(default_rng(seed).permutation(N)[:meta])`` of the packed rows, training the
+    others; both in packed order."""
+    assert meta_split_rows(10, 0, 3).tolist() == []
+    assert meta_split_rows(10, 4, 3).tolist() == np.sort(np.random.default_rng(3).permutation(10)[:4]).tolist()
+    path = write_jsonl(tmp_path / "c.jsonl", [{"text": t} for t in generate_documents(40, seed=3)])
+    all_rows = rows_of(prepare(tmp_path, tokenizer, [path]).train)[0]
+    num_rows = len(all_rows)
+    for seed, meta in ((0, 5), (1, 5), (7, 3)):
+        prepared = prepare(tmp_path, tokenizer, [path], meta_sequences=meta, seed=seed)
+        held = np.sort(np.random.default_rng(seed).permutation(num_rows)[:meta])
+        assert rows_of(prepared.meta)[0].tolist() == all_rows[held].tolist()
+        assert rows_of(prepared.train)[0].tolist() == np.delete(all_rows, held, axis=0).tolist()
+    # The split is checked on load: a cached corpus too small for this split still stops the run.
+    with pytest.raises(DataError, match=rf"packs into {num_rows} sequence\(s\) of --seq_len 16, but the "
+                                        rf"meta-validation split needs {num_rows} \(from --meta_batch_size\)"):
+        prepare(tmp_path, tokenizer, [path], meta_sequences=num_rows)
 
 
 def test_a_damaged_cache_directory_is_rebuilt(tmp_path, tokenizer):
