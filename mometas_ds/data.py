@@ -50,7 +50,7 @@ MIN_DOC_TOKENS = 2
 CACHE_FORMAT_VERSION = 1  # bump when the cached layout or packing rule changes
 REPORT_FILE = "corpus_report.json"
 SKIP_REASONS = {
-    "missing_file": "path or glob that matched no file",
+    "missing_file": "path or glob that matched no file, dangling symlink, or file gone before it was read",
     "empty_file": "file without a non-blank line or row",
     "unreadable_file": "corrupt or truncated file (gzip, parquet, dataset directory)",
     "unsupported_format": "file whose name is not .jsonl/.json/.txt[.gz], .parquet, nor a save_to_disk directory",
@@ -118,7 +118,8 @@ class CorpusReport:
 # ------------------------------------------------------------------------------------------- reading
 
 def resolve_files(train_files: Sequence[str]) -> Tuple[List[str], List[str]]:
-    """Expand globs. Returns (existing paths in order, without duplicates; entries that matched nothing)."""
+    """Expand globs. Returns (existing paths in order, without duplicates; entries that matched nothing,
+    and glob matches that do not exist, such as dangling symlinks)."""
     paths: List[str] = []
     missing: List[str] = []
     seen = set()
@@ -131,6 +132,9 @@ def resolve_files(train_files: Sequence[str]) -> Tuple[List[str], List[str]]:
         if not matches:
             missing.append(str(entry))
         for path in matches:
+            if not os.path.exists(path):  # glob also matches dangling symlinks
+                missing.append(path)
+                continue
             resolved = os.path.abspath(path)
             if resolved not in seen:
                 seen.add(resolved)
@@ -146,7 +150,7 @@ def iter_documents(
     once tokenized)."""
     paths, missing = resolve_files(train_files)
     for entry in missing:
-        report.skip("missing_file", f"{entry}: " + ("glob matched no file" if glob.has_magic(entry) else "no such file"))
+        report.skip("missing_file", f"{entry}: {_missing_reason(entry)}")
     for path in paths:
         if os.path.isdir(path):
             yield from _read_saved_dataset(path, text_field, report)
@@ -155,7 +159,15 @@ def iter_documents(
         if kind is None:
             report.skip("unsupported_format", path)
             continue
-        if os.path.getsize(path) == 0:
+        try:
+            size = os.path.getsize(path)
+        except FileNotFoundError:  # it vanished since the glob expanded
+            report.skip("missing_file", f"{path}: {_missing_reason(path)}")
+            continue
+        except OSError as err:
+            report.skip("unreadable_file", f"{path} ({type(err).__name__}: {err})")
+            continue
+        if size == 0:
             report.skip("empty_file", path)
             continue
         source = len(report.sources)
@@ -164,6 +176,12 @@ def iter_documents(
         for text, line in reader(path, text_field, report):
             report.documents += 1
             yield text, source, line
+
+
+def _missing_reason(entry: str) -> str:
+    if os.path.islink(entry):
+        return "dangling symlink"
+    return "glob matched no file" if glob.has_magic(entry) else "no such file"
 
 
 def iter_texts(train_files: Sequence[str], text_field: str = "text",
@@ -572,10 +590,17 @@ def _path_fingerprint(path: str) -> list:
             dirs.sort()
             for name in sorted(files):
                 full = os.path.join(root, name)
-                stat = os.stat(full)
+                try:
+                    stat = os.stat(full)
+                except OSError:  # a dangling symlink, or a file that vanished: the reading pass reports it
+                    entries.append([os.path.relpath(full, path), None, None])
+                    continue
                 entries.append([os.path.relpath(full, path), stat.st_mtime_ns, stat.st_size])
         return [path, entries]
-    stat = os.stat(path)
+    try:
+        stat = os.stat(path)
+    except OSError:  # vanished since the glob expanded: the reading pass reports it
+        return [path, None, None]
     return [path, stat.st_mtime_ns, stat.st_size]
 
 
