@@ -47,7 +47,7 @@ from mometas_ds.tokenizer import required_token_id
 logger = logging.getLogger(__name__)
 
 MIN_DOC_TOKENS = 2
-CACHE_FORMAT_VERSION = 1  # bump when the cached layout or packing rule changes
+CACHE_FORMAT_VERSION = 2  # bump when the cached layout, tokenization or packing rule changes (2: special-token text split)
 REPORT_FILE = "corpus_report.json"
 SKIP_REASONS = {
     "missing_file": "path or glob that matched no file, dangling symlink, or file gone before it was read",
@@ -557,13 +557,18 @@ class _TokenizeBatch:
         if self.backend is not None:
             ids = [encoding.ids for encoding in self.backend.encode_batch(texts, add_special_tokens=False)]
         else:
-            ids = self.tokenizer(texts, add_special_tokens=False, truncation=False)["input_ids"]
+            # Best effort: transformers' own slow tokenizers may still keep special-token text whole.
+            ids = self.tokenizer(texts, add_special_tokens=False, truncation=False,
+                                 split_special_tokens=True)["input_ids"]
         return {"ids": ids}
 
 
 def _plain_backend(tokenizer):
     """A copy of the fast tokenizer's backend with truncation and padding off (a tokenizer.json may set
-    them, and a truncated document would silently lose text), or None for a slow tokenizer."""
+    them, and a truncated document would silently lose text), or None for a slow tokenizer.
+
+    It also encodes special-token text ("[MASK]", "[SEP]" written in a document) as ordinary text:
+    otherwise corpus text would inject real special ids, even with add_special_tokens=False."""
     backend = getattr(tokenizer, "backend_tokenizer", None)
     if backend is None:
         return None
@@ -572,12 +577,20 @@ def _plain_backend(tokenizer):
     plain = Tokenizer.from_str(backend.to_str())
     plain.no_truncation()
     plain.no_padding()
+    try:
+        plain.encode_special_tokens = True  # tokenizers >= 0.19
+    except AttributeError:
+        import tokenizers
+
+        logger.warning("tokenizers %s cannot encode special-token text as text (needs >= 0.19): a document "
+                       "containing e.g. \"[MASK]\" gets the special id", tokenizers.__version__)
     return plain
 
 
 def _tokenizer_fingerprint(tokenizer, backend) -> str:
     if backend is not None:
-        content = backend.to_str()
+        # to_str() leaves encode_special_tokens out, yet it changes the ids.
+        content = backend.to_str() + f"encode_special_tokens={getattr(backend, 'encode_special_tokens', None)}"
     else:
         content = type(tokenizer).__name__ + json.dumps(sorted(tokenizer.get_vocab().items()))
     return hashlib.sha256(content.encode("utf-8")).hexdigest()

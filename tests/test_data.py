@@ -501,6 +501,15 @@ def test_tokenizer_errors_are_clear(tmp_path, tokenizer):
         prepare(tmp_path, no_cls, [path])
 
 
+def test_special_token_text_in_a_document_is_ordinary_text(tmp_path, tokenizer):
+    text = "the fox [MASK] said [SEP] then [CLS] and [PAD] [UNK] here"
+    path = write_jsonl(tmp_path / "c.jsonl", [{"text": text}])
+    tokens = inner_tokens(prepare(tmp_path, tokenizer, [path]).train, tokenizer)
+    special = special_tokens_of(tokenizer)
+    assert not set(tokens) & {special.pad_id, special.cls_id, special.sep_id, special.mask_id}, tokens
+    assert tokens == tokenizer(text, add_special_tokens=False, split_special_tokens=True)["input_ids"]
+
+
 def test_a_different_tokenizer_gets_its_own_cache(tmp_path, tokenizer):
     path = write_jsonl(tmp_path / "c.jsonl", [{"text": d} for d in DOCS])
     other = train_wordpiece_tokenizer(DOCS * 10, vocab_size=120, out_dir=str(tmp_path / "other"))
