@@ -8,6 +8,7 @@ with ``[PAD]=0, [UNK]=1, [CLS]=2, [SEP]=3, [MASK]=4``. It is saved with
 from __future__ import annotations
 
 import os
+import re
 from typing import Iterable, Iterator
 
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
@@ -96,16 +97,26 @@ def required_token_id(tokenizer: PreTrainedTokenizerBase, role: str) -> int:
     return int(token_id)
 
 
+_UNUSED_TOKEN = re.compile(r"\[unused\d+\]")  # BERT's placeholder vocabulary entries
+
+
 def special_tokens_of(tokenizer: PreTrainedTokenizerBase):
-    """The ``SpecialTokens`` the objectives need, read from ``tokenizer``; ``vocab_size`` is ``len(tokenizer)``."""
+    """The ``SpecialTokens`` the objectives need, read from ``tokenizer``; ``vocab_size`` is ``len(tokenizer)``.
+
+    Its ``reserved_ids`` (never drawn as random tokens) are unk, every other special or added token, and
+    ``[unusedN]`` placeholders: a random replacement or insertion should be a real word piece."""
     from mometas_ds.objectives.base import SpecialTokens
 
+    vocab_size = len(tokenizer)
+    reserved = set(tokenizer.all_special_ids) | set(getattr(tokenizer, "added_tokens_decoder", None) or {})
+    reserved.update(i for token, i in tokenizer.get_vocab().items() if _UNUSED_TOKEN.fullmatch(token))
     return SpecialTokens(
         pad_id=required_token_id(tokenizer, "pad"),
         cls_id=required_token_id(tokenizer, "cls"),
         sep_id=required_token_id(tokenizer, "sep"),
         mask_id=required_token_id(tokenizer, "mask"),
-        vocab_size=len(tokenizer),
+        vocab_size=vocab_size,
+        reserved_ids=tuple(i for i in reserved if isinstance(i, int) and 0 <= i < vocab_size),
     )
 
 
