@@ -325,6 +325,25 @@ def test_missing_tokenizer_and_bad_batch_config(assets, tmp_path, capsys):
     assert not os.path.exists(os.path.join(out, "checkpoints"))
 
 
+def test_tokenizer_that_cannot_serve_ends_like_a_bad_flag(assets, tmp_path):
+    """A --tokenizer that does not load, or lacks [MASK], ends as the README promises a bad flag ends."""
+    from transformers import PreTrainedTokenizerFast
+
+    from mometas_ds.tokenizer import load_tokenizer
+
+    vocab_only = tmp_path / "vocab_only"  # no tokenizer_config.json: AutoTokenizer cannot tell the class
+    vocab_only.mkdir()
+    (vocab_only / "vocab.txt").write_text("[PAD]\n[UNK]\n[CLS]\n[SEP]\n[MASK]\nhello\n")
+    no_mask = str(tmp_path / "no_mask")
+    PreTrainedTokenizerFast(tokenizer_object=load_tokenizer(assets["tokenizer"]).backend_tokenizer, pad_token="[PAD]",
+                            cls_token="[CLS]", sep_token="[SEP]", unk_token="[UNK]").save_pretrained(no_mask)
+    for tokenizer, cause in ((str(vocab_only), "could not load a tokenizer"), (no_mask, "has no mask token")):
+        result = run_pretrain(pretrain_args(assets["corpus"], tokenizer, str(tmp_path / "out"), assets["cache"]))
+        assert result.returncode == 2, result.stderr[-3000:]
+        assert "mometas-pretrain: error: --tokenizer: " in result.stderr and cause in result.stderr, result.stderr[-3000:]
+        assert "Traceback" not in result.stderr
+
+
 def test_corpus_without_usable_documents_stops_at_start(assets, tmp_path):
     corpus = str(tmp_path / "bad.jsonl")
     with open(corpus, "w") as f:
