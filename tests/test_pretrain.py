@@ -304,6 +304,17 @@ def test_batch_keys_optimizer_sampler_args_and_objective_rows_are_checked_before
         check(micro8, world_size=2, meta_batch_size=2)
 
 
+@pytest.mark.parametrize("flag", ["meta_lr", "meta_gamma", "dist_timeout_minutes"])
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), float("-inf")])
+def test_float_flags_must_be_finite_and_the_message_names_the_flag(flag, value):
+    from mometas_ds.config import ConfigError, PretrainConfig, validate_config
+
+    cfg = PretrainConfig(deepspeed_config=CPU_CONFIG, train_files=["x.jsonl"], model_config="tiny",
+                         train_tokenizer=100, **{flag: value})
+    with pytest.raises(ConfigError, match=f"^--{flag}: must be a finite number"):
+        validate_config(cfg)
+
+
 def test_missing_tokenizer_and_bad_batch_config(assets, tmp_path, capsys):
     from mometas_ds.pretrain import main
 
