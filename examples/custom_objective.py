@@ -19,9 +19,9 @@ from __future__ import annotations
 from typing import Dict, Optional
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
+from mometas_ds.kernels import cross_entropy
 from mometas_ds.objectives import IGNORE_INDEX, Objective, register_objective
 from mometas_ds.objectives.base import rand, real_token_mask, reject_unknown_kwargs, validate_batch
 
@@ -33,7 +33,8 @@ class ShuffledTokenHead(nn.Module):
 
     def forward(self, sequence_output: torch.Tensor, batch: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
         logits = self.classifier(sequence_output)
-        loss = F.cross_entropy(logits.float().reshape(-1, 2), batch["labels"].reshape(-1), ignore_index=IGNORE_INDEX)
+        # Unlike F.cross_entropy (NaN), 0 when no token is labelled.
+        loss = cross_entropy(logits, batch["labels"], ignore_index=IGNORE_INDEX)
         return {"loss": loss}
 
 

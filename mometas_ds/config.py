@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 from dataclasses import asdict, dataclass, field, fields
 from typing import List, Optional
@@ -230,15 +231,15 @@ def validate_config(cfg: PretrainConfig) -> dict:
     for flag in ("meta_interval", "meta_batch_size", "max_steps", "save_steps", "log_steps", "num_proc", "max_skipped_steps"):
         if getattr(cfg, flag) < 1:
             fail(flag, f"must be >= 1, got {getattr(cfg, flag)}")
-    if cfg.meta_lr <= 0:
-        fail("meta_lr", f"must be > 0, got {cfg.meta_lr}")
-    if cfg.meta_gamma < 0:
-        fail("meta_gamma", f"must be >= 0, got {cfg.meta_gamma}")
+    if not math.isfinite(cfg.meta_lr) or cfg.meta_lr <= 0:  # nan <= 0 is False
+        fail("meta_lr", f"must be a finite number > 0, got {cfg.meta_lr}")
+    if not math.isfinite(cfg.meta_gamma) or cfg.meta_gamma < 0:
+        fail("meta_gamma", f"must be a finite number >= 0, got {cfg.meta_gamma}")
     if cfg.steps_this_run is not None and cfg.steps_this_run < 1:
         fail("steps_this_run", f"must be >= 1, got {cfg.steps_this_run}")
-    if cfg.dist_timeout_minutes <= 0:
-        fail("dist_timeout_minutes", f"must be > 0, got {cfg.dist_timeout_minutes}")
-    if not cfg.setup_timeout_minutes > 0 or cfg.setup_timeout_minutes == float("inf"):
+    if not math.isfinite(cfg.dist_timeout_minutes) or cfg.dist_timeout_minutes <= 0:
+        fail("dist_timeout_minutes", f"must be a finite number > 0, got {cfg.dist_timeout_minutes}")
+    if not math.isfinite(cfg.setup_timeout_minutes) or cfg.setup_timeout_minutes <= 0:
         fail("setup_timeout_minutes", f"must be a finite number > 0, got {cfg.setup_timeout_minutes}")
     _check_batch_fields(ds_config, cfg.deepspeed_config)
     _check_optimizer(ds_config, cfg.deepspeed_config)

@@ -52,10 +52,12 @@ from mometas_ds.tokenizer import required_token_id
 logger = logging.getLogger(__name__)
 
 MIN_DOC_TOKENS = 2
-CACHE_FORMAT_VERSION = 2  # bump when the cached layout or packing rule changes (2: unsplit rows, split on load)
+# Bump when the cached layout, tokenization or packing rule changes (2: special-token text split as text;
+# 3: unsplit rows, the meta split drawn on load).
+CACHE_FORMAT_VERSION = 3
 REPORT_FILE = "corpus_report.json"
 SKIP_REASONS = {
-    "missing_file": "path or glob that matched no file",
+    "missing_file": "path or glob that matched no file, dangling symlink, or file gone before it was read",
     "empty_file": "file without a non-blank line or row",
     "unreadable_file": "corrupt or truncated file (gzip, parquet, dataset directory)",
     "unsupported_format": "file whose name is not .jsonl/.json/.txt[.gz], .parquet, nor a save_to_disk directory",
@@ -123,7 +125,8 @@ class CorpusReport:
 # ------------------------------------------------------------------------------------------- reading
 
 def resolve_files(train_files: Sequence[str]) -> Tuple[List[str], List[str]]:
-    """Expand globs. Returns (existing paths in order, without duplicates; entries that matched nothing)."""
+    """Expand globs. Returns (existing paths in order, without duplicates; entries that matched nothing,
+    and glob matches that do not exist, such as dangling symlinks)."""
     paths: List[str] = []
     missing: List[str] = []
     seen = set()
@@ -136,6 +139,9 @@ def resolve_files(train_files: Sequence[str]) -> Tuple[List[str], List[str]]:
         if not matches:
             missing.append(str(entry))
         for path in matches:
+            if not os.path.exists(path):  # glob also matches dangling symlinks
+                missing.append(path)
+                continue
             resolved = os.path.abspath(path)
             if resolved not in seen:
                 seen.add(resolved)
@@ -151,7 +157,7 @@ def iter_documents(
     once tokenized)."""
     paths, missing = resolve_files(train_files)
     for entry in missing:
-        report.skip("missing_file", f"{entry}: " + ("glob matched no file" if glob.has_magic(entry) else "no such file"))
+        report.skip("missing_file", f"{entry}: {_missing_reason(entry)}")
     for path in paths:
         if os.path.isdir(path):
             yield from _read_saved_dataset(path, text_field, report)
@@ -160,7 +166,15 @@ def iter_documents(
         if kind is None:
             report.skip("unsupported_format", path)
             continue
-        if os.path.getsize(path) == 0:
+        try:
+            size = os.path.getsize(path)
+        except FileNotFoundError:  # it vanished since the glob expanded
+            report.skip("missing_file", f"{path}: {_missing_reason(path)}")
+            continue
+        except OSError as err:
+            report.skip("unreadable_file", f"{path} ({type(err).__name__}: {err})")
+            continue
+        if size == 0:
             report.skip("empty_file", path)
             continue
         source = len(report.sources)
@@ -169,6 +183,12 @@ def iter_documents(
         for text, line in reader(path, text_field, report):
             report.documents += 1
             yield text, source, line
+
+
+def _missing_reason(entry: str) -> str:
+    if os.path.islink(entry):
+        return "dangling symlink"
+    return "glob matched no file" if glob.has_magic(entry) else "no such file"
 
 
 def iter_texts(train_files: Sequence[str], text_field: str = "text",
@@ -569,13 +589,18 @@ class _TokenizeBatch:
         if self.backend is not None:
             ids = [encoding.ids for encoding in self.backend.encode_batch(texts, add_special_tokens=False)]
         else:
-            ids = self.tokenizer(texts, add_special_tokens=False, truncation=False)["input_ids"]
+            # Best effort: transformers' own slow tokenizers may still keep special-token text whole.
+            ids = self.tokenizer(texts, add_special_tokens=False, truncation=False,
+                                 split_special_tokens=True)["input_ids"]
         return {"ids": ids}
 
 
 def _plain_backend(tokenizer):
     """A copy of the fast tokenizer's backend with truncation and padding off (a tokenizer.json may set
-    them, and a truncated document would silently lose text), or None for a slow tokenizer."""
+    them, and a truncated document would silently lose text), or None for a slow tokenizer.
+
+    It also encodes special-token text ("[MASK]", "[SEP]" written in a document) as ordinary text:
+    otherwise corpus text would inject real special ids, even with add_special_tokens=False."""
     backend = getattr(tokenizer, "backend_tokenizer", None)
     if backend is None:
         return None
@@ -584,12 +609,20 @@ def _plain_backend(tokenizer):
     plain = Tokenizer.from_str(backend.to_str())
     plain.no_truncation()
     plain.no_padding()
+    try:
+        plain.encode_special_tokens = True  # tokenizers >= 0.19
+    except AttributeError:
+        import tokenizers
+
+        logger.warning("tokenizers %s cannot encode special-token text as text (needs >= 0.19): a document "
+                       "containing e.g. \"[MASK]\" gets the special id", tokenizers.__version__)
     return plain
 
 
 def _tokenizer_fingerprint(tokenizer, backend) -> str:
     if backend is not None:
-        content = backend.to_str()
+        # to_str() leaves encode_special_tokens out, yet it changes the ids.
+        content = backend.to_str() + f"encode_special_tokens={getattr(backend, 'encode_special_tokens', None)}"
     else:
         content = type(tokenizer).__name__ + json.dumps(sorted(tokenizer.get_vocab().items()))
     return hashlib.sha256(content.encode("utf-8")).hexdigest()
@@ -602,10 +635,17 @@ def _path_fingerprint(path: str) -> list:
             dirs.sort()
             for name in sorted(files):
                 full = os.path.join(root, name)
-                stat = os.stat(full)
+                try:
+                    stat = os.stat(full)
+                except OSError:  # a dangling symlink, or a file that vanished: the reading pass reports it
+                    entries.append([os.path.relpath(full, path), None, None])
+                    continue
                 entries.append([os.path.relpath(full, path), stat.st_mtime_ns, stat.st_size])
         return [path, entries]
-    stat = os.stat(path)
+    try:
+        stat = os.stat(path)
+    except OSError:  # vanished since the glob expanded: the reading pass reports it
+        return [path, None, None]
     return [path, stat.st_mtime_ns, stat.st_size]
 
 

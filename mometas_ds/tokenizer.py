@@ -8,10 +8,13 @@ with ``[PAD]=0, [UNK]=1, [CLS]=2, [SEP]=3, [MASK]=4``. It is saved with
 from __future__ import annotations
 
 import os
+import re
 from typing import Iterable, Iterator
 
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 from transformers import AutoTokenizer, BertTokenizerFast, PreTrainedTokenizerBase, PreTrainedTokenizerFast
+
+from mometas_ds.config import ConfigError, DataError
 
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 # Files save_pretrained may write; a directory holding none of them is not a tokenizer.
@@ -48,7 +51,7 @@ def train_wordpiece_tokenizer(
     )
     tokenizer.train_from_iterator(counted, trainer=trainer)
     if counted.count == 0:
-        raise ValueError("cannot train a tokenizer: the corpus yielded no text (check --train_files and --text_field)")
+        raise DataError("cannot train a tokenizer: the corpus yielded no text (check --train_files and --text_field)")
 
     cls_id, sep_id = tokenizer.token_to_id("[CLS]"), tokenizer.token_to_id("[SEP]")
     tokenizer.post_processor = processors.TemplateProcessing(
@@ -65,48 +68,59 @@ def train_wordpiece_tokenizer(
     return wrapped
 
 
-def load_tokenizer(path: str) -> PreTrainedTokenizerBase:
-    """Load a tokenizer from a local directory written by ``save_pretrained`` (no hub access)."""
+def load_tokenizer(path: str, flag: str = "--tokenizer") -> PreTrainedTokenizerBase:
+    """Load a tokenizer from a local directory written by ``save_pretrained`` (no hub access).
+
+    A path that holds no loadable tokenizer raises ConfigError naming ``flag`` (a bad flag, so the run
+    ends with "mometas-pretrain: error: ..." and exit code 2)."""
     if not isinstance(path, (str, os.PathLike)) or not str(path):
-        raise ValueError(f"--tokenizer: expected a local tokenizer directory, got {path!r}")
+        raise ConfigError(f"{flag}: expected a local tokenizer directory, got {path!r}")
     path = str(path)
     if not os.path.exists(path):
-        raise ValueError(f"--tokenizer: directory {path!r} does not exist")
+        raise ConfigError(f"{flag}: directory {path!r} does not exist")
     if not os.path.isdir(path):
-        raise ValueError(f"--tokenizer: {path!r} is a file; pass the directory save_pretrained wrote")
+        raise ConfigError(f"{flag}: {path!r} is a file; pass the directory save_pretrained wrote")
     if not any(os.path.isfile(os.path.join(path, name)) for name in _TOKENIZER_FILES):
-        raise ValueError(
-            f"--tokenizer: {path!r} is not a tokenizer directory (none of {', '.join(_TOKENIZER_FILES)} in it)"
+        raise ConfigError(
+            f"{flag}: {path!r} is not a tokenizer directory (none of {', '.join(_TOKENIZER_FILES)} in it)"
         )
     try:
         return AutoTokenizer.from_pretrained(path, local_files_only=True)
     except Exception as err:  # transformers raises many types here; the user needs the path and the cause
-        raise ValueError(f"--tokenizer: could not load a tokenizer from {path!r}: {type(err).__name__}: {err}") from err
+        raise ConfigError(f"{flag}: could not load a tokenizer from {path!r}: {type(err).__name__}: {err}") from err
 
 
-def required_token_id(tokenizer: PreTrainedTokenizerBase, role: str) -> int:
-    """Id of the tokenizer's ``role`` token (pad, cls, sep, mask), or a ValueError naming the missing one."""
+def required_token_id(tokenizer: PreTrainedTokenizerBase, role: str, flag: str = "--tokenizer") -> int:
+    """Id of the tokenizer's ``role`` token (pad, cls, sep, mask), or a ConfigError naming the missing one."""
     token_id = getattr(tokenizer, f"{role}_token_id", None)
     if token_id is None:
         where = getattr(tokenizer, "name_or_path", "") or type(tokenizer).__name__
-        raise ValueError(
-            f"tokenizer {where!r} has no {role} token ({role}_token_id is None); "
+        raise ConfigError(
+            f"{flag}: tokenizer {where!r} has no {role} token ({role}_token_id is None); "
             f"BERT pre-training needs [PAD], [CLS], [SEP] and [MASK]"
         )
     return int(token_id)
 
 
-def special_tokens_of(tokenizer: PreTrainedTokenizerBase):
-    """The ``SpecialTokens`` the objectives need, read from ``tokenizer``; ``vocab_size`` is ``len(tokenizer)``."""
+_UNUSED_TOKEN = re.compile(r"\[unused\d+\]")  # BERT's placeholder vocabulary entries
+
+
+def special_tokens_of(tokenizer: PreTrainedTokenizerBase, flag: str = "--tokenizer"):
+    """The ``SpecialTokens`` the objectives need, read from ``tokenizer``; ``vocab_size`` is ``len(tokenizer)``.
+
+    Its ``reserved_ids`` (never drawn as random tokens) are unk, every other special or added token, and
+    ``[unusedN]`` placeholders: a random replacement or insertion should be a real word piece."""
     from mometas_ds.objectives.base import SpecialTokens
 
-    return SpecialTokens(
-        pad_id=required_token_id(tokenizer, "pad"),
-        cls_id=required_token_id(tokenizer, "cls"),
-        sep_id=required_token_id(tokenizer, "sep"),
-        mask_id=required_token_id(tokenizer, "mask"),
-        vocab_size=len(tokenizer),
-    )
+    vocab_size = len(tokenizer)
+    reserved = set(tokenizer.all_special_ids) | set(getattr(tokenizer, "added_tokens_decoder", None) or {})
+    reserved.update(i for token, i in tokenizer.get_vocab().items() if _UNUSED_TOKEN.fullmatch(token))
+    ids = {f"{role}_id": required_token_id(tokenizer, role, flag) for role in ("pad", "cls", "sep", "mask")}
+    try:
+        return SpecialTokens(**ids, vocab_size=vocab_size,
+                             reserved_ids=tuple(i for i in reserved if isinstance(i, int) and 0 <= i < vocab_size))
+    except ValueError as err:  # e.g. pad and sep share an id: the tokenizer is unusable, not the code
+        raise ConfigError(f"{flag}: {err}") from err
 
 
 class _CountingIterator:

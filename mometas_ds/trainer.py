@@ -91,7 +91,7 @@ class Trainer:
         check_tokenizer_fits_model(cfg, len(self.tokenizer))
         from .tokenizer import special_tokens_of
 
-        self.special = special_tokens_of(self.tokenizer)
+        self.special = special_tokens_of(self.tokenizer, self._tokenizer_flag())
         self.data = self._prepare_data()
         from .data import rows_as_tensors
 
@@ -143,6 +143,12 @@ class Trainer:
         self._on_rank0_first(prepare)  # a failure stops every rank, not just rank 0
         os.makedirs(os.path.join(cfg.output_dir, "trace"), exist_ok=True)
 
+    def _tokenizer_flag(self) -> str:
+        """The flag that chose the tokenizer, for error messages."""
+        if self.cfg.tokenizer:
+            return "--tokenizer"
+        return "--model_name_or_path" if self.cfg.train_tokenizer is None else "--train_tokenizer"
+
     def _load_tokenizer(self):
         from .tokenizer import load_tokenizer, train_wordpiece_tokenizer
 
@@ -150,7 +156,7 @@ class Trainer:
         if cfg.tokenizer:
             return load_tokenizer(cfg.tokenizer)
         if cfg.train_tokenizer is None:
-            return load_tokenizer(cfg.model_name_or_path)
+            return load_tokenizer(cfg.model_name_or_path, flag="--model_name_or_path")
         out_dir = os.path.join(cfg.output_dir, "tokenizer")
 
         def train():

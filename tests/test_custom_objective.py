@@ -53,6 +53,26 @@ def test_shuffle_head_trains_on_a_tiny_bert(example):
     assert sum(losses[-5:]) / 5 < 0.5 * losses[0], losses
 
 
+def readme_template():
+    """The custom objective template of README.md's "Your own objective" section."""
+    section = (EXAMPLE.parents[1] / "README.md").read_text().split("### Your own objective", 1)[1]
+    return section.split("```python", 1)[1].split("```", 1)[0]
+
+
+def test_heads_give_a_finite_zero_loss_without_a_labelled_token(example):
+    from transformers import BertConfig
+
+    namespace = {}
+    exec(readme_template().replace('@register_objective("mine")', ""), namespace)  # not registered twice
+    config = BertConfig(hidden_size=8, num_hidden_layers=1, num_attention_heads=2, intermediate_size=16)
+    hidden = torch.randn(2, 5, 8, requires_grad=True)
+    unlabelled = {"labels": torch.full((2, 5), IGNORE_INDEX)}
+    for head in (namespace["MyHead"](config), example.ShuffledTokenHead(config)):
+        loss = head(hidden, unlabelled)["loss"]
+        assert torch.isfinite(loss) and loss.item() == 0.0
+        loss.backward()
+
+
 def test_user_objective_through_pre_training(tmp_path):
     """`--user_modules FILE --objectives ...,shuffle`: the user's file is imported and its objective trained."""
     from tests.pretrain_helpers import make_corpus_and_tokenizer, pretrain_args, read_jsonl, read_trace, run_pretrain

@@ -149,6 +149,25 @@ def test_globs_expand_sorted_and_unmatched_globs_count_as_missing(tmp_path, toke
     assert inner_tokens(prepared.train, tokenizer) == token_ids(tokenizer, DOCS[3]) + token_ids(tokenizer, DOCS[0])
 
 
+def test_dangling_symlinks_and_vanished_files_count_as_missing(tmp_path, tokenizer, monkeypatch):
+    import mometas_ds.data as data
+
+    write_jsonl(tmp_path / "a.jsonl", [{"text": DOCS[0]}])
+    os.symlink(tmp_path / "gone.jsonl", tmp_path / "b.jsonl")  # matched by the glob, points nowhere
+    prepared = prepare(tmp_path, tokenizer, [tmp_path / "*.jsonl"])
+    assert prepared.report.skipped == {"missing_file": 1}
+    assert prepared.report.examples["missing_file"] == [f"{tmp_path / 'b.jsonl'}: dangling symlink"]
+    assert inner_tokens(prepared.train, tokenizer) == token_ids(tokenizer, DOCS[0])
+
+    # A file that the glob found but that is gone when the cache key and the reader look at it.
+    real_resolve = data.resolve_files
+    vanished = str(tmp_path / "vanished.jsonl")
+    monkeypatch.setattr(data, "resolve_files", lambda files: (real_resolve(files)[0] + [vanished], []))
+    prepared = prepare(tmp_path, tokenizer, [tmp_path / "a.jsonl"], cache_dir=str(tmp_path / "cache2"))
+    assert prepared.report.skipped == {"missing_file": 1}
+    assert prepared.report.examples["missing_file"] == [f"{vanished}: no such file"]
+
+
 # ----------------------------------------------------------------------------------------- bad input
 
 GOOD_BEFORE, GOOD_AFTER = DOCS[0], DOCS[1]
@@ -530,6 +549,15 @@ def test_tokenizer_errors_are_clear(tmp_path, tokenizer):
                                      sep_token="[SEP]", unk_token="[UNK]")
     with pytest.raises(ValueError, match="no cls token"):
         prepare(tmp_path, no_cls, [path])
+
+
+def test_special_token_text_in_a_document_is_ordinary_text(tmp_path, tokenizer):
+    text = "the fox [MASK] said [SEP] then [CLS] and [PAD] [UNK] here"
+    path = write_jsonl(tmp_path / "c.jsonl", [{"text": text}])
+    tokens = inner_tokens(prepare(tmp_path, tokenizer, [path]).train, tokenizer)
+    special = special_tokens_of(tokenizer)
+    assert not set(tokens) & {special.pad_id, special.cls_id, special.sep_id, special.mask_id}, tokens
+    assert tokens == tokenizer(text, add_special_tokens=False, split_special_tokens=True)["input_ids"]
 
 
 def test_a_different_tokenizer_gets_its_own_cache(tmp_path, tokenizer):

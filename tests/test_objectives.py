@@ -376,6 +376,38 @@ def test_bad_special_tokens_and_probability():
         build_objective("atd", SPECIAL, noise_probability=1.5)
 
 
+def test_random_tokens_are_real_word_pieces_never_unk_added_or_unused(tmp_path):
+    """mlm's random replacements and atd's insertions draw from the tokenizer's real word pieces only."""
+    import json
+
+    from mometas_ds.tokenizer import load_tokenizer, special_tokens_of
+
+    words = ["the", "fox", "dog", "##s", "a", "ran"]
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + [f"[unused{i}]" for i in range(4)] + words
+    (tmp_path / "vocab.txt").write_text("\n".join(vocab) + "\n")
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps({"tokenizer_class": "BertTokenizer"}))
+    tokenizer = load_tokenizer(str(tmp_path))
+    tokenizer.add_tokens(["covid"])  # added tokens are not word pieces of the vocabulary either
+    tokenizer.add_special_tokens({"additional_special_tokens": ["<extra>"]})
+    special = special_tokens_of(tokenizer)
+    word_ids = set(tokenizer.convert_tokens_to_ids(words))
+    draws = special.random_ordinary_ids((4000,), torch.Generator().manual_seed(0), "cpu")
+    assert set(draws.tolist()) == word_ids
+    assert set(range(special.vocab_size)) - set(special.ids) - set(special.reserved_ids) == word_ids
+    gen = torch.Generator().manual_seed(1)
+    ids = torch.tensor([[special.cls_id] + sorted(word_ids) * 5 + [special.sep_id]] * 8)
+    mask = torch.ones_like(ids)
+    mlm = build_objective("mlm", special, noise_probability=1.0).corrupt(ids, mask, generator=gen)
+    atd = build_objective("atd", special, noise_probability=1.0).corrupt(ids, mask, generator=gen)
+    assert set(mlm["input_ids"][:, 1:-1].unique().tolist()) <= word_ids | {special.mask_id}
+    assert set(atd["input_ids"][atd["labels"] == 1].tolist()) <= word_ids
+
+    with pytest.raises(ValueError, match="reserved_ids"):
+        SpecialTokens(pad_id=0, cls_id=1, sep_id=2, mask_id=3, vocab_size=10, reserved_ids=(10,))
+    with pytest.raises(ValueError, match="no ordinary token"):
+        SpecialTokens(pad_id=0, cls_id=1, sep_id=2, mask_id=3, vocab_size=6, reserved_ids=(4, 5))
+
+
 # --- heads -----------------------------------------------------------------------------------------
 
 def tiny_config(**overrides):

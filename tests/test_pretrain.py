@@ -349,6 +349,17 @@ def test_batch_keys_optimizer_sampler_args_and_objective_rows_are_checked_before
         check(micro8, world_size=2, meta_batch_size=2)
 
 
+@pytest.mark.parametrize("flag", ["meta_lr", "meta_gamma", "dist_timeout_minutes"])
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), float("-inf")])
+def test_float_flags_must_be_finite_and_the_message_names_the_flag(flag, value):
+    from mometas_ds.config import ConfigError, PretrainConfig, validate_config
+
+    cfg = PretrainConfig(deepspeed_config=CPU_CONFIG, train_files=["x.jsonl"], model_config="tiny",
+                         train_tokenizer=100, **{flag: value})
+    with pytest.raises(ConfigError, match=f"^--{flag}: must be a finite number"):
+        validate_config(cfg)
+
+
 def test_missing_tokenizer_and_bad_batch_config(assets, tmp_path, capsys):
     from mometas_ds.pretrain import main
 
@@ -370,6 +381,25 @@ def test_missing_tokenizer_and_bad_batch_config(assets, tmp_path, capsys):
     assert not os.path.exists(os.path.join(out, "checkpoints"))
 
 
+def test_tokenizer_that_cannot_serve_ends_like_a_bad_flag(assets, tmp_path):
+    """A --tokenizer that does not load, or lacks [MASK], ends as the README promises a bad flag ends."""
+    from transformers import PreTrainedTokenizerFast
+
+    from mometas_ds.tokenizer import load_tokenizer
+
+    vocab_only = tmp_path / "vocab_only"  # no tokenizer_config.json: AutoTokenizer cannot tell the class
+    vocab_only.mkdir()
+    (vocab_only / "vocab.txt").write_text("[PAD]\n[UNK]\n[CLS]\n[SEP]\n[MASK]\nhello\n")
+    no_mask = str(tmp_path / "no_mask")
+    PreTrainedTokenizerFast(tokenizer_object=load_tokenizer(assets["tokenizer"]).backend_tokenizer, pad_token="[PAD]",
+                            cls_token="[CLS]", sep_token="[SEP]", unk_token="[UNK]").save_pretrained(no_mask)
+    for tokenizer, cause in ((str(vocab_only), "could not load a tokenizer"), (no_mask, "has no mask token")):
+        result = run_pretrain(pretrain_args(assets["corpus"], tokenizer, str(tmp_path / "out"), assets["cache"]))
+        assert result.returncode == 2, result.stderr[-3000:]
+        assert "mometas-pretrain: error: --tokenizer: " in result.stderr and cause in result.stderr, result.stderr[-3000:]
+        assert "Traceback" not in result.stderr
+
+
 def test_corpus_without_usable_documents_stops_at_start(assets, tmp_path):
     corpus = str(tmp_path / "bad.jsonl")
     with open(corpus, "w") as f:
@@ -379,6 +409,14 @@ def test_corpus_without_usable_documents_stops_at_start(assets, tmp_path):
     assert result.returncode == 2
     assert "bad.jsonl" in result.stderr and "no usable" in result.stderr.lower()
     assert not os.path.exists(os.path.join(out, "metrics.jsonl"))
+    # The same corpus cannot train a tokenizer either: the same clean stop, not a traceback.
+    args = pretrain_args(corpus, assets["tokenizer"], str(tmp_path / "run2"), str(tmp_path / "cache"))
+    i = args.index("--tokenizer")
+    args[i:i + 2] = ["--train_tokenizer", "100"]
+    result = run_pretrain(args)
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert "mometas-pretrain: error: cannot train a tokenizer: the corpus yielded no text" in result.stderr
+    assert "Traceback" not in result.stderr
 
 
 def test_hf_export_is_a_masked_lm_in_fp32_and_continual_pretraining_reloads_its_head(tmp_path):

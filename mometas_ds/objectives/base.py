@@ -9,8 +9,8 @@ module's forward runs.
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass
-from typing import Dict, Optional
+from dataclasses import dataclass, field
+from typing import Dict, Optional, Tuple
 
 import torch
 from torch import nn
@@ -27,6 +27,9 @@ class SpecialTokens:
     sep_id: int
     mask_id: int
     vocab_size: int
+    # Further ids that random replacements and insertions never draw: unk, other special or added
+    # tokens, BERT's [unusedN] placeholders (``special_tokens_of`` reads them from the tokenizer).
+    reserved_ids: Tuple[int, ...] = field(default=(), repr=False)
 
     def __post_init__(self):
         if not isinstance(self.vocab_size, int) or self.vocab_size < 5:
@@ -39,6 +42,12 @@ class SpecialTokens:
                 )
         if len(set(ids.values())) != len(ids):
             raise ValueError(f"SpecialTokens ids must be distinct, got {ids}")
+        if not all(isinstance(i, int) and 0 <= i < self.vocab_size for i in self.reserved_ids):
+            raise ValueError(f"SpecialTokens.reserved_ids must be token ids in [0, vocab_size={self.vocab_size})")
+        reserved = tuple(sorted(set(self.reserved_ids) - set(self.ids)))
+        if len(reserved) + len(ids) >= self.vocab_size:
+            raise ValueError("SpecialTokens: no ordinary token id is left outside the special and reserved ids")
+        object.__setattr__(self, "reserved_ids", reserved)  # canonical, so equal sets compare and hash equal
 
     @property
     def ids(self):
@@ -52,8 +61,8 @@ class SpecialTokens:
         return mask
 
     def random_ordinary_ids(self, shape, generator: Optional[torch.Generator], device) -> torch.Tensor:
-        """Uniform random ids that are not special tokens (drawn without a Python loop)."""
-        table = _ordinary_id_table(self.ids, self.vocab_size, torch.device(device))
+        """Uniform random ids that are neither special nor reserved (drawn without a Python loop)."""
+        table = _ordinary_id_table(self.ids + self.reserved_ids, self.vocab_size, torch.device(device))
         # Draw an index into the table of non-special ids and look it up (index_select:
         # advanced indexing is ~100x slower for this on a loaded 2-core CPU).
         draw = _randint(table.numel(), shape, generator, device)
