@@ -409,7 +409,9 @@ def test_corpus_without_usable_documents_stops_at_start(assets, tmp_path):
     assert result.returncode == 2
     assert "bad.jsonl" in result.stderr and "no usable" in result.stderr.lower()
     assert not os.path.exists(os.path.join(out, "metrics.jsonl"))
-    # The same corpus cannot train a tokenizer either: the same clean stop, not a traceback.
+    # A corpus without any text cannot train a tokenizer either: the same clean stop, not a traceback.
+    with open(corpus, "w") as f:
+        f.write("{broken\n" + json.dumps({"other": "y"}) + "\n")
     args = pretrain_args(corpus, assets["tokenizer"], str(tmp_path / "run2"), str(tmp_path / "cache"))
     i = args.index("--tokenizer")
     args[i:i + 2] = ["--train_tokenizer", "100"]
