@@ -110,6 +110,23 @@ def _set_device(local_rank: int) -> None:
         accel.set_device(local_rank % accel.device_count())
 
 
+def _local_rank_to_visible_device(env: MutableMapping[str, str]) -> None:
+    """Make LOCAL_RANK a device this task can see.
+
+    DeepSpeed binds each rank to ``cuda:LOCAL_RANK`` (init_process_group's device_id, the engine's
+    device). A task that sees fewer GPUs than its node-local rank (``srun --gpus-per-task=1`` or
+    ``--gpu-bind``: every task sees its own GPU as cuda:0) would ask for a device it does not have.
+    """
+    from deepspeed.accelerator import get_accelerator
+
+    accel = get_accelerator()
+    count = accel.device_count() if accel.device_name() != "cpu" else 0
+    local_rank = int(env.get("LOCAL_RANK", "0"))
+    if count and local_rank >= count:
+        env["LOCAL_RANK"] = str(local_rank % count)
+        logger.info("node-local rank %d sees %d device(s): LOCAL_RANK=%s", local_rank, count, env["LOCAL_RANK"])
+
+
 def init_distributed(timeout_minutes: float, backend: str | None = None) -> LaunchInfo:
     """Detects the launcher, fills in torch.distributed's variables and initializes the process group.
 
@@ -132,6 +149,7 @@ def init_distributed(timeout_minutes: float, backend: str | None = None) -> Laun
         env.setdefault("MASTER_PORT", str(_free_port()))
     if launcher != "mpirun":
         _require_master(env, launcher)
+        _local_rank_to_visible_device(env)
         _set_device(int(env.get("LOCAL_RANK", "0")))
 
     deepspeed.init_distributed(

@@ -157,3 +157,24 @@ def test_srun_two_tasks_allreduce(slurm_cluster, allreduce_script, tmp_path):
         "RESULT launcher=srun rank=0 world=2 local=0 sum=3",
         "RESULT launcher=srun rank=1 world=2 local=1 sum=3",
     ]
+
+
+@pytest.mark.parametrize("local_rank, devices, expected", [("3", 1, "0"), ("5", 4, "1"), ("2", 8, "2"), ("3", 0, "3")])
+def test_local_rank_becomes_a_device_the_task_can_see(local_rank, devices, expected, monkeypatch):
+    """srun --gpus-per-task=1: every task sees its GPU as cuda:0, while SLURM_LOCALID runs 0..7;
+    DeepSpeed binds to cuda:LOCAL_RANK, so LOCAL_RANK must name a visible device."""
+    import deepspeed.accelerator
+
+    from mometas_ds.launch import _local_rank_to_visible_device
+
+    class Accelerator:
+        def device_name(self):
+            return "cuda" if devices else "cpu"
+
+        def device_count(self):
+            return devices
+
+    monkeypatch.setattr(deepspeed.accelerator, "get_accelerator", lambda: Accelerator())
+    env = {"LOCAL_RANK": local_rank}
+    _local_rank_to_visible_device(env)
+    assert env["LOCAL_RANK"] == expected
