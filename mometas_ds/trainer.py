@@ -229,7 +229,13 @@ class Trainer:
     # ---------------------------------------------------------------- resume
     def _resume(self, resume: str):
         ckpt_root = os.path.join(self.cfg.output_dir, "checkpoints")
-        found = ckpt.find_resume_checkpoint(ckpt_root, resume)
+        found = ckpt.find_resume_checkpoint(ckpt_root, resume) if self.rank == 0 else None
+        if self.world_size > 1:
+            # Rank 0 decides: a rank whose view of output_dir is stale (node-local or lagging storage)
+            # would otherwise start from another step, and training would go on with mixed weights.
+            box = [found]
+            dist.broadcast_object_list(box, src=0, group=self._setup_group)
+            found = box[0]
         if found is None:
             if self.rank == 0:
                 logger.info("--resume: no complete checkpoint in %s, starting from step 0", ckpt_root)

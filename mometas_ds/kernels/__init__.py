@@ -116,7 +116,7 @@ def cross_entropy(logits, target, ignore_index=-100, reduction="mean", backend="
     target_1d = target.reshape(-1).long()
     if torch.is_grad_enabled() and logits.requires_grad:
         return CrossEntropyFunction.apply(logits_2d, target_1d, ignore_index, reduction, module)
-    loss, _ = cross_entropy_chunked(logits_2d, target_1d, ignore_index, reduction, module, write_grad=False)
+    loss, _, _ = cross_entropy_chunked(logits_2d, target_1d, ignore_index, reduction, module, write_grad=False)
     return loss
 
 

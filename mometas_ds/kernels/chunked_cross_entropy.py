@@ -20,6 +20,7 @@ import torch
 CHUNK_BUDGET_BYTES = 64 * 2**20
 
 REDUCTIONS = ("mean", "sum")
+FP16_GRAD_SCALE = 2.0**15  # |softmax - onehot| <= 1, so the scaled fp16 gradient stays below fp16's max
 
 
 def rows_per_chunk(n_rows: int, n_classes: int, bytes_per_logit: int) -> int:
@@ -76,10 +77,23 @@ def cross_entropy_chunked(
     reduction: str,
     backend: ModuleType,
     write_grad: bool,
-) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
-    """Loss of ``logits`` [rows, classes] and, if ``write_grad``, d(loss)/d(logits) in the logits' dtype."""
+) -> Tuple[torch.Tensor, Optional[torch.Tensor], Optional[torch.Tensor]]:
+    """Loss of ``logits`` [rows, classes] and, if ``write_grad``, d(loss)/d(logits) in the logits' dtype,
+    and the factor backward must still apply to that gradient (None when it holds it already).
+
+    fp16 gradients are written as FP16_GRAD_SCALE * (softmax - onehot) instead of (softmax - onehot)/n:
+    small entries divided by a large n underflow fp16 before backward's grad_output (DeepSpeed's loss
+    scale) could lift them, while |softmax - onehot| <= 1 keeps the scaled values in range; backward
+    applies grad_output / (n * FP16_GRAD_SCALE) in fp32, so the result is what fp16 autograd stores.
+    """
     n_rows, n_classes = logits.shape
     scale = grad_scale(count_valid_targets(target, n_classes, ignore_index), reduction)
+    deferred = kernel_scale = None
+    if write_grad and logits.dtype == torch.float16:
+        kernel_scale = torch.full_like(scale, FP16_GRAD_SCALE)
+        deferred = scale / FP16_GRAD_SCALE
+    else:
+        kernel_scale = scale
     dlogits = torch.empty_like(logits) if write_grad else None
     extra = backend.extra_bytes_per_logit(logits.dtype, write_grad)
     step = max(1, n_rows) if extra == 0 else rows_per_chunk(n_rows, n_classes, extra)
@@ -88,8 +102,9 @@ def cross_entropy_chunked(
     for start in range(0, n_rows, step):
         rows = slice(start, start + step)
         chunk_grad = dlogits[rows] if write_grad else None
-        backend.cross_entropy_rows(logits[rows], target[rows], ignore_index, chunk_grad, scale, row_losses[rows])
-    return reduce_loss(row_losses, scale, reduction), dlogits
+        backend.cross_entropy_rows(logits[rows], target[rows], ignore_index, chunk_grad, kernel_scale,
+                                   row_losses[rows])
+    return reduce_loss(row_losses, scale, reduction), dlogits, deferred
 
 
 def take_saved(ctx, name: str):
@@ -114,13 +129,16 @@ class CrossEntropyFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, logits, target, ignore_index, reduction, backend):
-        loss, dlogits = cross_entropy_chunked(logits, target, ignore_index, reduction, backend, write_grad=True)
+        loss, dlogits, deferred = cross_entropy_chunked(logits, target, ignore_index, reduction, backend,
+                                                        write_grad=True)
         ctx.dlogits = dlogits
+        ctx.deferred = deferred
         ctx.backend = backend
         return loss
 
     @staticmethod
     def backward(ctx, grad_output):
         dlogits = take_saved(ctx, "dlogits")
-        ctx.backend.scale_grads_([dlogits], grad_output)
+        factor = grad_output if ctx.deferred is None else grad_output.float() * ctx.deferred
+        ctx.backend.scale_grads_([dlogits], factor)
         return dlogits, None, None, None, None

@@ -61,6 +61,11 @@ def cross_entropy_rows(
 
 
 def scale_grads_(grads, grad_output: torch.Tensor) -> None:
-    """Multiply each tensor in ``grads`` in place by the 0-dim ``grad_output`` (no host sync)."""
+    """Multiply each tensor in ``grads`` in place by the 0-dim ``grad_output`` (no host sync), in fp32 as
+    the Triton kernel does (a half-precision factor could itself round or overflow)."""
+    factor = grad_output.to(torch.float32)
     for grad in grads:
-        grad.mul_(grad_output)
+        if grad.dtype == torch.float32:
+            grad.mul_(factor)
+        else:
+            grad.copy_(grad.float().mul_(factor))
