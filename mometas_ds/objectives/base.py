@@ -92,7 +92,8 @@ def _randint(high: int, shape, generator: Optional[torch.Generator], device) -> 
 
 
 def validate_batch(input_ids: torch.Tensor, attention_mask: torch.Tensor, special: SpecialTokens) -> None:
-    """Raise ValueError for a batch that breaks the input contract."""
+    """Raise ValueError for a batch that breaks the input contract (on CUDA tensors the checks of the
+    values are device-side asserts: no host sync in the training loop)."""
     if not isinstance(input_ids, torch.Tensor) or input_ids.dtype != torch.long:
         raise ValueError(f"input_ids must be a torch.long tensor, got {getattr(input_ids, 'dtype', type(input_ids))}")
     if input_ids.dim() != 2:
@@ -105,6 +106,14 @@ def validate_batch(input_ids: torch.Tensor, attention_mask: torch.Tensor, specia
         raise ValueError(
             f"attention_mask shape {tuple(attention_mask.shape)} differs from input_ids {tuple(input_ids.shape)}"
         )
+    if input_ids.numel() and input_ids.device.type == "cuda":
+        # Checked on the device (reported at a later CUDA call, as F.cross_entropy reports a bad target):
+        # reading the answer on the host would stall every micro-step's launch queue, three times.
+        torch._assert_async((input_ids[:, 0] == special.cls_id).all(),
+                            f"a row does not start with cls_id={special.cls_id}")
+        torch._assert_async(((input_ids >= 0) & (input_ids < special.vocab_size)).all(),
+                            f"input_ids hold ids outside [0, vocab_size={special.vocab_size})")
+        return
     if input_ids.numel() and not bool((input_ids[:, 0] == special.cls_id).all()):
         bad = int((input_ids[:, 0] != special.cls_id).nonzero()[0, 0])
         raise ValueError(

@@ -70,7 +70,7 @@ class MaskedLMHead(nn.Module):
         hidden, target = gather_labeled(sequence_output, batch["labels"])
         weight = self.tied_weight
         hidden = self.layer_norm(self.act(self.dense(hidden.to(self.dense.weight.dtype))))
-        num_predictions = torch.tensor(target.numel(), device=target.device)
+        num_predictions = target.numel()  # a Python int: a device tensor of it would cost a copy per step
         if target.numel() == 0:
             # Nothing masked in this batch: a mean over no positions would be NaN.
             return {"loss": zero_loss(hidden, weight, self.bias), "num_predictions": num_predictions}
