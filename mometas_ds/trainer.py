@@ -466,8 +466,12 @@ class Trainer:
             logger.warning("rank %d: non-finite gradient norm at step %d: update skipped", self.rank, self.step + 1)
 
     def _corrupt(self, name: str, clean: Dict[str, torch.Tensor], generator) -> Dict[str, torch.Tensor]:
-        input_ids = clean["input_ids"].to(self.device)
-        attention_mask = clean["attention_mask"].to(self.device)
+        if self.device.type == "cuda":  # from pinned memory the copy does not block the host
+            input_ids = clean["input_ids"].pin_memory().to(self.device, non_blocking=True)
+            attention_mask = clean["attention_mask"].pin_memory().to(self.device, non_blocking=True)
+        else:
+            input_ids = clean["input_ids"].to(self.device)
+            attention_mask = clean["attention_mask"].to(self.device)
         return self.objectives[name].corrupt(input_ids, attention_mask, generator=generator)
 
     # ---------------------------------------------------------------- sampler update
@@ -550,13 +554,15 @@ class Trainer:
     # ---------------------------------------------------------------- agreement between ranks
     def _all_finite(self, loss: torch.Tensor) -> bool:
         """Whether every rank's loss is finite, and whether any rank asked to stop (same collective)."""
-        flags = torch.tensor([0.0 if torch.isfinite(loss.detach()).all() else 1.0,
-                              1.0 if self.stop_requested else 0.0], device=self.device)
+        # Built on the device and read once, after the all-reduce: on a GPU each host read is a sync.
+        not_finite = (~torch.isfinite(loss.detach()).all()).to(torch.float32)
+        flags = torch.stack([not_finite, torch.zeros((), device=not_finite.device) + float(self.stop_requested)])
         if self.world_size > 1:
             dist.all_reduce(flags, op=dist.ReduceOp.MAX)
-        if flags[1] > 0:
+        any_not_finite, any_stop = flags.tolist()
+        if any_stop > 0:
             self.stop_agreed = True
-        return bool(flags[0] == 0)
+        return any_not_finite == 0
 
     def _stop_agreed(self) -> bool:
         # Only what the all-reduce said: a signal landing after the step's last all-reduce waits for
