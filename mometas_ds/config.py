@@ -8,7 +8,7 @@ import os
 from dataclasses import asdict, dataclass, field, fields
 from typing import List, Optional
 
-from .checkpoint import find_resume_checkpoint, latest_complete_tag
+from .checkpoint import find_resume_checkpoint, latest_complete_tag, read_run_identity
 from .model import MODEL_PRESETS
 from .objectives import DEFAULT_OBJECTIVES, objective_class
 
@@ -455,8 +455,6 @@ def run_identity(cfg: PretrainConfig, ds_config: dict, world_size: int) -> dict:
 
 def check_resume_matches(cfg: PretrainConfig, ds_config: dict, world_size: int) -> None:
     """With --resume, stop before any work if the checkpoint was written by a run set up differently."""
-    from .checkpoint import read_run_identity
-
     try:
         found = find_resume_checkpoint(os.path.join(cfg.output_dir, "checkpoints"), cfg.resume)
     except ValueError:

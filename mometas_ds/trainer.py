@@ -68,6 +68,7 @@ class Trainer:
         self.launch = init_distributed(cfg.dist_timeout_minutes)
         self.rank, self.world_size = self.launch.rank, self.launch.world_size
         check_world_size(cfg, self.ds_config, self.world_size)
+        self.run_identity = run_identity(cfg, self.ds_config, self.world_size)  # recorded with every checkpoint
         # Rank 0's one-off work (tokenizing a large corpus: hours) must not run into --dist_timeout_minutes,
         # which is meant to catch a dead or hung rank during training: the others wait in their own group.
         self._setup_group = None
@@ -303,7 +304,7 @@ class Trainer:
     def save_checkpoint(self):
         ckpt_root = os.path.join(self.cfg.output_dir, "checkpoints")
         ckpt.save(self.engine, ckpt_root, self.step, self._client_state(), self.rank, self._barrier,
-                  run_identity(self.cfg, self.ds_config, self.world_size))
+                  self.run_identity)
         if self.rank == 0:
             logger.info("saved checkpoint step%d in %s", self.step, ckpt_root)
             if self.cfg.save_total_limit is not None:
@@ -466,13 +467,13 @@ class Trainer:
             logger.warning("rank %d: non-finite gradient norm at step %d: update skipped", self.rank, self.step + 1)
 
     def _corrupt(self, name: str, clean: Dict[str, torch.Tensor], generator) -> Dict[str, torch.Tensor]:
-        if self.device.type == "cuda":  # from pinned memory the copy does not block the host
-            input_ids = clean["input_ids"].pin_memory().to(self.device, non_blocking=True)
-            attention_mask = clean["attention_mask"].pin_memory().to(self.device, non_blocking=True)
-        else:
-            input_ids = clean["input_ids"].to(self.device)
-            attention_mask = clean["attention_mask"].to(self.device)
-        return self.objectives[name].corrupt(input_ids, attention_mask, generator=generator)
+        pinned = self.device.type == "cuda"  # from pinned memory the copy does not block the host
+
+        def to_device(column):
+            return (column.pin_memory() if pinned else column).to(self.device, non_blocking=pinned)
+
+        return self.objectives[name].corrupt(to_device(clean["input_ids"]), to_device(clean["attention_mask"]),
+                                             generator=generator)
 
     # ---------------------------------------------------------------- sampler update
     def _meta_update(self, sampler_file):
@@ -556,7 +557,7 @@ class Trainer:
         """Whether every rank's loss is finite, and whether any rank asked to stop (same collective)."""
         # Built on the device and read once, after the all-reduce: on a GPU each host read is a sync.
         not_finite = (~torch.isfinite(loss.detach()).all()).to(torch.float32)
-        flags = torch.stack([not_finite, torch.zeros((), device=not_finite.device) + float(self.stop_requested)])
+        flags = torch.stack([not_finite, not_finite.new_full((), float(self.stop_requested))])
         if self.world_size > 1:
             dist.all_reduce(flags, op=dist.ReduceOp.MAX)
         any_not_finite, any_stop = flags.tolist()

@@ -88,12 +88,10 @@ def cross_entropy_chunked(
     """
     n_rows, n_classes = logits.shape
     scale = grad_scale(count_valid_targets(target, n_classes, ignore_index), reduction)
-    deferred = kernel_scale = None
     if write_grad and logits.dtype == torch.float16:
-        kernel_scale = torch.full_like(scale, FP16_GRAD_SCALE)
-        deferred = scale / FP16_GRAD_SCALE
+        kernel_scale, deferred = torch.full_like(scale, FP16_GRAD_SCALE), scale / FP16_GRAD_SCALE
     else:
-        kernel_scale = scale
+        kernel_scale, deferred = scale, None
     dlogits = torch.empty_like(logits) if write_grad else None
     extra = backend.extra_bytes_per_logit(logits.dtype, write_grad)
     step = max(1, n_rows) if extra == 0 else rows_per_chunk(n_rows, n_classes, extra)

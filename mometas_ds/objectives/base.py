@@ -8,7 +8,6 @@ module's forward runs.
 """
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass, field
 from typing import Dict, Optional, Tuple
 
@@ -30,6 +29,8 @@ class SpecialTokens:
     # Further ids that random replacements and insertions never draw: unk, other special or added
     # tokens, BERT's [unusedN] placeholders (``special_tokens_of`` reads them from the tokenizer).
     reserved_ids: Tuple[int, ...] = field(default=(), repr=False)
+    # device -> table of the ids random draws pick from; built once (the draw is in the corruption hot path).
+    _id_tables: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def __post_init__(self):
         if not isinstance(self.vocab_size, int) or self.vocab_size < 5:
@@ -62,14 +63,16 @@ class SpecialTokens:
 
     def random_ordinary_ids(self, shape, generator: Optional[torch.Generator], device) -> torch.Tensor:
         """Uniform random ids that are neither special nor reserved (drawn without a Python loop)."""
-        table = _ordinary_id_table(self.ids + self.reserved_ids, self.vocab_size, torch.device(device))
+        device = torch.device(device)
+        table = self._id_tables.get(device)
+        if table is None:
+            table = self._id_tables[device] = _ordinary_id_table(self.ids + self.reserved_ids, self.vocab_size, device)
         # Draw an index into the table of non-special ids and look it up (index_select:
         # advanced indexing is ~100x slower for this on a loaded 2-core CPU).
         draw = _randint(table.numel(), shape, generator, device)
         return table.index_select(0, draw.reshape(-1)).reshape(draw.shape)
 
 
-@functools.lru_cache(maxsize=16)
 def _ordinary_id_table(special_ids, vocab_size: int, device: torch.device) -> torch.Tensor:
     is_special = torch.zeros(vocab_size, dtype=torch.bool)
     is_special[list(special_ids)] = True
