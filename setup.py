@@ -26,7 +26,8 @@ setup(
     extras_require={
         "mpi": ["mpi4py>=3.1"],
         "triton": ["triton>=2.2"],
-        "test": ["pytest>=7", "pyarrow"],
+        "test": ["pytest>=7", "pyarrow", "seqeval", "ruff"],
+        "finetune": ["accelerate>=0.26", "scikit-learn>=1.2", "scipy>=1.9"],
     },
     entry_points={
         "console_scripts": [
