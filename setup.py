@@ -22,12 +22,14 @@ setup(
         "numpy",
         "tqdm",
         "matplotlib>=3.7",  # plot.py reads Legend.legend_handles
+        "accelerate>=0.26",  # transformers' Trainer (mometas-finetune)
+        "scikit-learn>=1.2",  # downstream metrics
+        "scipy>=1.9",  # correlations and the paired test in mometas-compare
     ],
     extras_require={
         "mpi": ["mpi4py>=3.1"],
         "triton": ["triton>=2.2"],
         "test": ["pytest>=7", "pyarrow", "seqeval", "ruff"],
-        "finetune": ["accelerate>=0.26", "scikit-learn>=1.2", "scipy>=1.9"],
     },
     entry_points={
         "console_scripts": [
