@@ -47,6 +47,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import torch
 
+from mometas_ds.errors import DataError
 from mometas_ds.tokenizer import required_token_id
 
 logger = logging.getLogger(__name__)
@@ -67,9 +68,6 @@ SKIP_REASONS = {
     "non_utf8": "line (or text) that is not valid UTF-8",
     "too_short": f"document with fewer than {MIN_DOC_TOKENS} tokens",
 }
-
-
-from .config import DataError  # noqa: E402  (defined without HF datasets, so the trainer imports it cheaply)
 
 
 # ----------------------------------------------------------------------------------------------- report
