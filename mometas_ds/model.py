@@ -71,7 +71,8 @@ class MultiObjectiveBert(nn.Module):
                 tied = getattr(head, "tied_weight", None)
                 if tied is not None:
                     # The head reads the embedding matrix outside the embedding's own forward:
-                    # under ZeRO-3 DeepSpeed must gather it for the head too (a no-op otherwise).
+                    # under ZeRO-3 DeepSpeed must gather it for the head too (a no-op otherwise). Imported
+                    # here: DeepSpeed takes seconds to import, and `mometas-pretrain --help` reads this module.
                     from deepspeed.runtime.zero.partition_parameters import register_external_parameter
 
                     register_external_parameter(head, tied)

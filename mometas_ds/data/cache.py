@@ -16,6 +16,7 @@ import datasets
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import tokenizers
 
 from mometas_ds.errors import DataError
 from mometas_ds.tokenizer import required_token_id
@@ -234,16 +235,12 @@ def _plain_backend(tokenizer):
     backend = getattr(tokenizer, "backend_tokenizer", None)
     if backend is None:
         return None
-    from tokenizers import Tokenizer
-
-    plain = Tokenizer.from_str(backend.to_str())
+    plain = tokenizers.Tokenizer.from_str(backend.to_str())
     plain.no_truncation()
     plain.no_padding()
     try:
         plain.encode_special_tokens = True  # tokenizers >= 0.19
     except AttributeError:
-        import tokenizers
-
         logger.warning("tokenizers %s cannot encode special-token text as text (needs >= 0.19): a document "
                        "containing e.g. \"[MASK]\" gets the special id", tokenizers.__version__)
     return plain
