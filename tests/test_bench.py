@@ -130,3 +130,22 @@ def test_bad_flags_stop_with_a_message_naming_the_flag(flags, field, capsys):
 
     assert main(flags) == 2
     assert field in capsys.readouterr().err
+
+
+def test_an_unwritable_json_path_stops_before_the_benchmark_runs(tmp_path, capsys, monkeypatch):
+    import mometas_ds.bench.command as command
+
+    def no_bench(cfg):
+        raise AssertionError("the benchmark started although --json cannot be written")
+
+    monkeypatch.setattr(command, "Bench", no_bench)
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a directory")
+    for path in (blocker / "bench.json", tmp_path):  # a directory below a file; a directory itself
+        assert command.main([*TINY_RUN, "--json", str(path)]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("mometas-bench: error: --json: cannot write ") and str(path) in err
+    good = tmp_path / "new" / "bench.json"
+    monkeypatch.setattr(command, "Bench", lambda cfg: (_ for _ in ()).throw(command.BenchError("--ranks: stop here")))
+    assert command.main([*TINY_RUN, "--json", str(good)]) == 2  # got past the check to the benchmark's set-up
+    assert "--ranks: stop here" in capsys.readouterr().err and not good.exists()
