@@ -1,5 +1,5 @@
-"""Shared fixtures. Markers (pytest.ini): `integration` for tests that run real pre-training, launchers, SLURM or
-builds; everything else is a unit test (`make test-fast` runs those). Helpers: tests/pretrain_helpers.py (corpus,
+"""Shared fixtures. Markers (pytest.ini): `integration` for tests that start pre-training processes, launchers, SLURM
+or builds; everything else is a unit test (`make test-fast` runs those). Helpers: tests/pretrain_helpers.py (corpus,
 tokenizer, run a pre-training process), tests/slurm_cluster.py (a live one-node SLURM). See docs/development.md."""
 import os
 

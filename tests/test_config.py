@@ -142,6 +142,7 @@ def test_float_flags_must_be_finite_and_the_message_names_the_flag(flag, value):
         validate_config(cfg)
 
 
+@pytest.mark.integration  # starts mometas-pretrain processes
 def test_missing_tokenizer_and_bad_batch_config(assets, tmp_path, capsys):
     from mometas_ds.pretrain import main
 
@@ -163,8 +164,9 @@ def test_missing_tokenizer_and_bad_batch_config(assets, tmp_path, capsys):
     assert not os.path.exists(os.path.join(out, "checkpoints"))
 
 
+@pytest.mark.integration  # starts mometas-pretrain processes
 def test_tokenizer_that_cannot_serve_ends_like_a_bad_flag(assets, tmp_path):
-    """A --tokenizer that does not load, or lacks [MASK], ends as the README promises a bad flag ends."""
+    """A --tokenizer that does not load, or lacks [MASK], ends as docs/pretraining.md promises a bad flag ends."""
     from transformers import PreTrainedTokenizerFast
 
     from mometas_ds.tokenizer import load_tokenizer

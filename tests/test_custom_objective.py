@@ -54,8 +54,8 @@ def test_shuffle_head_trains_on_a_tiny_bert(example):
 
 
 def readme_template():
-    """The custom objective template of README.md's "Your own objective" section."""
-    section = (EXAMPLE.parents[1] / "README.md").read_text().split("### Your own objective", 1)[1]
+    """The custom objective template of docs/objectives.md's "Your own objective" section."""
+    section = (EXAMPLE.parents[1] / "docs" / "objectives.md").read_text().split("## Your own objective", 1)[1]
     return section.split("```python", 1)[1].split("```", 1)[0]
 
 

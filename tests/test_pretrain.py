@@ -245,6 +245,7 @@ def test_two_ranks_draw_the_same_objectives(assets, tmp_path, stage):
         assert "loss" in names and "p_mlm" in names, monitor_files
 
 
+@pytest.mark.integration  # starts mometas-pretrain processes
 def test_corpus_without_usable_documents_stops_at_start(assets, tmp_path):
     corpus = str(tmp_path / "bad.jsonl")
     with open(corpus, "w") as f:
