@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import os
 import re
-from typing import Iterable, Iterator
+from collections import Counter
+from typing import Dict, Iterable, Iterator, Tuple
 
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 from transformers import AutoTokenizer, BertTokenizerFast, PreTrainedTokenizerBase, PreTrainedTokenizerFast
@@ -36,22 +37,39 @@ def train_wordpiece_tokenizer(
     distinct characters than that (WordPiece always keeps every character).
     """
     if isinstance(vocab_size, bool) or not isinstance(vocab_size, int) or vocab_size < len(SPECIAL_TOKENS) + 5:
-        raise ValueError(f"--train_tokenizer: vocab_size must be an int >= {len(SPECIAL_TOKENS) + 5}, got {vocab_size!r}")
+        raise ValueError(
+            f"--train_tokenizer: vocab_size must be an int >= {len(SPECIAL_TOKENS) + 5}, got {vocab_size!r}")
     if isinstance(texts, str):
         raise ValueError("texts must be an iterable of documents, not a single string")
 
-    counted = _CountingIterator(texts)
-    tokenizer = Tokenizer(models.WordPiece(unk_token="[UNK]", max_input_chars_per_word=100))
-    tokenizer.normalizer = normalizers.BertNormalizer(lowercase=lowercase)
-    tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    tokenizer.decoder = decoders.WordPiece(prefix="##")
+    normalizer = normalizers.BertNormalizer(lowercase=lowercase)
+    pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    word_counts, num_texts = _count_words(texts, normalizer, pre_tokenizer)
+    if num_texts == 0:
+        raise DataError("cannot train a tokenizer: the corpus yielded no text (check --train_files and --text_field)")
+
+    # HF's trainer numbers the "##c" continuation pieces in hash-map order (a new order in every process) and
+    # breaks ties between equally frequent pairs by the smaller ids, so both the ids and the merges it picks
+    # change from run to run. Registering the characters and then every "##c" up front, each sorted by code
+    # point, gives the layout HF would give with a sorted map and fixes the whole training; the tokenizer is
+    # then rebuilt from the trained vocabulary so that only the five special tokens are added tokens.
+    characters = sorted({c for word in word_counts for c in word})
+    continuations = sorted({"##" + c for word in word_counts for c in word[1:]})
     trainer = trainers.WordPieceTrainer(
-        vocab_size=vocab_size, min_frequency=min_frequency, special_tokens=list(SPECIAL_TOKENS),
+        vocab_size=vocab_size, min_frequency=min_frequency,
+        special_tokens=list(SPECIAL_TOKENS) + characters + continuations,
         continuing_subword_prefix="##", show_progress=False,
     )
-    tokenizer.train_from_iterator(counted, trainer=trainer)
-    if counted.count == 0:
-        raise DataError("cannot train a tokenizer: the corpus yielded no text (check --train_files and --text_field)")
+    counter = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+    counter.pre_tokenizer = pre_tokenizers.WhitespaceSplit()  # the words are already normalized and split
+    counter.train_from_iterator(_replay_words(word_counts), trainer=trainer)
+    vocab = counter.get_vocab(with_added_tokens=False)
+
+    tokenizer = Tokenizer(models.WordPiece(vocab=vocab, unk_token="[UNK]", max_input_chars_per_word=100))
+    tokenizer.normalizer = normalizer
+    tokenizer.pre_tokenizer = pre_tokenizer
+    tokenizer.decoder = decoders.WordPiece(prefix="##")
+    tokenizer.add_special_tokens(list(SPECIAL_TOKENS))
 
     cls_id, sep_id = tokenizer.token_to_id("[CLS]"), tokenizer.token_to_id("[SEP]")
     tokenizer.post_processor = processors.TemplateProcessing(
@@ -123,17 +141,22 @@ def special_tokens_of(tokenizer: PreTrainedTokenizerBase, flag: str = "--tokeniz
         raise ConfigError(f"{flag}: {err}") from err
 
 
-class _CountingIterator:
-    """Wraps an iterable of texts, counting what it yields (to detect an empty corpus)."""
+def _count_words(texts: Iterable[str], normalizer, pre_tokenizer) -> Tuple[Dict[str, int], int]:
+    """How often each word occurs, as the trainer would count them (normalized, then pre-tokenized), and the
+    number of texts read: one pass, so a generator over the corpus files works."""
+    counts: Counter = Counter()
+    num_texts = 0
+    for text in texts:
+        num_texts += 1
+        counts.update(word for word, _ in pre_tokenizer.pre_tokenize_str(normalizer.normalize_str(text)))
+    return dict(counts), num_texts
 
-    def __init__(self, texts: Iterable[str]):
-        self._texts: Iterator[str] = iter(texts)
-        self.count = 0
 
-    def __iter__(self):
-        return self
-
-    def __next__(self) -> str:
-        text = next(self._texts)
-        self.count += 1
-        return text
+def _replay_words(word_counts: Dict[str, int], chunk: int = 1024) -> Iterator[str]:
+    """Each word ``count`` times, space-separated, in sorted order; at most ``chunk`` copies per string."""
+    for word in sorted(word_counts):
+        count = word_counts[word]
+        while count > 0:
+            n = min(count, chunk)
+            yield " ".join([word] * n)
+            count -= n

@@ -37,6 +37,7 @@ def _finite(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
+@pytest.mark.integration
 def test_json_has_every_field(result):
     for key in ("benchmark", "date", "command", "machine", "config", "arms", "overhead_pct", "overhead_pct_rounds",
                 "raw_overhead_pct", "draw_agreement", "train_step_s", "breakdown", "num_objectives",
@@ -62,6 +63,7 @@ def test_json_has_every_field(result):
         assert _finite(result["breakdown"][key]), key
 
 
+@pytest.mark.integration
 def test_overhead_figures_are_finite_numbers(result):
     for key in ("overhead_pct", "raw_overhead_pct", "predicted_overhead_pct", "train_step_s",
                 "forward_s_per_meta_sequence", "draw_agreement"):
@@ -73,6 +75,7 @@ def test_overhead_figures_are_finite_numbers(result):
         assert _finite(arm["samples_per_s"]) and arm["samples_per_s"] > 0
 
 
+@pytest.mark.integration
 def test_predicted_overhead_follows_from_the_measured_costs(result):
     c = result["config"]
     assert result["meta_sequences_per_rank"] == c["meta_batch_size"] // c["ranks"] == 4
@@ -99,6 +102,7 @@ def test_predicted_overhead_follows_from_the_measured_costs(result):
     assert result["probe_rows_per_forward"] == min(c["micro_batch"], result["meta_sequences_per_rank"]) == 2
 
 
+@pytest.mark.integration
 def test_arms_ran_what_they_claim(result):
     c = result["config"]
     steps = c["rounds"] * c["block_steps"]
