@@ -327,9 +327,6 @@ class Trainer:
         if self.world_size > 1:
             dist.barrier(group=self._setup_group)  # writing a large model may outlast --dist_timeout_minutes
 
-    # test_pretrain.py calls it on the Trainer; it moved to TrainStep (drop this when that test follows it).
-    _zero_unused_head_grads = TrainStep._zero_unused_head_grads
-
 
 def _setup_logging(rank: int) -> None:
     logging.basicConfig(

@@ -185,7 +185,7 @@ def test_zeroing_idle_heads_spares_a_module_the_trained_head_shares(monkeypatch)
     import deepspeed.utils
     import torch
 
-    from mometas_ds.trainer import Trainer
+    from mometas_ds.step import TrainStep
 
     shared = torch.nn.Linear(2, 2)
     heads = torch.nn.ModuleDict({"a": torch.nn.Sequential(shared),
@@ -197,7 +197,7 @@ def test_zeroing_idle_heads_spares_a_module_the_trained_head_shares(monkeypatch)
     monkeypatch.setattr(deepspeed.utils, "safe_set_local_grad", lambda param, value: zeroed.append(param))
     fake = types.SimpleNamespace(model=types.SimpleNamespace(heads=heads),
                                  objectives={"x": types.SimpleNamespace(head_name="a")})
-    Trainer._zero_unused_head_grads(fake, "x")
+    TrainStep._zero_unused_head_grads(fake, "x")
     expected = list(heads["b"][1].parameters()) + list(heads["c"].parameters())
     assert {id(p) for p in zeroed} == {id(p) for p in expected} and len(zeroed) == len(expected)
 

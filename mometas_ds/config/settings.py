@@ -43,7 +43,7 @@ class PretrainConfig:
     tokenizer: Optional[str] = option(None, "local HF tokenizer directory")
     train_tokenizer: Optional[int] = option(
         None, "train a BERT WordPiece tokenizer of at most this vocabulary size on the corpus (saved in "
-        "output_dir/tokenizer; not deterministic: to compare runs, pass one run's as --tokenizer)",
+        "output_dir/tokenizer; deterministic: the same corpus and size give a byte-identical tokenizer)",
         type=int, metavar="VOCAB_SIZE")
     seq_len: int = option(128, "tokens per packed sequence, cls and sep included", type=int)
     objectives: List[str] = option(help="comma-separated objective names (default: mlm,gmlm,atd,dtd,cse)",
