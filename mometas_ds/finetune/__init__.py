@@ -1,0 +1,1 @@
+"""Downstream fine-tuning of a pre-trained encoder (mometas-finetune)."""
