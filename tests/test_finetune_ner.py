@@ -200,3 +200,13 @@ def test_runtime_does_not_import_seqeval():
     done = subprocess.run([sys.executable, "-c", code], env=subprocess_env(), cwd=REPO_ROOT,
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
+
+
+def test_align_predictions_reads_a_datasets_dataset(tokenizer):
+    from datasets import Dataset
+
+    labels = ["B-PER", "O"]
+    example = {"id": "0", "tokens": ["Alice", "Zanzibarian", "measured"], "tags": ["B-PER", "O", "O"]}
+    features = ner.prepare_features([example], tokenizer, 16, {tag: i for i, tag in enumerate(labels)})
+    preds = np.array(features["labels"]).clip(0)  # -100 -> 0: later pieces say B-PER, which must be ignored
+    assert ner.align_predictions(preds, Dataset.from_dict(features), labels) == [["B-PER", "O", "O"]]

@@ -298,3 +298,17 @@ def test_read_squad_errors_name_the_file(tmp_path):
         qa.read_squad(write_json(tmp_path / "empty.json", {"data": []}))
     (tmp_path / "good.json").write_text(good, encoding="utf-8")
     assert len(qa.read_squad(str(tmp_path / "good.json"))[0]) == 1
+
+
+def test_eval_features_survive_a_datasets_round_trip(tokenizer):
+    from datasets import Dataset
+
+    context = FILLER * 4 + "They found " + ANSWER + "."
+    ex = example("q", context, ANSWER)
+    train = qa.prepare_train_features([ex], tokenizer, 32, 8, max_query_len=12)
+    ds = Dataset.from_dict(qa.prepare_eval_features([ex], tokenizer, 32, 8, max_query_len=12))
+    start, end = np.zeros((len(ds), 32)), np.zeros((len(ds), 32))
+    for i, (s, e) in enumerate(zip(train["start_positions"], train["end_positions"])):
+        start[i, s] += 5.0
+        end[i, e] += 5.0
+    assert qa.postprocess_predictions([ex], ds, start, end) == {"q": ANSWER}
