@@ -12,7 +12,7 @@ import math
 import os
 import shutil
 import time
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Tuple
 
 from mometas_ds.config import ConfigError, DataError
 

@@ -12,7 +12,7 @@ import csv
 import json
 import os
 import random
-from typing import Dict, List, Optional, Tuple
+from typing import List, Optional, Tuple
 
 from mometas_ds.demo_corpus import PLACES, TOPICS
 
