@@ -158,6 +158,8 @@ def _setup_logging(level: str) -> None:
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.WARNING)
     logging.getLogger("mometas_ds").setLevel(level.upper())
     transformers.logging.set_verbosity(getattr(transformers.logging, level.upper()))
+    if level not in ("debug", "info"):
+        transformers.logging.disable_progress_bar()  # a "Loading weights" bar per run drowns the scores
 
 
 def main(argv=None) -> int:

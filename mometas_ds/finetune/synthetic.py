@@ -168,9 +168,118 @@ def write_tiny_bert(out_dir: str, seed: int = 0, texts: Optional[List[str]] = No
 
     from mometas_ds.tokenizer import train_wordpiece_tokenizer
 
-    tokenizer = train_wordpiece_tokenizer(texts or all_texts(seed), vocab_size, out_dir, min_frequency=1)
+    tokenizer = train_wordpiece_tokenizer(texts or all_texts_with_names(seed), vocab_size, out_dir, min_frequency=1)
     torch.manual_seed(seed)
     config = BertConfig(vocab_size=len(tokenizer), hidden_size=hidden, num_hidden_layers=layers,
                         num_attention_heads=2, intermediate_size=4 * hidden, max_position_embeddings=256)
     BertForMaskedLM(config).save_pretrained(out_dir)
     return out_dir
+
+
+# --------------------------------------------------------------------------- the other kinds' formats
+def write_squad(path: str, n: int, seed: int, version_2: bool = False) -> str:
+    """SQuAD-format JSON: the question asks who is mentioned; the answer is the one person's name in the
+    context. ``version_2``: a third of the questions have no person in their context (is_impossible)."""
+    from mometas_ds.demo_corpus import FIRST_NAMES, LAST_NAMES
+
+    rng = random.Random(seed)
+    paragraphs = []
+    for i in range(n):
+        topic = rng.choice(sorted(TOPICS))
+        impossible = version_2 and i % 3 == 0
+        before, after = sentence(rng, topic), sentence(rng, topic)
+        person = f"{rng.choice(FIRST_NAMES)} {rng.choice(LAST_NAMES)}"
+        middle = sentence(rng, topic) if impossible else f"{person} {rng.choice(TOPICS[topic]['verbs'])} it."
+        context = f"{before} {middle} {after}"
+        qa = {"id": f"q{seed}_{i}", "question": "who is mentioned?", "answers": []}
+        if impossible:
+            qa["is_impossible"] = True
+            qa["plausible_answers"] = []
+        else:
+            qa["answers"] = [{"text": person, "answer_start": len(before) + 1}]
+            if version_2:
+                qa["is_impossible"] = False
+        paragraphs.append({"context": context, "qas": [qa]})
+    data = {"version": "v2.0" if version_2 else "1.1", "data": [{"title": "generated", "paragraphs": paragraphs}]}
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(data, f)
+    return path
+
+
+def _choice_examples(n: int, seed: int, k: int = 4):
+    """(context, endings, label): the right ending holds a good word, the others bad ones."""
+    rng = random.Random(seed)
+    out = []
+    for _ in range(n):
+        topic = rng.choice(sorted(TOPICS))
+        label = rng.randrange(k)
+        endings = [f"then {rng.choice(GOOD if j == label else BAD)} {rng.choice(TOPICS[topic]['nouns'])}."
+                   for j in range(k)]
+        out.append((sentence(rng, topic), endings, label))
+    return out
+
+
+def write_swag(path: str, n: int, seed: int) -> str:
+    """SWAG's csv columns (video-id, fold-ind, startphrase, sent1, sent2, gold-source, ending0..3, label)."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "w", encoding="utf-8", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["", "video-id", "fold-ind", "startphrase", "sent1", "sent2", "gold-source",
+                         "ending0", "ending1", "ending2", "ending3", "label"])
+        for i, (context, endings, label) in enumerate(_choice_examples(n, seed)):
+            writer.writerow([i, f"v{i}", i, f"{context} and", context, "and", "gen"] + endings + [label])
+    return path
+
+
+def write_hellaswag(path: str, n: int, seed: int) -> str:
+    """HellaSwag jsonl lines (ind, ctx_a, ctx_b, ctx, endings, label)."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "w", encoding="utf-8") as f:
+        for i, (context, endings, label) in enumerate(_choice_examples(n, seed)):
+            f.write(json.dumps({"ind": i, "ctx_a": context, "ctx_b": "and", "ctx": f"{context} and",
+                                "endings": endings, "label": label, "split": "train"}) + "\n")
+    return path
+
+
+def write_conll(path: str, n: int, seed: int) -> str:
+    """CoNLL-2003 columns (word POS chunk NER): people B-PER/I-PER, places B-LOC, the rest O."""
+    from mometas_ds.demo_corpus import FIRST_NAMES, LAST_NAMES
+
+    rng = random.Random(seed)
+    lines = ["-DOCSTART- -X- -X- O", ""]
+    for _ in range(n):
+        topic = TOPICS[rng.choice(sorted(TOPICS))]
+        words = [(rng.choice(FIRST_NAMES), "B-PER"), (rng.choice(LAST_NAMES), "I-PER"),
+                 (rng.choice(topic["verbs"]), "O"), ("the", "O"), (rng.choice(topic["nouns"]), "O"),
+                 ("in", "O"), (rng.choice(PLACES), "B-LOC"), (".", "O")]
+        if rng.random() < 0.5:
+            words = words[4:6] + words[6:7] + [(",", "O")] + words[:4] + words[7:]
+        lines += [f"{w} NN I-NP {t}" for w, t in words] + [""]
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "w", encoding="utf-8") as f:
+        f.write("\n".join(lines) + "\n")
+    return path
+
+
+def write_other_tasks(data_dir: str, n_train: int = 200, n_dev: int = 60, seed: int = 0) -> str:
+    """squad/, swag/, hellaswag/, conll2003/ under ``data_dir`` at the paths the registry expects."""
+    from .tasks import TASKS
+
+    for k, (name, write) in enumerate([("squad", write_squad), ("squad_v2", None), ("swag", write_swag),
+                                       ("hellaswag", write_hellaswag), ("conll2003", write_conll)]):
+        spec = TASKS[name]
+        for split, n in (("train", n_train), ("dev", n_dev)):
+            path = os.path.join(data_dir, spec.train_path if split == "train" else spec.dev_path)
+            s = seed * 1000 + 10 * k + (split == "dev")
+            if name == "squad_v2":
+                write_squad(path, n, s, version_2=True)
+            else:
+                write(path, n, s)
+    return data_dir
+
+
+def all_texts_with_names(seed: int = 0) -> List[str]:
+    from mometas_ds.demo_corpus import FIRST_NAMES, LAST_NAMES
+
+    return all_texts(seed) + [" ".join(FIRST_NAMES + LAST_NAMES + PLACES + ["who is mentioned then"])] * 5
