@@ -20,7 +20,7 @@ RESULTS_FILE = "results.jsonl"
 
 def read_results(eval_dir: str) -> List[dict]:
     """The lines of ``eval_dir/results.jsonl``; a half-written last line (a killed run) is ignored."""
-    path = os.path.join(eval_dir, RESULTS_FILE) if os.path.isdir(eval_dir) else eval_dir
+    path = eval_dir if os.path.isfile(eval_dir) else os.path.join(eval_dir, RESULTS_FILE)
     if not os.path.isfile(path):
         raise DataError(f"{path}: not found (is {eval_dir} a mometas-finetune --output_dir?)")
     rows = []
