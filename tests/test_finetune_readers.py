@@ -199,3 +199,19 @@ def test_a_task_kind_missing_from_the_installation_is_reported_as_not_available(
     monkeypatch.setattr(kinds.importlib, "import_module", missing)
     with pytest.raises(ConfigError, match="--tasks squad: not available yet"):
         kinds.kind_for(TASKS["squad"])
+
+
+def test_merge_gathers_a_job_arrays_parts_into_one_summary(tmp_path, capsys):
+    for task, seed, value in (("rte", 1, 60.0), ("rte", 2, 64.0), ("sst2", 1, 90.0)):
+        part = str(tmp_path / "parts" / f"{task}_seed{seed}")
+        _write_results(part, [_result(task, 2e-5, seed, value, "accuracy")])
+        _write(os.path.join(part, "predictions", f"{task}_lr2e-05_seed{seed}.jsonl"), '{"prediction": 1}\n')
+    out = str(tmp_path / "eval")
+    parts = sorted(str(p) for p in (tmp_path / "parts").iterdir())
+    assert main(["--output_dir", out, "--merge"] + parts) == 0
+    with open(os.path.join(out, "results.jsonl")) as f:
+        assert len(f.readlines()) == 3
+    assert os.path.isfile(os.path.join(out, "predictions", "rte_lr2e-05_seed2.jsonl"))
+    assert "| rte | accuracy | 2e-05 | 2 | 62.00 ± 2.83 | 62.00 |" in open(os.path.join(out, "summary.md")).read()
+    assert main(["--output_dir", out, "--merge", str(tmp_path / "nothing")]) == 2
+    assert "results.jsonl: not found" in capsys.readouterr().err
