@@ -37,6 +37,9 @@ setup(
             "mometas-pretrain=mometas_ds.pretrain:main",
             "mometas-bench=mometas_ds.bench:main",
             "mometas-plot=mometas_ds.plot:main",
+            "mometas-finetune=mometas_ds.finetune:main",
+            "mometas-export=mometas_ds.export:main",
+            "mometas-compare=mometas_ds.compare:main",
         ]
     },
 )

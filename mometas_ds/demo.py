@@ -75,7 +75,9 @@ def main(argv=None) -> int:
     print(f"  HF model:    {os.path.join(out, 'hf_model')}  (transformers' BertForMaskedLM and AutoModel load it)")
     for path in figures:
         print(f"  figure:      {path}")
-    return 0
+    from .finetune.demo import finetune_demo  # pre-train -> fine-tune -> score
+
+    return finetune_demo(out)
 
 
 if __name__ == "__main__":
