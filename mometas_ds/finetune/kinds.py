@@ -360,7 +360,8 @@ class TokenClassification:
                 "label2id": {name: i for i, name in enumerate(data.labels)}}
 
     def _features(self, examples, tokenizer, args, labels):
-        feats = self.ner.prepare_features(examples, tokenizer, args.max_seq_len, {name: i for i, name in enumerate(labels)})
+        label_to_id = {name: i for i, name in enumerate(labels)}
+        feats = self.ner.prepare_features(examples, tokenizer, args.max_seq_len, label_to_id)
         return feats
 
     def _dataset(self, feats):
