@@ -127,18 +127,34 @@ def special_tokens_of(tokenizer: PreTrainedTokenizerBase, flag: str = "--tokeniz
     """The ``SpecialTokens`` the objectives need, read from ``tokenizer``; ``vocab_size`` is ``len(tokenizer)``.
 
     Its ``reserved_ids`` (never drawn as random tokens) are unk, every other special or added token, and
-    ``[unusedN]`` placeholders: a random replacement or insertion should be a real word piece."""
+    ``[unusedN]`` placeholders: a random replacement or insertion should be a real word piece.
+    Its ``continuation_ids`` (whole-word masking) are the vocabulary's continuation pieces: tokens that
+    start with the WordPiece model's continuing-subword prefix ("##" unless the model says otherwise)."""
     from mometas_ds.objectives.base import SpecialTokens
 
     vocab_size = len(tokenizer)
+    vocab = tokenizer.get_vocab()
     reserved = set(tokenizer.all_special_ids) | set(getattr(tokenizer, "added_tokens_decoder", None) or {})
-    reserved.update(i for token, i in tokenizer.get_vocab().items() if _UNUSED_TOKEN.fullmatch(token))
+    reserved.update(i for token, i in vocab.items() if _UNUSED_TOKEN.fullmatch(token))
+    prefix = continuation_prefix_of(tokenizer)
+    continuation = [i for token, i in vocab.items() if token.startswith(prefix) and len(token) > len(prefix)]
     ids = {f"{role}_id": required_token_id(tokenizer, role, flag) for role in ("pad", "cls", "sep", "mask")}
+
+    def in_range(found):
+        return tuple(i for i in found if isinstance(i, int) and 0 <= i < vocab_size)
+
     try:
-        return SpecialTokens(**ids, vocab_size=vocab_size,
-                             reserved_ids=tuple(i for i in reserved if isinstance(i, int) and 0 <= i < vocab_size))
+        return SpecialTokens(**ids, vocab_size=vocab_size, reserved_ids=in_range(reserved),
+                             continuation_ids=in_range(continuation))
     except ValueError as err:  # e.g. pad and sep share an id: the tokenizer is unusable, not the code
         raise ConfigError(f"{flag}: {err}") from err
+
+
+def continuation_prefix_of(tokenizer: PreTrainedTokenizerBase) -> str:
+    """The prefix that marks a word piece continuing a word: the WordPiece model's own, else "##"."""
+    model = getattr(getattr(tokenizer, "backend_tokenizer", None), "model", None)
+    prefix = getattr(model, "continuing_subword_prefix", None)
+    return prefix if isinstance(prefix, str) and prefix else "##"
 
 
 def _count_words(texts: Iterable[str], normalizer, pre_tokenizer) -> Tuple[Dict[str, int], int]:
