@@ -28,7 +28,7 @@ from .data import CorpusReport, DataConfig, ShardedBatches, iter_texts, prepare_
 from .engine import build_engine
 from .meta_validation import MetaValidation
 from .model import MultiObjectiveBert, build_bert_config
-from .objectives import build_objective
+from .objectives import build_objective, objective_class
 from .run_logs import RunLogs, as_float
 from .samplers import build_sampler
 from .step import Corruption, NonFiniteLossError, StopRequest, TrainStep
@@ -69,7 +69,7 @@ class Trainer:
         check_tokenizer_fits_model(cfg, len(self.tokenizer))
         self.special = special_tokens_of(self.tokenizer, self._tokenizer_flag())
         self.data = self._prepare_data()
-        self.objectives = {name: build_objective(name, self.special) for name in cfg.objectives}
+        self.objectives = build_objectives(cfg, self.special)
         self.objective_names = list(cfg.objectives)
         self.model = self._build_model()
         self.engine = build_engine(self.model, self.ds_config, cfg.max_steps, self.rank)
@@ -326,6 +326,20 @@ class Trainer:
             logger.info("exported the model and tokenizer (HF format) to %s", out_dir)
         if self.world_size > 1:
             dist.barrier(group=self._setup_group)  # writing a large model may outlast --dist_timeout_minutes
+
+
+def build_objectives(cfg: PretrainConfig, special) -> dict:
+    """The run's objectives by name; --whole_word_mask goes to those that take it (mlm, gmlm)."""
+    def options(name):
+        wants = cfg.whole_word_mask and objective_class(name).supports_whole_word_mask
+        return {"whole_word_mask": True} if wants else {}
+
+    try:
+        return {name: build_objective(name, special, **options(name)) for name in cfg.objectives}
+    except ValueError as err:  # e.g. a tokenizer without '##' pieces
+        if not cfg.whole_word_mask:
+            raise
+        raise ConfigError(f"--whole_word_mask: {err}") from err
 
 
 def _setup_logging(rank: int) -> None:

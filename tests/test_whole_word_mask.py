@@ -358,3 +358,40 @@ def test_which_objectives_take_the_option_and_bad_values():
             build_objective(name, NO_CONT, whole_word_mask=True)
         with pytest.raises(ValueError, match="whole_word_mask must be a bool"):
             build_objective(name, SPECIAL, whole_word_mask="yes")
+
+
+def test_the_flag_is_checked_and_reaches_only_the_objectives_that_take_it():
+    from mometas_ds.config import ConfigError, PretrainConfig, parse_args, validate_config
+    from mometas_ds.trainer import build_objectives
+    from tests.pretrain_helpers import CPU_CONFIG
+
+    required = ["--deepspeed_config", CPU_CONFIG, "--train_files", "x.jsonl"]
+    assert parse_args(required + ["--whole_word_mask"]).whole_word_mask
+    assert not parse_args(required).whole_word_mask
+    common = dict(deepspeed_config=CPU_CONFIG, train_files=["x.jsonl"], model_config="tiny", train_tokenizer=100)
+    with pytest.raises(ConfigError, match="--whole_word_mask: no objective in --objectives"):
+        validate_config(PretrainConfig(objectives=["atd", "dtd"], whole_word_mask=True, **common))
+    cfg = PretrainConfig(objectives=["mlm", "gmlm", "atd"], whole_word_mask=True, **common)
+    validate_config(cfg)
+    built = build_objectives(cfg, SPECIAL)
+    assert built["mlm"].whole_word_mask and built["gmlm"].whole_word_mask
+    assert not hasattr(built["atd"], "whole_word_mask")
+    with pytest.raises(ConfigError, match="--whole_word_mask"):
+        build_objectives(cfg, NO_CONT)  # a vocabulary without '##' pieces
+    assert not build_objectives(PretrainConfig(objectives=["mlm"], **common), NO_CONT)["mlm"].whole_word_mask
+
+
+@pytest.mark.integration
+def test_a_run_with_whole_word_masking_trains_and_records_it(assets, tmp_path):
+    import json
+
+    from tests.pretrain_helpers import assert_ok, pretrain_args, read_jsonl, run_pretrain
+
+    out = str(tmp_path / "run")
+    args = pretrain_args(assets["corpus"], assets["tokenizer"], out, assets["cache"], max_steps=4,
+                         extra=["--objectives", "mlm,gmlm", "--whole_word_mask", "--save_steps", "4"])
+    assert_ok(run_pretrain(args))
+    losses = [row["loss"] for row in read_jsonl(f"{out}/metrics.jsonl") if "loss" in row]
+    assert losses and all(loss == loss and loss > 0 for loss in losses)
+    with open(f"{out}/checkpoints/step4/run_identity.json", encoding="utf-8") as f:
+        assert json.load(f)["--whole_word_mask"] is True

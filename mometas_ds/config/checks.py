@@ -144,6 +144,9 @@ def validate_config(cfg: PretrainConfig) -> dict:
     problem = objective_names_problem(cfg.objectives)
     if problem:
         fail("objectives", problem)
+    if cfg.whole_word_mask and not any(objective_class(n).supports_whole_word_mask for n in cfg.objectives):
+        fail("whole_word_mask", f"no objective in --objectives ({','.join(cfg.objectives)}) takes it; "
+                                "it applies to mlm and gmlm")
     if cfg.sampler not in available_samplers():
         fail("sampler", f"unknown sampler {cfg.sampler!r}; available: {', '.join(available_samplers())}")
     for flag in ("meta_interval", "meta_batch_size", "max_steps", "save_steps", "log_steps", "num_proc", "max_skipped_steps"):
@@ -320,6 +323,7 @@ def run_identity(cfg: PretrainConfig, ds_config: dict, world_size: int) -> dict:
         "--model_config": cfg.model_config,
         "--seq_len": cfg.seq_len,
         "--train_tokenizer": cfg.train_tokenizer,
+        "--whole_word_mask": cfg.whole_word_mask,  # checkpoints from before the flag lack it: not compared
         "number of ranks": world_size,
         "train_micro_batch_size_per_gpu": micro,
         "gradient_accumulation_steps": accumulation,

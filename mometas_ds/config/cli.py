@@ -46,6 +46,8 @@ def markdown_table() -> str:
         flag = " / ".join(f"`{name}`" for name in (f"--{f.name}",) + tuple(meta["flags"]))
         value_type = kwargs.get("metavar") or getattr(kwargs.get("type"), "__name__", "str")
         value_type = {"_csv": "comma-separated", "loads": "JSON"}.get(value_type, value_type)
+        if kwargs.get("action") == "store_true":
+            value_type = "switch"
         if kwargs.get("nargs") == "+":
             value_type += " ..."
         default = "required" if kwargs.get("required") else f"`{_default(f)!r}`"

@@ -48,6 +48,9 @@ class PretrainConfig:
     seq_len: int = option(128, "tokens per packed sequence, cls and sep included", type=int)
     objectives: List[str] = option(help="comma-separated objective names (default: mlm,gmlm,atd,dtd,cse)",
                                    factory=lambda: list(DEFAULT_OBJECTIVES), type=_csv)
+    whole_word_mask: bool = option(
+        False, "mlm and gmlm mask whole words: a word (a piece and the '##' pieces after it) is chosen with the "
+        "objective's probability, then every piece of it (docs/whole_word_masking.md)", action="store_true")
     user_modules: List[str] = option(
         help="Python files or modules to import first: they register your own objectives or samplers",
         factory=list, nargs="+", metavar="FILE_OR_MODULE")
