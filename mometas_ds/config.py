@@ -8,7 +8,7 @@ import os
 from dataclasses import asdict, dataclass, field, fields
 from typing import List, Optional
 
-from .checkpoint import find_resume_checkpoint, latest_complete_tag, read_run_identity
+from .checkpoint import VERIFY_LEVELS, find_resume_checkpoint, latest_complete_tag, resume_checkpoint, run_identity_of
 from .model import MODEL_PRESETS
 from .objectives import DEFAULT_OBJECTIVES, objective_class
 
@@ -44,6 +44,7 @@ class PretrainConfig:
     steps_this_run: Optional[int] = None
     save_steps: int = 1000
     resume: Optional[str] = None
+    verify_checkpoint: str = "auto"
     seed: int = 1234
     log_steps: int = 10
     cache_dir: Optional[str] = None
@@ -104,8 +105,14 @@ def build_arg_parser() -> argparse.ArgumentParser:
     p.add_argument("--save_total_limit", type=int, default=d.save_total_limit,
                    help="keep only the newest N complete checkpoints, deleting older ones after each save (default: keep all)")
     p.add_argument("--resume", nargs="?", const="auto", default=None,
-                   help="resume from a checkpoint: 'auto' (or no value) = latest in output_dir/checkpoints, a tag "
-                        "there (step400), or a checkpoint directory path (another run's too)")
+                   help="resume from a checkpoint: 'auto' (or no value) = the newest intact one in output_dir/checkpoints "
+                        "(a damaged one is skipped with a warning), a tag there (step400), or a checkpoint directory path "
+                        "(another run's too). A checkpoint is pickle files: only resume from ones you trust "
+                        "(docs/security.md); a damaged or foreign tag stops the run with exit 2")
+    p.add_argument("--verify_checkpoint", choices=VERIFY_LEVELS, default=d.verify_checkpoint,
+                   help="how --resume checks a checkpoint against its manifest: 'size' = every file's size, 'full' = "
+                        "sizes and xxh3 checksums, 'auto' = full for a checkpoint of up to 4 GiB, else size "
+                        "(docs/checkpoints.md)")
     p.add_argument("--seed", type=int, default=d.seed, help="seed of data order, corruption, dropout and the sampler")
     p.add_argument("--log_steps", type=int, default=d.log_steps, help="progress-bar refresh and console log interval")
     p.add_argument("--cache_dir", default=None,
@@ -455,14 +462,12 @@ def run_identity(cfg: PretrainConfig, ds_config: dict, world_size: int) -> dict:
 
 def check_resume_matches(cfg: PretrainConfig, ds_config: dict, world_size: int) -> None:
     """With --resume, stop before any work if the checkpoint was written by a run set up differently."""
-    try:
-        found = find_resume_checkpoint(os.path.join(cfg.output_dir, "checkpoints"), cfg.resume)
-    except ValueError:
-        return  # validate_config reported it
+    # Rank 0 picks and verifies the checkpoint now, before any work (a damaged or foreign one: ConfigError).
+    found = resume_checkpoint(os.path.join(cfg.output_dir, "checkpoints"), cfg.resume, cfg.verify_checkpoint)
     if found is None:
         return
     tag_dir = os.path.join(*found)
-    saved = read_run_identity(tag_dir)
+    saved = run_identity_of(*found)
     if saved is None:
         return  # written before checkpoints recorded their run's settings
     ours = run_identity(cfg, ds_config, world_size)
