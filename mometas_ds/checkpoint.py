@@ -184,15 +184,29 @@ def save(engine, root: str, step: int, client_state: dict, rank: int, barrier: C
             for writer_rank, (_, rank_files) in enumerate(everyone):
                 for name, record in rank_files.items():
                     files.setdefault(name, dict(record, rank=writer_rank))
-            manifest = json.dumps({"format": 1, "step": step, "hash": HASH, "files": files}, indent=1, sort_keys=True)
-            _atomic_write(os.path.join(tag_dir, MANIFEST_FILE), manifest)
-            marker = {"step": step, "manifest": MANIFEST_FILE, **_text_record(manifest)}
-            _atomic_write(os.path.join(tag_dir, COMPLETE_MARKER), json.dumps(marker))
-            _atomic_write(os.path.join(root, LATEST_FILE), tag)
+            publish(root, step, files)
         except OSError as exc:
             errors.append(f"rank 0: publishing {tag_dir}: {exc}")
     _raise_if_any_rank_failed(errors, tag_dir, root)
     return tag
+
+
+def publish(root: str, step: int, files: Dict[str, dict]) -> None:
+    """Write the tag's manifest (``files``: name -> size, checksum, writing rank), then COMPLETE recording the
+    manifest's size and checksum, then point ``latest_complete`` at the tag. Rank 0, once every file is on disk."""
+    tag = tag_for(step)
+    tag_dir = os.path.join(root, tag)
+    manifest = json.dumps({"format": 1, "step": step, "hash": HASH, "files": files}, indent=1, sort_keys=True)
+    _atomic_write(os.path.join(tag_dir, MANIFEST_FILE), manifest)
+    marker = {"step": step, "manifest": MANIFEST_FILE, **_text_record(manifest)}
+    _atomic_write(os.path.join(tag_dir, COMPLETE_MARKER), json.dumps(marker))
+    _atomic_write(os.path.join(root, LATEST_FILE), tag)
+
+
+def file_records(tag_dir: str, rank: int = 0) -> Dict[str, dict]:
+    """Size and checksum of every file directly in ``tag_dir`` but COMPLETE and the manifest (tools, tests)."""
+    return {name: dict(_record(os.path.join(tag_dir, name)), rank=rank) for name in sorted(os.listdir(tag_dir))
+            if name not in (COMPLETE_MARKER, MANIFEST_FILE) and os.path.isfile(os.path.join(tag_dir, name))}
 
 
 def _save_recording_errors(engine, root: str, tag: str, written: Optional[dict] = None) -> list:
@@ -446,8 +460,8 @@ def verify_tag(tags_dir: str, tag: str, level: str = "auto") -> Verdict:
         elif os.path.getsize(path) != record["size"]:
             problems.append(f"{path}: {os.path.getsize(path)} bytes, the manifest records {record['size']}{who}")
         elif level == "full" and file_digest(path) != record.get(HASH):
-            problems.append(f"{path}: {HASH} checksum differs from the manifest's, same size{who} "
-                            "(overwritten or corrupted in place)")
+            problems.append(f"{path}: {HASH} checksum differs from the manifest's (same size: overwritten or "
+                            f"corrupted in place){who}")
     return Verdict(tags_dir, tag, True, not problems, level, total, problems)
 
 
@@ -523,14 +537,17 @@ _chosen: Dict[tuple, Optional[Tuple[str, str]]] = {}
 
 
 def resume_checkpoint(root: str, resume: Optional[str], level: str = "auto", group=None,
-                      reuse: bool = False) -> Optional[Tuple[str, str]]:
+                      reuse: bool = False, wait_minutes: Optional[float] = None) -> Optional[Tuple[str, str]]:
     """The checkpoint a --resume run starts from: (directory of tags, tag), or None to start at step 0.
 
     Rank 0 chooses and verifies it (a rank whose view of the directory is stale must not start from
     another step) and every rank gets its answer; a refusal is a ConfigError (exit 2) on every rank.
     A collective: call it on every rank. ``reuse``: take the answer an earlier call in this process
-    gave (the pre-flight check verified it), once.
+    gave (the pre-flight check verified it), once. ``wait_minutes`` (without ``group``): the others
+    wait that long for rank 0's hashing, in a gloo group of their own, not the training timeout.
     """
+    import datetime
+
     import torch.distributed as dist
 
     key = (root, resume, level)
@@ -538,15 +555,22 @@ def resume_checkpoint(root: str, resume: Optional[str], level: str = "auto", gro
         return _chosen.pop(key)
     distributed = dist.is_initialized() and dist.get_world_size() > 1
     answer = None
-    if not distributed or dist.get_rank() == 0:
-        try:
-            answer = ("ok", _choose(root, resume, level))
-        except ResumeRefused as exc:
-            answer = ("refused", str(exc))
-    if distributed:
-        box = [answer]
-        dist.broadcast_object_list(box, src=0, group=group)
-        answer = box[0]
+    own_group = None
+    if distributed and group is None and wait_minutes is not None:
+        group = own_group = dist.new_group(backend="gloo", timeout=datetime.timedelta(minutes=wait_minutes))
+    try:
+        if not distributed or dist.get_rank() == 0:
+            try:
+                answer = ("ok", _choose(root, resume, level))
+            except ResumeRefused as exc:
+                answer = ("refused", str(exc))
+        if distributed:
+            box = [answer]
+            dist.broadcast_object_list(box, src=0, group=group)
+            answer = box[0]
+    finally:
+        if own_group is not None:
+            dist.destroy_process_group(own_group)
     if answer[0] == "refused":
         raise _config_error(answer[1])
     _chosen[key] = answer[1]

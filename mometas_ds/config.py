@@ -463,7 +463,8 @@ def run_identity(cfg: PretrainConfig, ds_config: dict, world_size: int) -> dict:
 def check_resume_matches(cfg: PretrainConfig, ds_config: dict, world_size: int) -> None:
     """With --resume, stop before any work if the checkpoint was written by a run set up differently."""
     # Rank 0 picks and verifies the checkpoint now, before any work (a damaged or foreign one: ConfigError).
-    found = resume_checkpoint(os.path.join(cfg.output_dir, "checkpoints"), cfg.resume, cfg.verify_checkpoint)
+    found = resume_checkpoint(os.path.join(cfg.output_dir, "checkpoints"), cfg.resume, cfg.verify_checkpoint,
+                              wait_minutes=cfg.setup_timeout_minutes)
     if found is None:
         return
     tag_dir = os.path.join(*found)
