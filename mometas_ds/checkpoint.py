@@ -623,7 +623,8 @@ def safe_load(path: str, map_location=None):
     """torch.load(weights_only=True), allowing the DeepSpeed types of _DEEPSPEED_TYPES and nothing else.
 
     A file holding any other global is refused with ResumeRefused naming it (unpickling it could run
-    code). Torch without an allow-list API (< 2.4) loads with weights_only=True alone."""
+    code). Torch < 2.4 has no allow-list API: there DeepSpeed's own loader (weights_only=False) is kept,
+    with a warning (docs/security.md)."""
     serialization = torch.serialization
     try:
         if hasattr(serialization, "safe_globals"):
@@ -631,7 +632,10 @@ def safe_load(path: str, map_location=None):
                 return torch.load(path, map_location=map_location, weights_only=True)
         if hasattr(serialization, "add_safe_globals"):
             serialization.add_safe_globals(_allowed_types())
-        return torch.load(path, map_location=map_location, weights_only=True)
+            return torch.load(path, map_location=map_location, weights_only=True)
+        logger.warning("torch %s cannot allow-list DeepSpeed's types: loading %s with weights_only=False, which runs "
+                       "any code the file holds (upgrade to torch >= 2.4; docs/security.md)", torch.__version__, path)
+        return torch.load(path, map_location=map_location, weights_only=False)
     except pickle.UnpicklingError as exc:
         match = re.search(r"GLOBAL ([\w.]+)", str(exc))
         what = f"a Python object of type {match.group(1)}" if match else "Python objects"
