@@ -550,6 +550,8 @@ def resume_checkpoint(root: str, resume: Optional[str], level: str = "auto", gro
 
     import torch.distributed as dist
 
+    if resume in (None, "", "none"):
+        return None  # every rank knows that much without asking rank 0
     key = (root, resume, level)
     if reuse and key in _chosen:
         return _chosen.pop(key)
