@@ -40,6 +40,7 @@ setup(
             "mometas-finetune=mometas_ds.finetune:main",
             "mometas-export=mometas_ds.export:main",
             "mometas-compare=mometas_ds.compare:main",
+            "mometas-checkpoint=mometas_ds.checkpoint_cli:main",
         ]
     },
 )

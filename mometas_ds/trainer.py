@@ -175,22 +175,16 @@ class Trainer:
     # ---------------------------------------------------------------- resume
     def _resume(self, resume: str):
         ckpt_root = os.path.join(self.cfg.output_dir, "checkpoints")
-        found = ckpt.find_resume_checkpoint(ckpt_root, resume) if self.rank == 0 else None
-        if self.world_size > 1:
-            # Rank 0 decides: a rank whose view of output_dir is stale (node-local or lagging storage)
-            # would otherwise start from another step, and training would go on with mixed weights.
-            box = [found]
-            dist.broadcast_object_list(box, src=0, group=self._setup_group)
-            found = box[0]
+        # Rank 0 chose and verified it for every rank (check_world_size): a rank with a stale view of output_dir
+        # must not start from another step.
+        found = ckpt.resume_checkpoint(ckpt_root, resume, self.cfg.verify_checkpoint, group=self._setup_group, reuse=True)
         if found is None:
             if self.rank == 0:
                 logger.info("--resume: no complete checkpoint in %s, starting from step 0", ckpt_root)
             self.logs.rewind(self.state)
             return
         tags_dir, tag = found
-        load_path, client_state = self.engine.load_checkpoint(tags_dir, tag=tag)
-        if load_path is None or client_state is None:
-            raise RuntimeError(f"--resume: could not load checkpoint {tag} from {tags_dir}")
+        client_state = ckpt.load(self.engine, tags_dir, tag)  # weights_only loads; a failure is a ConfigError
         state = client_state["mometas"]
         self.state.load_state_dict(state)
         self.sampler.load_state_dict(state["sampler"])

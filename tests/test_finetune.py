@@ -115,3 +115,19 @@ def test_squad_v2_swag_hellaswag_and_conll_end_to_end(model_dir, tmp_path):
     rows = _jsonl(os.path.join(out, "predictions", "conll2003_lr0.001_seed1.jsonl"))
     f1 = ner.entity_f1([x["label"] for x in rows], [x["prediction"] for x in rows])["f1"]
     assert results["conll2003"]["metrics"]["f1"] == pytest.approx(100 * f1) and f1 > 0.3
+
+
+def test_the_finetune_deepspeed_config_is_filled_in_by_transformers(tmp_path):
+    """ds_configs/finetune.json leaves batch sizes and the optimizer to the Trainer ("auto")."""
+    from transformers import TrainingArguments
+    from transformers.integrations.deepspeed import HfTrainerDeepSpeedConfig
+
+    from tests.pretrain_helpers import REPO_ROOT
+
+    config = HfTrainerDeepSpeedConfig(os.path.join(REPO_ROOT, "ds_configs", "finetune.json"))
+    args = TrainingArguments(output_dir=str(tmp_path), per_device_train_batch_size=8, gradient_accumulation_steps=2,
+                             learning_rate=3e-5, use_cpu=True, report_to=[])
+    config.trainer_config_process(args)
+    assert config.config["train_micro_batch_size_per_gpu"] == 8
+    assert config.config["gradient_accumulation_steps"] == 2
+    assert config.config["optimizer"]["params"]["lr"] == 3e-5

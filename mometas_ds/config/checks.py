@@ -15,7 +15,7 @@ from typing import List, Optional
 
 import torch
 
-from ..checkpoint import find_resume_checkpoint, latest_complete_tag, read_run_identity
+from ..checkpoint import find_resume_checkpoint, latest_complete_tag, resume_checkpoint, run_identity_of
 from ..errors import ConfigError, read_json_object
 from ..launch import LaunchInfo, init_distributed
 from ..model import MODEL_PRESETS
@@ -337,14 +337,13 @@ def run_identity(cfg: PretrainConfig, ds_config: dict, world_size: int) -> dict:
 
 def check_resume_matches(cfg: PretrainConfig, ds_config: dict, world_size: int) -> None:
     """With --resume, stop before any work if the checkpoint was written by a run set up differently."""
-    try:
-        found = find_resume_checkpoint(os.path.join(cfg.output_dir, "checkpoints"), cfg.resume)
-    except ValueError:
-        return  # validate_config reported it
+    # Rank 0 picks and verifies the checkpoint now, before any work (a damaged or foreign one: ConfigError).
+    found = resume_checkpoint(os.path.join(cfg.output_dir, "checkpoints"), cfg.resume, cfg.verify_checkpoint,
+                              wait_minutes=cfg.setup_timeout_minutes)
     if found is None:
         return
     tag_dir = os.path.join(*found)
-    saved = read_run_identity(tag_dir)
+    saved = run_identity_of(*found)
     if saved is None:
         return  # written before checkpoints recorded their run's settings
     ours = run_identity(cfg, ds_config, world_size)

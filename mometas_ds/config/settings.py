@@ -10,6 +10,7 @@ import os
 from dataclasses import asdict, dataclass, field
 from typing import List, Optional
 
+from ..checkpoint import VERIFY_LEVELS
 from ..model import MODEL_PRESETS
 from ..objectives import DEFAULT_OBJECTIVES
 
@@ -70,8 +71,14 @@ class PretrainConfig:
         None, "keep only the newest N complete checkpoints, deleting older ones after each save (default: keep all)",
         type=int)
     resume: Optional[str] = option(
-        None, "resume from a checkpoint: 'auto' (or no value) = latest in output_dir/checkpoints, a tag "
-        "there (step400), or a checkpoint directory path (another run's too)", nargs="?", const="auto")
+        None, "resume from a checkpoint: 'auto' (or no value) = the newest intact one in output_dir/checkpoints "
+        "(a damaged one is skipped with a warning), a tag there (step400), or a checkpoint directory path "
+        "(another run's too). A checkpoint is pickle files: only resume from ones you trust "
+        "(docs/security.md); a damaged or foreign tag stops the run with exit 2", nargs="?", const="auto")
+    verify_checkpoint: str = option(
+        "auto", "how --resume checks a checkpoint against its manifest: 'size' = every file's size, 'full' = "
+        "sizes and xxh3 checksums, 'auto' = full for a checkpoint of up to 4 GiB, else size (docs/checkpoints.md)",
+        choices=VERIFY_LEVELS)
     seed: int = option(1234, "seed of data order, corruption, dropout and the sampler", type=int)
     log_steps: int = option(10, "progress-bar refresh and console log interval", type=int)
     cache_dir: Optional[str] = option(
