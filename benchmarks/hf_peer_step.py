@@ -87,7 +87,8 @@ def main(argv=None) -> int:
     p.add_argument("--model", choices=sorted(MODEL_PRESETS), default="large", help="model preset")
     p.add_argument("--seq_len", type=int, default=128, help="tokens per sequence")
     p.add_argument("--micro_batch", default="32", help="sequences per step, or 'max': the largest that fits "
-                   "(doubling from 32 up to --max_micro_batch)")
+                   "(doubling from --start_micro_batch up to --max_micro_batch)")
+    p.add_argument("--start_micro_batch", type=int, default=32, help="first size of the 'max' search")
     p.add_argument("--max_micro_batch", type=int, default=1024, help="upper bound of the 'max' search")
     p.add_argument("--vocab_size", type=int, default=30522, help="vocabulary (BERT: 30522)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cuda or cpu")
@@ -107,6 +108,8 @@ def main(argv=None) -> int:
         args.warmup, args.rounds, args.steps_per_round = 1, 2, 2
         if args.micro_batch == "32":
             args.micro_batch = "4"
+        if args.start_micro_batch == 32:
+            args.start_micro_batch = 4
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         p.error("--device cuda: no CUDA device is visible")
@@ -118,9 +121,10 @@ def main(argv=None) -> int:
             p.error(f"--json {args.json}: cannot write ({err.strerror})")
     if args.micro_batch == "max":
         micro_batch = largest_fitting(lambda n: build(args.model, args.vocab_size, args.seq_len, n, device,
-                                                      args.bf16, args.seed)[1](), 32, args.max_micro_batch)
+                                                      args.bf16, args.seed)[1](), args.start_micro_batch,
+                                   args.max_micro_batch)
         if micro_batch is None:
-            p.error("--micro_batch max: even 32 sequences do not fit")
+            p.error(f"--micro_batch max: even {args.start_micro_batch} sequences do not fit")
     else:
         try:
             micro_batch = int(args.micro_batch)

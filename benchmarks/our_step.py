@@ -1,0 +1,128 @@
+"""Our pre-training step on one objective, timed as mometas-bench builds it (the run's own TrainStep on a
+DeepSpeed engine: corruption on the device, the objective's head, DeepSpeed's backward and step), with the
+figures benchmarks/gpu_pretrain.sh compares side by side with the HF peer (benchmarks/hf_peer_step.py).
+
+    python benchmarks/our_step.py --model large --seq_len 128 --micro_batch 32 \
+        --deepspeed_config ds_configs/bert_large_zero2.json --torch_adam --json PATH [--profile_steps 3]
+    python benchmarks/our_step.py ... --micro_batch max      # the largest micro-batch that fits
+    python benchmarks/our_step.py --quick                    # CPU smoke mode
+
+Every flag other than the ones below is mometas-bench's (``python -m mometas_ds.bench --help``).
+"""
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import sys
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from step_timing import largest_fitting, median_step_seconds, profile_summary  # noqa: E402  (a script beside it)
+
+from mometas_ds.bench.options import BenchError, parse_args  # noqa: E402
+from mometas_ds.bench.runner import Bench  # noqa: E402
+from mometas_ds.bench.synthetic import Discard  # noqa: E402
+from mometas_ds.flops import mfu, peak_flops, pretrain_step_flops  # noqa: E402
+from mometas_ds.model import build_bert_config  # noqa: E402
+
+
+def build(bench_argv, micro_batch: int):
+    """A Bench (model, engine, arms) at ``micro_batch`` and the step() of its single-objective arm."""
+    cfg = parse_args(bench_argv + ["--micro_batch", str(micro_batch)])
+    bench = Bench(cfg)
+    arm, trace = bench.arms["single"], Discard()
+
+    def step() -> None:
+        arm.optimizer_step(trace)
+
+    return cfg, bench, step
+
+
+def release(bench) -> None:
+    """Drop a Bench's engine and model so the next size starts from free device memory."""
+    bench.arms.clear()
+    del bench.engine, bench.model
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--micro_batch", default="32", help="sequences per micro-batch, or 'max': the largest that fits "
+                   "(doubling from --start_micro_batch up to --max_micro_batch)")
+    p.add_argument("--start_micro_batch", type=int, default=32, help="first size of the 'max' search")
+    p.add_argument("--max_micro_batch", type=int, default=1024, help="upper bound of the 'max' search")
+    p.add_argument("--steps_per_round", type=int, default=5, help="steps per timed round")
+    p.add_argument("--profile_steps", type=int, default=0, help="also profile this many steps (torch.profiler)")
+    p.add_argument("--peak_tflops", type=float, default=None, help="peak dense bf16 TFLOP/s for MFU "
+                   "(default: from the GPU's name, see mometas_ds.flops)")
+    p.add_argument("--json", metavar="PATH", help="append the figures as one JSON line to PATH")
+    args, bench_argv = p.parse_known_args(argv)
+    quick = "--quick" in bench_argv
+    bench_argv = bench_argv + ["--objectives", "mlm", "--single_objective", "mlm"]
+    if args.json:
+        try:
+            with open(args.json, "a", encoding="utf-8"):
+                pass
+        except OSError as err:
+            p.error(f"--json {args.json}: cannot write ({err.strerror})")
+    try:
+        parse_args(bench_argv)  # mometas-bench's own checks, before any model is built
+        if args.micro_batch == "max":
+            start = 4 if quick and args.start_micro_batch == 32 else args.start_micro_batch
+            limit = 8 if quick and args.max_micro_batch == 1024 else args.max_micro_batch
+
+            def fits(size: int) -> None:
+                _, bench, step = build(bench_argv, size)
+                try:
+                    step()
+                    step()
+                finally:
+                    release(bench)
+
+            micro_batch = largest_fitting(fits, start, limit)
+            if micro_batch is None:
+                p.error(f"--micro_batch max: even {start} sequences do not fit")
+        else:
+            micro_batch = int(args.micro_batch)
+        cfg, bench, step = build(bench_argv, micro_batch)
+    except BenchError as err:
+        p.error(str(err))
+    except ValueError:
+        p.error(f"--micro_batch: expected a positive integer or 'max', got {args.micro_batch!r}")
+    device = bench.device
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    timing = median_step_seconds(step, device, warmup=cfg.warmup_steps, rounds=cfg.rounds,
+                                 steps_per_round=args.steps_per_round)
+    seconds = timing["median_s"]
+    sequences = bench.micro_batch * bench.gas * bench.world_size
+    flops = pretrain_step_flops(build_bert_config(cfg.model, vocab_size=cfg.vocab_size), cfg.seq_len, sequences)
+    peak = args.peak_tflops * 1e12 if args.peak_tflops else (
+        peak_flops(torch.cuda.get_device_name(device)) if device.type == "cuda" else None)
+    result = {
+        "step": "mometas_ds_mlm", "model": cfg.model, "seq_len": cfg.seq_len, "micro_batch": bench.micro_batch,
+        "gradient_accumulation_steps": bench.gas, "ranks": bench.world_size, "deepspeed_config": bench.ds_path,
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu", **timing,
+        "samples_per_s": sequences / seconds, "tokens_per_s": sequences * cfg.seq_len / seconds,
+        "model_flops_per_step": flops, "achieved_tflops": flops / seconds / 1e12, "mfu": mfu(flops, seconds, peak),
+        "peak_memory_gib": torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None,
+    }
+    if args.profile_steps:
+        summary = profile_summary(step, device, steps=args.profile_steps)
+        print(summary.pop("table"))
+        result["profile"] = summary
+    if bench.rank == 0:
+        print(json.dumps(result))
+        if args.json:
+            with open(args.json, "a", encoding="utf-8") as f:
+                f.write(json.dumps(result) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
