@@ -17,7 +17,7 @@ $(STAMP): requirements-ci.txt setup.py
 	touch $(STAMP)
 
 demo: venv
-	$(PY) -m mometas_ds.demo
+	$(PY) -m mometas_ds.demo --overwrite
 
 test: venv
 	$(PY) -m pytest tests -q -ra

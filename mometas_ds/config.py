@@ -184,6 +184,9 @@ def validate_config(cfg: PretrainConfig) -> dict:
     if not cfg.deepspeed_config or not os.path.isfile(cfg.deepspeed_config):
         fail("deepspeed_config", f"file not found: {cfg.deepspeed_config}")
     ds_config = read_json_object(cfg.deepspeed_config, "--deepspeed_config")
+    from .ds_config_check import check_ds_config  # strict types, no unknown top-level key
+
+    check_ds_config(ds_config, cfg.deepspeed_config)
     if not cfg.train_files:
         fail("train_files", "no corpus given")
     if (cfg.model_name_or_path is None) == (cfg.model_config is None):
@@ -192,6 +195,9 @@ def validate_config(cfg: PretrainConfig) -> dict:
         if not os.path.isfile(cfg.model_config):
             fail("model_config", f"{cfg.model_config!r} is neither a preset ({', '.join(MODEL_PRESETS)}) nor a JSON file")
         fields = read_json_object(cfg.model_config, "--model_config")  # a BertConfig JSON: unreadable stops here
+        from .model_config_check import check_model_config_fields  # strict types, no unknown field
+
+        check_model_config_fields(fields, cfg.model_config)
         if fields.get("model_type", "bert") != "bert":
             fail("model_config", f"{cfg.model_config} is a {fields['model_type']!r} config; mometas_ds trains BERT")
         if fields.get("max_position_embeddings", cfg.seq_len) < cfg.seq_len:
@@ -463,8 +469,11 @@ def check_resume_matches(cfg: PretrainConfig, ds_config: dict, world_size: int) 
         return
     tag_dir = os.path.join(*found)
     saved = read_run_identity(tag_dir)
-    if saved is None:
-        return  # written before checkpoints recorded their run's settings
+    if saved is None:  # written before checkpoints recorded their run's settings: compare what its client state holds
+        from .safe_io import check_resume_objectives, read_client_state
+
+        check_resume_objectives(read_client_state(tag_dir) or {}, cfg.objectives, tag_dir)
+        return
     ours = run_identity(cfg, ds_config, world_size)
     differs = [key for key in ours if key in saved and saved[key] != ours[key]]
     if differs:

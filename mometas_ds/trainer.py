@@ -13,7 +13,6 @@ import logging
 import math
 import os
 import random
-import signal
 import socket
 import time
 from typing import Dict, List, Optional
@@ -23,7 +22,7 @@ import torch
 import torch.distributed as dist
 
 from . import checkpoint as ckpt
-from . import faults
+from . import faults, stop_signals
 from .config import (
     ConfigError, DataError, PretrainConfig, check_tokenizer_fits_model, check_world_size, run_identity, sampler_kwargs,
     validate_config,
@@ -31,6 +30,7 @@ from .config import (
 from .model import MultiObjectiveBert, build_bert_config
 from .objectives import build_objective
 from .optim import Lamb, bert_param_groups
+from .safe_io import check_writable_dir, disk_errors, export_retry_hint, write_dir_atomically
 
 logger = logging.getLogger("mometas_ds")
 
@@ -62,6 +62,8 @@ class Trainer:
         # Every check that needs no work runs first: a bad flag stops the run here.
         self.ds_config = validate_config(cfg)
         _check_writable(cfg.output_dir)  # every rank, before any collective: a bad mount fails here
+        if cfg.cache_dir:
+            check_writable_dir(cfg.cache_dir, "--cache_dir")
 
         from .launch import init_distributed
 
@@ -125,13 +127,8 @@ class Trainer:
 
     # ---------------------------------------------------------------- set-up
     def _install_signal_handlers(self):
-        # SLURM sends USR1 (--signal) before the time limit and TERM at it: finish the step, save, exit 0.
-        def request_stop(signum, frame):
-            self.stop_requested = True
-            logger.warning("rank %d: got signal %d, will save and stop after this step", self.rank, signum)
-
-        for sig in (signal.SIGUSR1, signal.SIGTERM):
-            signal.signal(sig, request_stop)
+        # INT (Ctrl-C), TERM, USR1: finish the step, save, exit 0 (mometas_ds/stop_signals.py).
+        self.signals = stop_signals.install(self.rank, lambda: setattr(self, "stop_requested", True))
 
     def _check_output_dir(self):
         cfg = self.cfg
@@ -183,7 +180,8 @@ class Trainer:
                               meta_sequences=2 * cfg.meta_batch_size, seed=cfg.seed)
         def prepare_on_rank0():
             faults.sleep_in_setup()
-            return prepare_data(data_cfg, self.tokenizer)
+            with disk_errors("--cache_dir" if cfg.cache_dir else "--output_dir", cache_dir):
+                return prepare_data(data_cfg, self.tokenizer)
 
         # Rank 0 tokenizes and writes the cache; the others then read it.
         prepared = self._on_rank0_first(prepare_on_rank0)
@@ -303,8 +301,9 @@ class Trainer:
 
     def save_checkpoint(self):
         ckpt_root = os.path.join(self.cfg.output_dir, "checkpoints")
-        ckpt.save(self.engine, ckpt_root, self.step, self._client_state(), self.rank, self._barrier,
-                  self.run_identity)
+        with self.signals.saving():
+            ckpt.save(self.engine, ckpt_root, self.step, self._client_state(), self.rank, self._barrier,
+                      self.run_identity)
         if self.rank == 0:
             logger.info("saved checkpoint step%d in %s", self.step, ckpt_root)
             if self.cfg.save_total_limit is not None:
@@ -601,11 +600,14 @@ class Trainer:
     def export_hf(self):
         out_dir = os.path.join(self.cfg.output_dir, "hf_model")
         state_dict = ckpt.consolidated_state_dict(self.engine, os.path.join(self.cfg.output_dir, "checkpoints"), self.step)
-        if self.rank == 0:
-            self.model.save_hf(out_dir, self.tokenizer, state_dict=state_dict)
+
+        def write():  # whole or absent (safe_io); a failure stops every rank, with a message
+            write_dir_atomically(out_dir, lambda tmp: self.model.save_hf(tmp, self.tokenizer, state_dict=state_dict),
+                                 what_to_do=export_retry_hint(self.cfg, self.step))
             logger.info("exported the model and tokenizer (HF format) to %s", out_dir)
-        if self.world_size > 1:
-            dist.barrier(group=self._setup_group)  # writing a large model may outlast --dist_timeout_minutes
+
+        with self.signals.saving():  # on the setup group: writing a large model may outlast --dist_timeout_minutes
+            self._on_rank0_first(write)
 
 
 def _fit_schedule_to_max_steps(ds_config: dict, max_steps: int) -> None:
