@@ -59,10 +59,11 @@ def disk_error_in(exc: BaseException) -> Optional[OSError]:
         seen.add(id(exc))
         if isinstance(exc, OSError) and exc.errno in DISK_ERRNOS:
             return exc
-        # safetensors (Rust) reports an I/O error as text: "IoError(Os { code: 28, kind: StorageFull, ...})".
-        found = re.search(r"Os \{ code: (\d+)", str(exc))
-        if found and int(found.group(1)) in DISK_ERRNOS:
-            return OSError(int(found.group(1)), os.strerror(int(found.group(1))))
+        # safetensors (Rust) reports an I/O error as text: "I/O error: No space left on device (os error 28)".
+        found = re.search(r"\(os error (\d+)\)|Os \{ code: (\d+)", str(exc))
+        code = int(found.group(1) or found.group(2)) if found else None
+        if code in DISK_ERRNOS:
+            return OSError(code, os.strerror(code))
         exc = exc.__cause__ or exc.__context__
     return None
 
