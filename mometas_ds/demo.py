@@ -9,6 +9,7 @@ import argparse
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -60,6 +61,44 @@ def prepare_output_dir(p: argparse.ArgumentParser, out: str, overwrite: bool, ke
     others = sorted(set(os.listdir(out)) - {MARKER})
     if others:
         print(f"demo: kept {', '.join(others)} in {out} (not written by the demo)", flush=True)
+
+
+def run_pretraining(cmd: list, env: dict) -> tuple:
+    """Run the launcher; a Ctrl-C (or TERM) here is passed to the ranks only. Returns (exit code, interrupted).
+
+    Hand-written because DeepSpeed's launcher handles Ctrl-C badly for us: its runner dies with a
+    KeyboardInterrupt traceback and its launch.py kills the ranks 30 s later. The ranks, each
+    signalled once, save at the step boundary and exit 0 (a second Ctrl-C: at once), and the
+    launcher then ends as they did.
+    """
+    import psutil  # a DeepSpeed dependency (its launcher uses it)
+
+    proc = subprocess.Popen(cmd, env=env, start_new_session=True)  # the terminal's Ctrl-C reaches the demo only
+    interrupted = []
+
+    def forward(signum, frame):
+        interrupted.append(signum)
+        try:
+            children = psutil.Process(proc.pid).children(recursive=True)
+        except psutil.Error:
+            children = []
+        for child in children:
+            try:
+                args = child.cmdline()
+                if ["-m", "mometas_ds.pretrain"] in [args[i:i + 2] for i in range(len(args))]:  # a rank, not launch.py
+                    child.send_signal(signum)
+            except psutil.Error:
+                pass
+        print("demo: " + ("stopping: pre-training saves a checkpoint at the end of this step (Ctrl-C again to stop "
+                          "at once)" if len(interrupted) == 1 else "stopping at once"), file=sys.stderr, flush=True)
+
+    previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        returncode = proc.wait()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    return returncode, bool(interrupted)
 
 
 def main(argv=None) -> int:
@@ -116,10 +155,13 @@ def main(argv=None) -> int:
     ] + (["--resume"] if args.keep else [])
     print("running:", " ".join(cmd), flush=True)
     started = time.time()
-    result = subprocess.run(cmd, env=env)  # in the user's directory; every path above is absolute
-    if result.returncode != 0:
-        print(f"demo: pre-training failed (exit {result.returncode})", file=sys.stderr)
-        return result.returncode
+    returncode, interrupted = run_pretraining(cmd, env)  # in the user's directory; every path above is absolute
+    if returncode != 0:
+        print(f"demo: pre-training failed (exit {returncode})", file=sys.stderr)
+        return returncode
+    if interrupted:
+        print(f"demo: pre-training stopped early with a checkpoint in {os.path.join(out, 'checkpoints')}; "
+              f"run the demo again with --keep --output_dir {out} to continue it", flush=True)
 
     from .plot import plot_run
 

@@ -399,7 +399,7 @@ def test_demo_bad_input_deletes_nothing(case, tmp_path, monkeypatch, capsys):
     argv = build(d)
     before = snapshot(d)
     launched = []
-    monkeypatch.setattr(demo.subprocess, "run", lambda *a, **k: launched.append(a) or pytest.fail("launched"))
+    monkeypatch.setattr(demo, "run_pretraining", lambda *a, **k: launched.append(a) or pytest.fail("launched"))
     got, err = run_in_process(demo.main, argv, capsys)
     assert got == code, err
     assert phrase.replace("CASE_DIR", d) in err, err
@@ -417,14 +417,11 @@ def test_demo_overwrite_replaces_only_its_own_output_and_paths_are_the_users(tmp
     monkeypatch.chdir(d)
     launched = []
 
-    class Failed:
-        returncode = 3
+    def fake_run(cmd, env):
+        launched.append(cmd)
+        return 3, False
 
-    def fake_run(cmd, **kwargs):
-        launched.append((cmd, kwargs))
-        return Failed()
-
-    monkeypatch.setattr(demo.subprocess, "run", fake_run)
+    monkeypatch.setattr(demo, "run_pretraining", fake_run)
     got, err, stdout = run_in_process(demo.main, ["--output_dir", "demo_out", "--overwrite", "--deepspeed_config",
                                                   "configs/mine.json"], capsys, with_stdout=True)
     assert got == 3  # the (faked) pre-training's exit code
@@ -433,10 +430,9 @@ def test_demo_overwrite_replaces_only_its_own_output_and_paths_are_the_users(tmp
     with open(os.path.join(out, USER_FILE)) as f:
         assert f.read() == "mine\n"
     assert f"kept {USER_FILE}" in stdout
-    (cmd, kwargs), = launched
+    cmd, = launched
     assert cmd[cmd.index("--deepspeed_config") + 1] == os.path.join(d, "configs", "mine.json")
     assert cmd[cmd.index("--output_dir") + 1] == out
-    assert kwargs.get("cwd") in (None, d), "runs in the user's directory"
 
 
 def test_demo_marks_a_new_directory_and_keep_resumes(tmp_path, monkeypatch, capsys):
@@ -444,10 +440,7 @@ def test_demo_marks_a_new_directory_and_keep_resumes(tmp_path, monkeypatch, caps
 
     launched = []
 
-    class Failed:
-        returncode = 1
-
-    monkeypatch.setattr(demo.subprocess, "run", lambda cmd, **k: launched.append(cmd) or Failed())
+    monkeypatch.setattr(demo, "run_pretraining", lambda cmd, env: launched.append(cmd) or (1, False))
     out = str(tmp_path / "fresh")
     assert run_in_process(demo.main, ["--output_dir", out], capsys)[0] == 1
     assert os.path.isfile(os.path.join(out, demo.MARKER)) and "--resume" not in launched[-1]

@@ -152,3 +152,41 @@ def test_stop_signal_bookkeeping_without_a_run():
     with fresh.saving():
         fresh._handle(signal.SIGTERM, None)  # a first signal during a periodic save still asks to stop
     assert stops == [1, 2] and fresh.signal_name == "SIGTERM"
+
+
+def test_ctrl_c_in_the_demo_reaches_the_ranks_only_they_save_and_keep_continues(tmp_path):
+    """The demo runs pre-training under DeepSpeed's launcher, whose runner would die of the Ctrl-C with a
+    traceback and whose launch.py would kill the ranks: the demo passes the signal to the ranks only."""
+    out = str(tmp_path / "demo")
+    log_path = str(tmp_path / "demo.log")
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "mometas_ds.demo", "--ranks", "1", "--max_steps", "300",
+                                 "--output_dir", out], env=subprocess_env(), cwd=str(tmp_path), stdout=log,
+                                stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 240
+        metrics = os.path.join(out, "metrics.jsonl")
+        while not (os.path.exists(metrics) and open(metrics).read().count("\n") >= 3):
+            assert proc.poll() is None and time.monotonic() < deadline, open(log_path).read()[-4000:]
+            time.sleep(0.1)
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=240) == 0, open(log_path).read()[-4000:]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    text = open(log_path).read()
+    assert "Traceback" not in text and "KeyboardInterrupt" not in text, text[-4000:]
+    assert "mometas-pretrain: stopped by SIGINT at step" in text
+    assert "run the demo again with --keep" in text
+    checkpoints = os.path.join(out, "checkpoints")
+    stop = len(read_jsonl(metrics))
+    assert ckpt.latest_complete_tag(checkpoints) == f"step{stop}" and stop < 300
+
+    # --keep continues that run (here to a shorter end, to keep the test short).
+    result = subprocess.run([sys.executable, "-m", "mometas_ds.demo", "--ranks", "1", "--max_steps", str(stop + 3),
+                             "--output_dir", out, "--keep"], env=subprocess_env(), cwd=str(tmp_path),
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
+    assert f"resumed from {os.path.join(checkpoints, f'step{stop}')} at step {stop}" in result.stdout + result.stderr
+    assert [m["step"] for m in read_jsonl(metrics)] == list(range(1, stop + 4))
