@@ -195,11 +195,11 @@ def validate_config(cfg: PretrainConfig) -> dict:
         if not os.path.isfile(cfg.model_config):
             fail("model_config", f"{cfg.model_config!r} is neither a preset ({', '.join(MODEL_PRESETS)}) nor a JSON file")
         fields = read_json_object(cfg.model_config, "--model_config")  # a BertConfig JSON: unreadable stops here
+        if fields.get("model_type", "bert") != "bert":
+            fail("model_config", f"{cfg.model_config} is a {fields['model_type']!r} config; mometas_ds trains BERT")
         from .model_config_check import check_model_config_fields  # strict types, no unknown field
 
         check_model_config_fields(fields, cfg.model_config)
-        if fields.get("model_type", "bert") != "bert":
-            fail("model_config", f"{cfg.model_config} is a {fields['model_type']!r} config; mometas_ds trains BERT")
         if fields.get("max_position_embeddings", cfg.seq_len) < cfg.seq_len:
             fail("seq_len", f"{cfg.seq_len} exceeds the max_position_embeddings ({fields['max_position_embeddings']}) "
                             f"of --model_config {cfg.model_config}")

@@ -41,7 +41,7 @@ STRING: Check = (lambda v: isinstance(v, str), "a string")
 OPTIONAL_STRING: Check = (lambda v: v is None or isinstance(v, str), "a string or null")
 BETAS: Check = (lambda v: isinstance(v, (list, tuple)) and len(v) == 2 and all(_is_number(b) and 0 <= b < 1 for b in v),
                 "a list of two numbers in [0, 1), e.g. [0.9, 0.999]")
-STAGE: Check = (lambda v: _is_int(v) and 0 <= v <= 3, "0, 1, 2 or 3")
+STAGE: Check = (lambda v: _is_int(v) and v >= 0, "a whole number (0, 1, 2 or 3)")  # the range: DeepSpeed says
 WARMUP_TYPE: Check = (lambda v: v in ("linear", "log"), '"linear" or "log"')
 OBJECT: Check = (lambda v: isinstance(v, dict), "a JSON object")
 

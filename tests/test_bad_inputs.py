@@ -200,7 +200,7 @@ PRETRAIN_CASES = [
     ("betas_one_number", _ds(**{"optimizer.params.betas": 0.9}), 2, "optimizer.params.betas must be a list of two"),
     ("optimizer_param_typo", _ds(**{"optimizer.params.weight_decy": 0.01}), 2, "did you mean weight_decay?"),
     ("torch_adam_string", _ds(**{"optimizer.params.torch_adam": "true"}), 2, "optimizer.params.torch_adam must be true or false"),
-    ("zero_stage_string", _ds(**{"zero_optimization.stage": "2"}), 2, "zero_optimization.stage must be 0, 1, 2 or 3"),
+    ("zero_stage_string", _ds(**{"zero_optimization.stage": "2"}), 2, "zero_optimization.stage must be a whole number (0, 1, 2 or 3)"),
     ("micro_batch_string", _ds(train_micro_batch_size_per_gpu="8"), 2, "train_micro_batch_size_per_gpu must be a positive"),
     ("warmup_steps_fraction", _ds(**{"scheduler.params.warmup_num_steps": 1.5}), 2,
      "scheduler.params.warmup_num_steps must be a whole number"),
