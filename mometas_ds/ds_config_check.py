@@ -167,8 +167,18 @@ def _check_params(params: dict, table: Dict[str, Check], where: str, path: str) 
                 raise ConfigError(f"{path}: unknown field {where}{key}{hint}")
 
 
-def check_ds_config(ds_config: dict, path: str, known_keys: Optional[Iterable[str]] = None) -> None:
-    """Raise ConfigError naming the file and the field for a mistyped field or an unknown top-level key."""
+def check_ds_config(ds_config: dict, path: str, known_keys: Optional[Iterable[str]] = None,
+                    error: type = ConfigError) -> None:
+    """Raise ``error`` (ConfigError) naming the file and the field for a mistyped field or an unknown top-level key."""
+    try:
+        _check_ds_config(ds_config, path, known_keys)
+    except ConfigError as exc:
+        if error is ConfigError:
+            raise
+        raise error(str(exc)) from None
+
+
+def _check_ds_config(ds_config: dict, path: str, known_keys: Optional[Iterable[str]]) -> None:
     known = frozenset(known_keys) if known_keys is not None else deepspeed_top_level_keys()
     for key in ds_config:
         if key not in known:

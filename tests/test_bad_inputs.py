@@ -454,3 +454,67 @@ def test_demo_runs_as_a_module_with_an_error_not_a_traceback(tmp_path):
                             env=subprocess_env(), capture_output=True, text=True, timeout=120)
     assert result.returncode == 2 and "error: --output_dir" in result.stderr and "Traceback" not in result.stderr
     assert os.listdir(out) == [USER_FILE]
+
+
+# ------------------------------------------------------------------------------------------ mometas-bench
+def _bench_ds(**changes):
+    return lambda d: ["--deepspeed_config", write_json(os.path.join(d, "ds.json"), cpu_config(**changes))]
+
+
+BENCH_CASES = [
+    ("ds_config_missing", lambda d: ["--deepspeed_config", os.path.join(d, "none.json")], 2,
+     "--deepspeed_config: file not found"),
+    ("bf16_enabled_string", _bench_ds(**{"bf16.enabled": "false"}), 2, "bf16.enabled must be true or false"),
+    ("misspelt_top_level_key", _bench_ds(gradient_acumulation_steps=2), 2, "did you mean gradient_accumulation_steps?"),
+    ("lr_string", _bench_ds(**{"optimizer.params.lr": "1e-3"}), 2, "optimizer.params.lr must be a finite number"),
+    ("meta_lr_nan", lambda d: ["--meta_lr", "nan"], 2, "--meta_lr: must be a finite number > 0"),
+    ("meta_gamma_negative", lambda d: ["--meta_gamma", "-1"], 2, "--meta_gamma: must be a finite number >= 0"),
+    ("interval_zero", lambda d: ["--interval", "0"], 2, "--interval: must be >= 1"),
+    ("ranks_zero", lambda d: ["--ranks", "0"], 2, "--ranks: must be >= 1"),
+]
+
+
+@pytest.mark.parametrize("case", BENCH_CASES, ids=[c[0] for c in BENCH_CASES])
+def test_bench_bad_input_fails_before_any_work(case, tmp_path, capsys, restore_environ):
+    import torch.distributed as dist
+
+    from mometas_ds.bench import main
+
+    _, build, code, phrase = case
+    argv = ["--quick"] + build(str(tmp_path))
+    before = snapshot(str(tmp_path))
+    got, err = run_in_process(main, argv, capsys)
+    assert got == code, err[-3000:]
+    assert phrase in err and err.strip().splitlines()[-1].startswith("mometas-bench: error:"), err[-3000:]
+    assert "Traceback" not in err and not dist.is_initialized()
+    assert_untouched(before, str(tmp_path))
+
+
+# ------------------------------------------------------------------------------------------ mometas-plot
+def _plot_dir(d, metrics=None):
+    run = os.path.join(d, "run")
+    os.makedirs(run)
+    if metrics is not None:
+        with open(os.path.join(run, "metrics.jsonl"), "w") as f:
+            f.write(metrics)
+    return run
+
+
+PLOT_CASES = [
+    ("no_such_dir", lambda d: [os.path.join(d, "none")], 2, "metrics.jsonl not found"),
+    ("dir_without_metrics", lambda d: [_plot_dir(d)], 2, "is '"),
+    ("a_file_not_a_dir", lambda d: [_a_file(d)], 2, "metrics.jsonl not found"),
+]
+
+
+@pytest.mark.parametrize("case", PLOT_CASES, ids=[c[0] for c in PLOT_CASES])
+def test_plot_bad_input(case, tmp_path, capsys):
+    from mometas_ds.plot import main
+
+    _, build, code, phrase = case
+    argv = build(str(tmp_path))
+    before = snapshot(str(tmp_path))
+    got, err = run_in_process(main, argv, capsys)
+    assert got == code, err
+    assert phrase in err and "mometas-plot: error:" in err and "Traceback" not in err, err
+    assert_untouched(before, str(tmp_path))
