@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: venv demo test bench clean
+.PHONY: venv system-deps demo lint test test-fast bench clean
 
 venv: $(STAMP)
 
@@ -16,11 +16,24 @@ $(STAMP): requirements-ci.txt setup.py
 	$(PY) -m pip install -q --no-deps -e .
 	touch $(STAMP)
 
+# SLURM (munge, slurm-wlm) and OpenMPI for the cluster tests: nothing to do when present; installed as root;
+# otherwise it stops, printing the one command to run.
+system-deps:
+	@bash .ci/install_system_deps.sh
+
 demo: venv
 	$(PY) -m mometas_ds.demo --overwrite
 
-test: venv
+lint: venv
+	$(PY) -m ruff check .
+
+# Everything (about 10 minutes on 2 CPU cores): system packages, lint, every test.
+test: system-deps lint
 	$(PY) -m pytest tests -q -ra
+
+# Unit tests only: no real pre-training, launchers, SLURM or package builds (pytest -m "not integration").
+test-fast: lint
+	$(PY) -m pytest tests -q -ra -m "not integration"
 
 bench: venv
 	$(PY) benchmarks/run_all.py

@@ -3,7 +3,8 @@ from setuptools import find_packages, setup
 setup(
     name="mometas_ds",
     version="0.1.0",
-    description="Multi-objective continual pre-training of BERT encoders with the MOMETAS adaptive sampler on DeepSpeed",
+    description=("Multi-objective continual pre-training of BERT encoders with the MOMETAS adaptive sampler "
+                 "on DeepSpeed"),
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     license="Apache-2.0",
@@ -36,6 +37,9 @@ setup(
             "mometas-pretrain=mometas_ds.pretrain:main",
             "mometas-bench=mometas_ds.bench:main",
             "mometas-plot=mometas_ds.plot:main",
+            "mometas-finetune=mometas_ds.finetune:main",
+            "mometas-export=mometas_ds.export:main",
+            "mometas-compare=mometas_ds.compare:main",
         ]
     },
 )

@@ -1,10 +1,27 @@
 #!/usr/bin/env bash
-# System packages for CI: make (for `make test`), and for the cluster tests (tests/test_cluster.py,
-# tests/test_launch.py) munge + slurm-wlm for a live one-node SLURM, OpenMPI for mpirun. Idempotent: apt runs only
-# when one of them is missing. Needs root (CI runs as root); without root it prints what to install.
+# System packages the tests need: make (for `make test`), munge + slurm-wlm (a live one-node SLURM for
+# tests/test_cluster.py and tests/test_launch.py) and OpenMPI (mpirun). `make test` runs this first.
+# Quick and idempotent: when every binary below is on PATH it does nothing. Otherwise, as root, it installs the
+# missing Debian/Ubuntu packages with apt-get; without root it prints the one command to run and exits 1.
 set -euo pipefail
 
+BINARIES=(make munged mungekey slurmctld slurmd sbatch squeue scontrol sacct mpirun)
 PACKAGES=(make munge slurm-wlm openmpi-bin libopenmpi-dev)
+SELF="bash .ci/install_system_deps.sh"
+
+missing_binaries=()
+for binary in "${BINARIES[@]}"; do
+    command -v "$binary" >/dev/null 2>&1 || missing_binaries+=("$binary")
+done
+if [ ${#missing_binaries[@]} -eq 0 ]; then
+    exit 0
+fi
+
+if ! command -v dpkg-query >/dev/null 2>&1 || ! command -v apt-get >/dev/null 2>&1; then
+    echo "install_system_deps: missing ${missing_binaries[*]}; this is not a Debian/Ubuntu system:" \
+         "install the packages that provide them (SLURM with munge, OpenMPI), then rerun" >&2
+    exit 1
+fi
 
 missing=()
 for pkg in "${PACKAGES[@]}"; do
@@ -13,17 +30,19 @@ for pkg in "${PACKAGES[@]}"; do
         missing+=("$pkg")
     fi
 done
-
 if [ ${#missing[@]} -eq 0 ]; then
-    echo "install_system_deps: ${PACKAGES[*]} already installed"
-    exit 0
+    echo "install_system_deps: ${PACKAGES[*]} are installed but ${missing_binaries[*]} not on PATH ($PATH)" >&2
+    exit 1
 fi
 
 if [ "$(id -u)" -ne 0 ]; then
-    echo "install_system_deps: missing ${missing[*]}; run as root: apt-get install ${missing[*]}" >&2
+    echo "install_system_deps: the tests need ${missing[*]} (missing: ${missing_binaries[*]}); run as root:" >&2
+    echo "    sudo $SELF" >&2
     exit 1
 fi
 
 echo "install_system_deps: installing ${missing[*]}"
-apt-get update -q
-DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}"
+if ! { apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}"; }; then
+    echo "install_system_deps: apt-get could not install ${missing[*]} (see above); install them, then rerun" >&2
+    exit 1
+fi

@@ -8,6 +8,10 @@ as our objectives (and recompute the attention mask), so the comparison is fair.
 Goal (issue 2): atd and dtd >= 50x faster than the loop and <= 2 ms per batch on
 the 2-core CPU dev machine.
 
+Rows ``mlm_wwm`` and ``gmlm_wwm`` time the same objectives with ``whole_word_mask=True``
+(issue 19); their vocabulary marks ids 25000..30521 as "##" continuation pieces (a
+synthetic table: about 19% of the uniform tokens continue a word).
+
     python benchmarks/bench_corruption.py [--device cpu|cuda] [--json PATH]
 """
 from __future__ import annotations
@@ -28,6 +32,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from mometas_ds.objectives import SpecialTokens, available_objectives, build_objective  # noqa: E402
 
 BERT_SPECIAL = SpecialTokens(pad_id=0, cls_id=101, sep_id=102, mask_id=103, vocab_size=30522)
+# The same ids with a synthetic "##" table for the whole-word rows.
+BERT_SPECIAL_WWM = SpecialTokens(pad_id=0, cls_id=101, sep_id=102, mask_id=103, vocab_size=30522,
+                                 continuation_ids=tuple(range(25000, 30522)))
+WHOLE_WORD_ROWS = ("mlm", "gmlm")
 GOAL_SPEEDUP = 50.0
 GOAL_MS = 2.0
 
@@ -158,6 +166,11 @@ def main(argv=None):
             row["speedup"] = row["loop_ms"] / ms
             row["meets_goal"] = row["speedup"] >= GOAL_SPEEDUP and ms <= GOAL_MS
         rows.append(row)
+    for name in WHOLE_WORD_ROWS:
+        objective = build_objective(name, BERT_SPECIAL_WWM, whole_word_mask=True)
+        ms = time_ms(lambda: objective.corrupt(input_ids, attention_mask, generator=generator),
+                     args.repeats, warmup=10, device=args.device)
+        rows.append({"objective": f"{name}_wwm", "corrupt_ms": ms, "loop_ms": None, "speedup": None})
 
     print(f"corrupt() on a {args.batch_size} x {args.seq_len} batch, vocab {BERT_SPECIAL.vocab_size}, "
           f"device {args.device}, torch {torch.__version__}, {torch.get_num_threads()} threads; "

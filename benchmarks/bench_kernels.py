@@ -105,9 +105,9 @@ def backend_used(variant: str, device: str) -> str:
         return "torch-eager"
     if variant != "fused":
         return variant.split("_", 1)[1]
-    from mometas_ds.kernels import _resolve_backend
+    from mometas_ds.kernels import resolve_backend
 
-    return "triton" if "triton" in _resolve_backend("auto", torch.device(device)).__name__ else "torch"
+    return "triton" if "triton" in resolve_backend("auto", torch.device(device)).__name__ else "torch"
 
 
 def _step(loss_fn, inputs) -> float:

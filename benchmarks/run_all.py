@@ -42,7 +42,8 @@ def main(argv=None) -> int:
                                  "--json", os.path.join(out, f"kernels_{args.device}.json")], 300))
     else:
         print(f"run_all: {kernels} not found, kernel benchmark skipped", flush=True)
-    sampler_json = os.path.join(out, "mometas_quick.json" if args.ranks == 1 else f"mometas_quick_{args.ranks}ranks.json")
+    sampler_json = os.path.join(out, "mometas_quick.json" if args.ranks == 1
+                                else f"mometas_quick_{args.ranks}ranks.json")
     jobs.append(("sampler overhead", [py, "-m", "mometas_ds.bench", "--quick", "--ranks", str(args.ranks),
                                       "--json", sampler_json], 420))
 

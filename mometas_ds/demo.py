@@ -1,7 +1,8 @@
 """``make demo``: pre-train a tiny BERT on the CPU with 2 ranks through the deepspeed launcher.
 
 Built-in generated corpus, a WordPiece tokenizer trained on it, all five objectives,
-MOMETAS with a short interval; then the figures. Writes to runs/demo/ (or --output_dir), marked as the demo's own by a .mometas_demo file.
+MOMETAS with a short interval; then the figures. Writes to runs/demo/ (or --output_dir), marked
+as the demo's own by a .mometas_demo file.
 """
 from __future__ import annotations
 
@@ -29,7 +30,8 @@ def _own_outputs(out: str) -> list:
     from .plot import FIGURE_NAMES
 
     own = set(DEMO_OUTPUTS) | set(FIGURE_NAMES)
-    return sorted(name for name in os.listdir(out) if name in own or name.startswith(("hf_model.tmp-", "hf_model.old-")))
+    temporary = ("hf_model.tmp-", "hf_model.old-")
+    return sorted(name for name in os.listdir(out) if name in own or name.startswith(temporary))
 
 
 def _write_marker(out: str) -> None:
@@ -114,7 +116,8 @@ def main(argv=None) -> int:
     p.add_argument("--overwrite", action="store_true",
                    help="replace an earlier demo output in --output_dir (only what the demo wrote there is deleted)")
     p.add_argument("--keep", action="store_true",
-                   help="continue an earlier demo output in --output_dir: pre-training resumes from its last checkpoint")
+                   help="continue an earlier demo output in --output_dir: pre-training resumes from its last "
+                        "checkpoint")
     args = p.parse_args(argv)
     if args.overwrite and args.keep:
         p.error("--overwrite and --keep: give one of them")
@@ -174,7 +177,9 @@ def main(argv=None) -> int:
     print(f"  HF model:    {os.path.join(out, 'hf_model')}  (transformers' BertForMaskedLM and AutoModel load it)")
     for path in figures:
         print(f"  figure:      {path}")
-    return 0
+    from .finetune.demo import finetune_demo  # pre-train -> fine-tune -> score
+
+    return finetune_demo(out)
 
 
 if __name__ == "__main__":

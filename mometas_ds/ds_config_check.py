@@ -13,7 +13,7 @@ import functools
 import math
 from typing import Callable, Dict, Iterable, Optional, Tuple
 
-from .config import ConfigError
+from .errors import ConfigError
 
 # A type check: (predicate, what the message says the value must be).
 Check = Tuple[Callable[[object], bool], str]
@@ -103,8 +103,10 @@ SCHEDULER_PARAMS: Dict[str, Check] = {
     "total_num_steps": POSITIVE_INT, "warmup_type": WARMUP_TYPE, "warmup_min_ratio": NON_NEGATIVE,
     "cos_min_ratio": NON_NEGATIVE, "last_batch_iteration": INT,
     "cycle_min_lr": NON_NEGATIVE, "cycle_max_lr": NON_NEGATIVE, "decay_lr_rate": NON_NEGATIVE,
-    "cycle_first_step_size": POSITIVE_INT, "cycle_second_step_size": POSITIVE_INT, "decay_step_size": NON_NEGATIVE_INT,
-    "cycle_momentum": BOOL, "cycle_min_mom": NON_NEGATIVE, "cycle_max_mom": NON_NEGATIVE, "decay_mom_rate": NON_NEGATIVE,
+    "cycle_first_step_size": POSITIVE_INT, "cycle_second_step_size": POSITIVE_INT,
+    "decay_step_size": NON_NEGATIVE_INT,
+    "cycle_momentum": BOOL, "cycle_min_mom": NON_NEGATIVE, "cycle_max_mom": NON_NEGATIVE,
+    "decay_mom_rate": NON_NEGATIVE,
     "lr_range_test_min_lr": NON_NEGATIVE, "lr_range_test_step_size": POSITIVE_INT,
     "lr_range_test_step_rate": NON_NEGATIVE, "lr_range_test_staircase": BOOL,
 }

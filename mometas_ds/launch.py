@@ -1,6 +1,6 @@
 """Launcher discovery: one call that sets up torch.distributed however the job was started.
 
-Supported launchers (see README, "Running on a cluster"):
+Supported launchers (see docs/cluster.md):
 - deepspeed: `deepspeed --hostfile ... --module mometas_ds.pretrain` (local or pdsh/openmpi runners
   that start deepspeed.launcher.launch) sets RANK/WORLD_SIZE/LOCAL_RANK/MASTER_* itself.
 - torchrun: sets the same env:// variables (so does any launcher that exports them).

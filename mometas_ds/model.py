@@ -9,6 +9,7 @@ import torch
 from torch import nn
 from transformers import BertConfig, BertForMaskedLM, BertModel
 
+from .errors import ConfigError, read_json_object
 from .objectives import Objective
 
 logger = logging.getLogger(__name__)
@@ -36,8 +37,6 @@ def build_bert_config(model_config: str, vocab_size: int, max_position_embedding
     if model_config in MODEL_PRESETS:
         fields = dict(MODEL_PRESETS[model_config])
     elif os.path.isfile(model_config):
-        from .config import read_json_object  # config imports this module
-
         fields = read_json_object(model_config, "--model_config", ValueError)
     else:
         raise ValueError(
@@ -72,7 +71,8 @@ class MultiObjectiveBert(nn.Module):
                 tied = getattr(head, "tied_weight", None)
                 if tied is not None:
                     # The head reads the embedding matrix outside the embedding's own forward:
-                    # under ZeRO-3 DeepSpeed must gather it for the head too (a no-op otherwise).
+                    # under ZeRO-3 DeepSpeed must gather it for the head too (a no-op otherwise). Imported
+                    # here: DeepSpeed takes seconds to import, and `mometas-pretrain --help` reads this module.
                     from deepspeed.runtime.zero.partition_parameters import register_external_parameter
 
                     register_external_parameter(head, tied)
@@ -92,8 +92,6 @@ class MultiObjectiveBert(nn.Module):
         masked_lm, info = BertForMaskedLM.from_pretrained(path, attn_implementation="sdpa", output_loading_info=True)
         missing_encoder = sorted(key for key in info["missing_keys"] if key.startswith("bert."))
         if missing_encoder:
-            from .config import ConfigError  # config imports this module
-
             raise ConfigError(
                 f"--model_name_or_path {path}: {len(missing_encoder)} encoder weight(s) are not in the checkpoint "
                 f"(e.g. {missing_encoder[0]}), so they would start random; is it a BERT checkpoint with HF's names?"

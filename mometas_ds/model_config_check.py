@@ -11,7 +11,7 @@ import functools
 import inspect
 from typing import Dict
 
-from .config import ConfigError
+from .errors import ConfigError
 from .ds_config_check import (
     BOOL, NON_NEGATIVE, NUMBER, POSITIVE_INT, STRING, Check, _is_int, _is_number, suggestion,
 )

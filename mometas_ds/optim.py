@@ -33,7 +33,8 @@ class Lamb(torch.optim.Optimizer):
     """
 
     def __init__(self, params: Iterable, lr: float = 1e-3, betas=(0.9, 0.999), eps: float = 1e-6,
-                 weight_decay: float = 0.0, max_coeff: float = 10.0, min_coeff: float = 0.01, bias_correction: bool = True):
+                 weight_decay: float = 0.0, max_coeff: float = 10.0, min_coeff: float = 0.01,
+                 bias_correction: bool = True):
         if lr <= 0:
             raise ValueError(f"Lamb lr must be > 0, got {lr}")
         defaults = dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay,

@@ -17,13 +17,14 @@ def main(argv=None) -> int:
 
 def _main(argv=None) -> int:
     cfg = parse_args(argv)
+    # After the flags are parsed: these import DeepSpeed and HF datasets (seconds), which --help does not need.
     from mometas_ds.checkpoint import CheckpointError
-    from mometas_ds.data import DataError
+    from mometas_ds.config import DataError, preflight
     from mometas_ds.stop_signals import ignore_from_now
     from mometas_ds.trainer import NonFiniteLossError, Trainer
 
     try:
-        trainer = Trainer(cfg)
+        trainer = Trainer(cfg, preflight(cfg))  # every check, once, before the trainer builds anything
     except (ConfigError, DataError) as exc:
         print(f"mometas-pretrain: error: {exc}", file=sys.stderr)
         _destroy_process_group()
@@ -65,7 +66,7 @@ def _main(argv=None) -> int:
 def _destroy_process_group() -> None:
     # Gloo's threads outliving the interpreter abort the process at exit now and then
     # (SIGABRT, "terminate called without an active exception"): destroy the group first.
-    import torch.distributed as dist
+    import torch.distributed as dist  # heavy (torch): see main
 
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()

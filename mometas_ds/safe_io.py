@@ -20,7 +20,7 @@ import shutil
 import socket
 from typing import Callable, List, Optional
 
-from .config import ConfigError
+from .errors import ConfigError
 
 # errno values that mean "this place cannot take the write", as opposed to a bug.
 DISK_ERRNOS = {errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota is exceeded",

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import os
 import re
-from typing import Iterable, Iterator
+from collections import Counter
+from typing import Dict, Iterable, Iterator, Tuple
 
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 from transformers import AutoTokenizer, BertTokenizerFast, PreTrainedTokenizerBase, PreTrainedTokenizerFast
@@ -36,22 +37,39 @@ def train_wordpiece_tokenizer(
     distinct characters than that (WordPiece always keeps every character).
     """
     if isinstance(vocab_size, bool) or not isinstance(vocab_size, int) or vocab_size < len(SPECIAL_TOKENS) + 5:
-        raise ValueError(f"--train_tokenizer: vocab_size must be an int >= {len(SPECIAL_TOKENS) + 5}, got {vocab_size!r}")
+        raise ValueError(
+            f"--train_tokenizer: vocab_size must be an int >= {len(SPECIAL_TOKENS) + 5}, got {vocab_size!r}")
     if isinstance(texts, str):
         raise ValueError("texts must be an iterable of documents, not a single string")
 
-    counted = _CountingIterator(texts)
-    tokenizer = Tokenizer(models.WordPiece(unk_token="[UNK]", max_input_chars_per_word=100))
-    tokenizer.normalizer = normalizers.BertNormalizer(lowercase=lowercase)
-    tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    tokenizer.decoder = decoders.WordPiece(prefix="##")
+    normalizer = normalizers.BertNormalizer(lowercase=lowercase)
+    pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    word_counts, num_texts = _count_words(texts, normalizer, pre_tokenizer)
+    if num_texts == 0:
+        raise DataError("cannot train a tokenizer: the corpus yielded no text (check --train_files and --text_field)")
+
+    # HF's trainer numbers the "##c" continuation pieces in hash-map order (a new order in every process) and
+    # breaks ties between equally frequent pairs by the smaller ids, so both the ids and the merges it picks
+    # change from run to run. Registering the characters and then every "##c" up front, each sorted by code
+    # point, gives the layout HF would give with a sorted map and fixes the whole training; the tokenizer is
+    # then rebuilt from the trained vocabulary so that only the five special tokens are added tokens.
+    characters = sorted({c for word in word_counts for c in word})
+    continuations = sorted({"##" + c for word in word_counts for c in word[1:]})
     trainer = trainers.WordPieceTrainer(
-        vocab_size=vocab_size, min_frequency=min_frequency, special_tokens=list(SPECIAL_TOKENS),
+        vocab_size=vocab_size, min_frequency=min_frequency,
+        special_tokens=list(SPECIAL_TOKENS) + characters + continuations,
         continuing_subword_prefix="##", show_progress=False,
     )
-    tokenizer.train_from_iterator(counted, trainer=trainer)
-    if counted.count == 0:
-        raise DataError("cannot train a tokenizer: the corpus yielded no text (check --train_files and --text_field)")
+    counter = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+    counter.pre_tokenizer = pre_tokenizers.WhitespaceSplit()  # the words are already normalized and split
+    counter.train_from_iterator(_replay_words(word_counts), trainer=trainer)
+    vocab = counter.get_vocab(with_added_tokens=False)
+
+    tokenizer = Tokenizer(models.WordPiece(vocab=vocab, unk_token="[UNK]", max_input_chars_per_word=100))
+    tokenizer.normalizer = normalizer
+    tokenizer.pre_tokenizer = pre_tokenizer
+    tokenizer.decoder = decoders.WordPiece(prefix="##")
+    tokenizer.add_special_tokens(list(SPECIAL_TOKENS))
 
     cls_id, sep_id = tokenizer.token_to_id("[CLS]"), tokenizer.token_to_id("[SEP]")
     tokenizer.post_processor = processors.TemplateProcessing(
@@ -109,31 +127,52 @@ def special_tokens_of(tokenizer: PreTrainedTokenizerBase, flag: str = "--tokeniz
     """The ``SpecialTokens`` the objectives need, read from ``tokenizer``; ``vocab_size`` is ``len(tokenizer)``.
 
     Its ``reserved_ids`` (never drawn as random tokens) are unk, every other special or added token, and
-    ``[unusedN]`` placeholders: a random replacement or insertion should be a real word piece."""
+    ``[unusedN]`` placeholders: a random replacement or insertion should be a real word piece.
+    Its ``continuation_ids`` (whole-word masking) are the vocabulary's continuation pieces: tokens that
+    start with the WordPiece model's continuing-subword prefix ("##" unless the model says otherwise)."""
     from mometas_ds.objectives.base import SpecialTokens
 
     vocab_size = len(tokenizer)
+    vocab = tokenizer.get_vocab()
     reserved = set(tokenizer.all_special_ids) | set(getattr(tokenizer, "added_tokens_decoder", None) or {})
-    reserved.update(i for token, i in tokenizer.get_vocab().items() if _UNUSED_TOKEN.fullmatch(token))
+    reserved.update(i for token, i in vocab.items() if _UNUSED_TOKEN.fullmatch(token))
+    prefix = continuation_prefix_of(tokenizer)
+    continuation = [i for token, i in vocab.items() if token.startswith(prefix) and len(token) > len(prefix)]
     ids = {f"{role}_id": required_token_id(tokenizer, role, flag) for role in ("pad", "cls", "sep", "mask")}
+
+    def in_range(found):
+        return tuple(i for i in found if isinstance(i, int) and 0 <= i < vocab_size)
+
     try:
-        return SpecialTokens(**ids, vocab_size=vocab_size,
-                             reserved_ids=tuple(i for i in reserved if isinstance(i, int) and 0 <= i < vocab_size))
+        return SpecialTokens(**ids, vocab_size=vocab_size, reserved_ids=in_range(reserved),
+                             continuation_ids=in_range(continuation))
     except ValueError as err:  # e.g. pad and sep share an id: the tokenizer is unusable, not the code
         raise ConfigError(f"{flag}: {err}") from err
 
 
-class _CountingIterator:
-    """Wraps an iterable of texts, counting what it yields (to detect an empty corpus)."""
+def continuation_prefix_of(tokenizer: PreTrainedTokenizerBase) -> str:
+    """The prefix that marks a word piece continuing a word: the WordPiece model's own, else "##"."""
+    model = getattr(getattr(tokenizer, "backend_tokenizer", None), "model", None)
+    prefix = getattr(model, "continuing_subword_prefix", None)
+    return prefix if isinstance(prefix, str) and prefix else "##"
 
-    def __init__(self, texts: Iterable[str]):
-        self._texts: Iterator[str] = iter(texts)
-        self.count = 0
 
-    def __iter__(self):
-        return self
+def _count_words(texts: Iterable[str], normalizer, pre_tokenizer) -> Tuple[Dict[str, int], int]:
+    """How often each word occurs, as the trainer would count them (normalized, then pre-tokenized), and the
+    number of texts read: one pass, so a generator over the corpus files works."""
+    counts: Counter = Counter()
+    num_texts = 0
+    for text in texts:
+        num_texts += 1
+        counts.update(word for word, _ in pre_tokenizer.pre_tokenize_str(normalizer.normalize_str(text)))
+    return dict(counts), num_texts
 
-    def __next__(self) -> str:
-        text = next(self._texts)
-        self.count += 1
-        return text
+
+def _replay_words(word_counts: Dict[str, int], chunk: int = 1024) -> Iterator[str]:
+    """Each word ``count`` times, space-separated, in sorted order; at most ``chunk`` copies per string."""
+    for word in sorted(word_counts):
+        count = word_counts[word]
+        while count > 0:
+            n = min(count, chunk)
+            yield " ".join([word] * n)
+            count -= n

@@ -1,6 +1,19 @@
+"""Shared fixtures. Markers (pytest.ini): `integration` for tests that start pre-training processes, launchers, SLURM
+or builds; everything else is a unit test (`make test-fast` runs those). Helpers: tests/pretrain_helpers.py (corpus,
+tokenizer, run a pre-training process), tests/slurm_cluster.py (a live one-node SLURM). See docs/development.md."""
 import os
 
 import pytest
+
+
+@pytest.fixture(scope="module")
+def assets(tmp_path_factory):
+    """A generated corpus and a WordPiece tokenizer trained on it, one per test module (a module may override it)."""
+    from tests.pretrain_helpers import make_corpus_and_tokenizer
+
+    root = str(tmp_path_factory.mktemp("pretrain_assets"))
+    corpus, tokenizer_dir = make_corpus_and_tokenizer(root)
+    return {"root": root, "corpus": corpus, "tokenizer": tokenizer_dir, "cache": os.path.join(root, "cache")}
 
 
 @pytest.fixture(scope="session")
@@ -23,3 +36,12 @@ def slurm_cluster(tmp_path_factory):
             os.environ.pop("SLURM_CONF", None)
         else:
             os.environ["SLURM_CONF"] = previous
+
+
+def pytest_collection_modifyitems(config, items):
+    """A test that starts the live SLURM is an integration test: refuse to collect one that is not marked so."""
+    unmarked = [item.nodeid for item in items if "slurm_cluster" in getattr(item, "fixturenames", ())
+                and item.get_closest_marker("integration") is None]
+    if unmarked:
+        raise pytest.UsageError("tests using the slurm_cluster fixture must be marked @pytest.mark.integration: "
+                                + ", ".join(unmarked))

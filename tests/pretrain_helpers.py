@@ -68,3 +68,12 @@ def read_jsonl(path: str) -> List[dict]:
 def read_trace(output_dir: str, rank: int) -> List[str]:
     with open(os.path.join(output_dir, "trace", f"rank{rank}.txt"), encoding="utf-8") as f:
         return f.read().split()
+
+
+OBJECTIVES = ["mlm", "gmlm", "atd", "dtd", "cse"]
+
+
+def assert_ok(result: subprocess.CompletedProcess) -> None:
+    """A run exited 0; otherwise fail showing the end of its output."""
+    assert result.returncode == 0, \
+        f"exit {result.returncode}\nSTDOUT:\n{result.stdout[-3000:]}\nSTDERR:\n{result.stderr[-6000:]}"

@@ -202,7 +202,8 @@ PartitionName=debug Nodes={self.hostname} Default=YES MaxTime=INFINITE State=UP
 
     def _controller_up(self) -> bool:
         self._check_alive()
-        return subprocess.run(["scontrol", "ping"], env=self.env(), capture_output=True, text=True).stdout.count("UP") > 0
+        ping = subprocess.run(["scontrol", "ping"], env=self.env(), capture_output=True, text=True)
+        return ping.stdout.count("UP") > 0
 
     def _node_idle(self) -> bool:
         self._check_alive()
@@ -243,7 +244,8 @@ PartitionName=debug Nodes={self.hostname} Default=YES MaxTime=INFINITE State=UP
 
     def wait(self, job_id: str, timeout_s: float = 300) -> JobResult:
         """Polls squeue until the job leaves the queue, then reads State/ExitCode from `sacct -c`."""
-        active = {"PENDING", "CONFIGURING", "RUNNING", "COMPLETING", "SUSPENDED", "REQUEUED", "RESIZING", "SIGNALING", "STAGE_OUT"}
+        active = {"PENDING", "CONFIGURING", "RUNNING", "COMPLETING", "SUSPENDED", "REQUEUED", "RESIZING", "SIGNALING",
+                  "STAGE_OUT"}
         try:
             _wait_for(lambda: self.job_state(job_id) not in active, timeout_s, f"job {job_id} to finish",
                       self.root / "log" / "slurmctld.log")

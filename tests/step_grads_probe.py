@@ -34,7 +34,8 @@ def main() -> None:
             for head_name, head in trainer.model.heads.items():
                 grads = [safe_get_full_grad(p) for p in head.parameters() if p.requires_grad]
                 norms[head_name] = float(torch.linalg.vector_norm(
-                    torch.stack([torch.linalg.vector_norm(g.float()) for g in grads if g is not None] or [torch.zeros(())])))
+                    torch.stack([torch.linalg.vector_norm(g.float()) for g in grads if g is not None]
+                                or [torch.zeros(())])))
             name = last["objective"]
             records.append({"objective": name, "head": trainer.objectives[name].head_name, "head_grad_norms": norms})
         return step(*a, **k)

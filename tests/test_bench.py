@@ -37,6 +37,7 @@ def _finite(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
+@pytest.mark.integration
 def test_json_has_every_field(result):
     for key in ("benchmark", "date", "command", "machine", "config", "arms", "overhead_pct", "overhead_pct_rounds",
                 "raw_overhead_pct", "draw_agreement", "train_step_s", "breakdown", "num_objectives",
@@ -62,6 +63,7 @@ def test_json_has_every_field(result):
         assert _finite(result["breakdown"][key]), key
 
 
+@pytest.mark.integration
 def test_overhead_figures_are_finite_numbers(result):
     for key in ("overhead_pct", "raw_overhead_pct", "predicted_overhead_pct", "train_step_s",
                 "forward_s_per_meta_sequence", "draw_agreement"):
@@ -73,6 +75,7 @@ def test_overhead_figures_are_finite_numbers(result):
         assert _finite(arm["samples_per_s"]) and arm["samples_per_s"] > 0
 
 
+@pytest.mark.integration
 def test_predicted_overhead_follows_from_the_measured_costs(result):
     c = result["config"]
     assert result["meta_sequences_per_rank"] == c["meta_batch_size"] // c["ranks"] == 4
@@ -99,6 +102,7 @@ def test_predicted_overhead_follows_from_the_measured_costs(result):
     assert result["probe_rows_per_forward"] == min(c["micro_batch"], result["meta_sequences_per_rank"]) == 2
 
 
+@pytest.mark.integration
 def test_arms_ran_what_they_claim(result):
     c = result["config"]
     steps = c["rounds"] * c["block_steps"]
@@ -130,3 +134,22 @@ def test_bad_flags_stop_with_a_message_naming_the_flag(flags, field, capsys):
 
     assert main(flags) == 2
     assert field in capsys.readouterr().err
+
+
+def test_an_unwritable_json_path_stops_before_the_benchmark_runs(tmp_path, capsys, monkeypatch):
+    import mometas_ds.bench.command as command
+
+    def no_bench(cfg):
+        raise AssertionError("the benchmark started although --json cannot be written")
+
+    monkeypatch.setattr(command, "Bench", no_bench)
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a directory")
+    for path in (blocker / "bench.json", tmp_path):  # a directory below a file; a directory itself
+        assert command.main([*TINY_RUN, "--json", str(path)]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("mometas-bench: error: --json: cannot write ") and str(path) in err
+    good = tmp_path / "new" / "bench.json"
+    monkeypatch.setattr(command, "Bench", lambda cfg: (_ for _ in ()).throw(command.BenchError("--ranks: stop here")))
+    assert command.main([*TINY_RUN, "--json", str(good)]) == 2  # got past the check to the benchmark's set-up
+    assert "--ranks: stop here" in capsys.readouterr().err and not good.exists()

@@ -66,6 +66,7 @@ def checkpoint_tag(output_dir: Path) -> str:
     return tag
 
 
+@pytest.mark.integration
 def test_sbatch_large_script_two_tasks(slurm_cluster, corpus, tmp_path):
     out, log = tmp_path / "run", tmp_path / "job.log"
     job = slurm_cluster.sbatch([*TINY_JOB, f"--output={log}", str(LARGE_SCRIPT)],
@@ -83,6 +84,7 @@ def test_sbatch_large_script_two_tasks(slurm_cluster, corpus, tmp_path):
     assert "requeueing" not in text
 
 
+@pytest.mark.integration
 def test_usr1_saves_and_resubmit_resumes(slurm_cluster, corpus, tmp_path):
     out, log1, log2 = tmp_path / "run", tmp_path / "job1.log", tmp_path / "job2.log"
     env = script_env(corpus, out, max_steps=5000)  # far more than runs before the signal
@@ -121,6 +123,7 @@ def test_usr1_saves_and_resubmit_resumes(slurm_cluster, corpus, tmp_path):
     assert_ranks_agree(out, stop_step + 4)
 
 
+@pytest.mark.integration
 def test_mpirun_two_ranks_pretrain(corpus, tmp_path):
     assert shutil.which("mpirun"), "mpirun missing: run .ci/install_system_deps.sh"
     out = tmp_path / "run"
@@ -139,6 +142,7 @@ def test_mpirun_two_ranks_pretrain(corpus, tmp_path):
     assert checkpoint_tag(out) == "step6"
 
 
+@pytest.mark.integration
 def test_deepspeed_launcher_slurm_runner_with_hostfile(slurm_cluster, corpus, tmp_path):
     """`deepspeed --hostfile H --launcher slurm` inside an allocation: DeepSpeed's SlurmRunner runs
     `srun -n <slots> python -u SCRIPT ...`, so mometas_ds sees srun tasks. That runner ignores --module
@@ -204,7 +208,8 @@ def test_script_builds_pretrain_command(script, ds_config, model, tmp_path):
     assert len(calls) == 1
     words = calls[0].split()
     # Slurm 22.05-23.02's srun does not inherit sbatch's --cpus-per-task: the script passes it on.
-    assert words[:7] == ["srun", "--kill-on-bad-exit=1", "--cpus-per-task=6", "python", "-u", "-m", "mometas_ds.pretrain"]
+    assert words[:7] == ["srun", "--kill-on-bad-exit=1", "--cpus-per-task=6", "python", "-u", "-m",
+                         "mometas_ds.pretrain"]
     flags = " ".join(words[7:])
     assert f"--deepspeed_config {ds_config} " in flags
     assert f"--model_config {model} " in flags

@@ -54,8 +54,8 @@ def test_shuffle_head_trains_on_a_tiny_bert(example):
 
 
 def readme_template():
-    """The custom objective template of README.md's "Your own objective" section."""
-    section = (EXAMPLE.parents[1] / "README.md").read_text().split("### Your own objective", 1)[1]
+    """The custom objective template of docs/objectives.md's "Your own objective" section."""
+    section = (EXAMPLE.parents[1] / "docs" / "objectives.md").read_text().split("## Your own objective", 1)[1]
     return section.split("```python", 1)[1].split("```", 1)[0]
 
 
@@ -73,6 +73,7 @@ def test_heads_give_a_finite_zero_loss_without_a_labelled_token(example):
         loss.backward()
 
 
+@pytest.mark.integration
 def test_user_objective_through_pre_training(tmp_path):
     """`--user_modules FILE --objectives ...,shuffle`: the user's file is imported and its objective trained."""
     from tests.pretrain_helpers import make_corpus_and_tokenizer, pretrain_args, read_jsonl, read_trace, run_pretrain
@@ -93,7 +94,8 @@ def test_unknown_objective_without_its_module_names_the_flag(tmp_path, capsys):
     from mometas_ds.pretrain import main
 
     args = ["--deepspeed_config", "ds_configs/cpu_demo.json", "--train_files", "x.jsonl", "--model_config", "tiny",
-            "--train_tokenizer", "100", "--output_dir", str(tmp_path / "o"), "--objectives", "mlm,not_registered_anywhere"]
+            "--train_tokenizer", "100", "--output_dir", str(tmp_path / "o"),
+            "--objectives", "mlm,not_registered_anywhere"]
     assert main(args) == 2
     assert "--objectives" in capsys.readouterr().err
     bad = tmp_path / "broken.py"

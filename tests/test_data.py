@@ -150,7 +150,7 @@ def test_globs_expand_sorted_and_unmatched_globs_count_as_missing(tmp_path, toke
 
 
 def test_dangling_symlinks_and_vanished_files_count_as_missing(tmp_path, tokenizer, monkeypatch):
-    import mometas_ds.data as data
+    import mometas_ds.data.readers as readers
 
     write_jsonl(tmp_path / "a.jsonl", [{"text": DOCS[0]}])
     os.symlink(tmp_path / "gone.jsonl", tmp_path / "b.jsonl")  # matched by the glob, points nowhere
@@ -160,9 +160,9 @@ def test_dangling_symlinks_and_vanished_files_count_as_missing(tmp_path, tokeniz
     assert inner_tokens(prepared.train, tokenizer) == token_ids(tokenizer, DOCS[0])
 
     # A file that the glob found but that is gone when the cache key and the reader look at it.
-    real_resolve = data.resolve_files
+    real_resolve = readers.resolve_files
     vanished = str(tmp_path / "vanished.jsonl")
-    monkeypatch.setattr(data, "resolve_files", lambda files: (real_resolve(files)[0] + [vanished], []))
+    monkeypatch.setattr(readers, "resolve_files", lambda files: (real_resolve(files)[0] + [vanished], []))
     prepared = prepare(tmp_path, tokenizer, [tmp_path / "a.jsonl"], cache_dir=str(tmp_path / "cache2"))
     assert prepared.report.skipped == {"missing_file": 1}
     assert prepared.report.examples["missing_file"] == [f"{vanished}: no such file"]

@@ -64,7 +64,8 @@ class TwoRanks:
         while not condition():
             for rank, proc in enumerate(self.procs):
                 if proc.poll() is not None:
-                    pytest.fail(f"rank {rank} exited ({proc.returncode}) while waiting for {what}:\n{self.log(rank)[-4000:]}")
+                    pytest.fail(f"rank {rank} exited ({proc.returncode}) while waiting for {what}:\n"
+                                f"{self.log(rank)[-4000:]}")
             if time.monotonic() > deadline:
                 pytest.fail(f"timed out waiting for {what}:\n{self.log(0)[-3000:]}")
             time.sleep(0.05)
@@ -145,6 +146,7 @@ def _assert_equals_reference(out, reference):
     assert os.path.isfile(os.path.join(out, "hf_model", "config.json"))
 
 
+@pytest.mark.integration
 def test_killed_dead_and_hung_ranks_cost_only_the_steps_since_the_last_checkpoint(assets, reference, runs, tmp_path):
     out = str(tmp_path / "run")
 
@@ -174,7 +176,8 @@ def test_killed_dead_and_hung_ranks_cost_only_the_steps_since_the_last_checkpoin
     # Rank 0's data preparation takes longer than that (20 s): waiting for it is not bound by that timeout.
     hang_at = _step_of(resume_from) + 2
     run = runs(assets, out, extra=["--resume", "--dist_timeout_minutes", "0.25"],
-               faults=({"MOMETAS_FAULT_SLEEP_IN_SETUP": "20"}, {"MOMETAS_FAULT_HANG_AT_STEP": str(hang_at)}), tag="hang")
+               faults=({"MOMETAS_FAULT_SLEEP_IN_SETUP": "20"}, {"MOMETAS_FAULT_HANG_AT_STEP": str(hang_at)}),
+               tag="hang")
     codes = [run.procs[0].wait(timeout=180), run.procs[1].poll()]
     assert codes[1] is None, "rank 1 is still hanging"
     assert codes[0] != 0
@@ -200,6 +203,7 @@ def _assert_prefix_equals_reference(out, reference, steps):
         assert read_trace(out, rank) == read_trace(reference, 0)[:steps]
 
 
+@pytest.mark.integration
 def test_failed_save_then_graceful_stops_on_one_and_on_every_rank(assets, reference, runs, tmp_path):
     out = str(tmp_path / "run")
     checkpoints = os.path.join(out, "checkpoints")
@@ -215,7 +219,8 @@ def test_failed_save_then_graceful_stops_on_one_and_on_every_rank(assets, refere
     for rank in range(2):
         log = run.log(rank)
         assert f"saving checkpoint {os.path.join(checkpoints, 'step8')} failed" in log, log[-3000:]
-        assert f"rank 1: writing {os.path.join(checkpoints, 'step8', 'zero_pp_rank_1_mp_rank_00_optim_states.pt')}" in log
+        shard = os.path.join(checkpoints, 'step8', 'zero_pp_rank_1_mp_rank_00_optim_states.pt')
+        assert f"rank 1: writing {shard}" in log
         assert f"{os.path.join(checkpoints, 'step4')}, is intact" in log
     assert _latest(out) == "step4" and not ckpt.is_complete(checkpoints, "step8")
 
@@ -246,6 +251,7 @@ def test_failed_save_then_graceful_stops_on_one_and_on_every_rank(assets, refere
     _assert_prefix_equals_reference(out, reference, second_stop)
 
 
+@pytest.mark.integration
 def test_non_finite_losses_and_gradients_are_skipped_on_every_rank_then_stop_the_run(assets, runs, tmp_path):
     out = str(tmp_path / "run")
     # Rank 1's loss is NaN at micro-steps 5 and 6, then from 13 on; rank 0's gradients at micro-step 9.
@@ -297,6 +303,7 @@ def test_output_dir_that_cannot_be_written_stops_before_training(assets, tmp_pat
     assert not dist.is_initialized(), "detected before any process group or work"
 
 
+@pytest.mark.integration
 @pytest.mark.skipif(not torch.cuda.is_available(),
                     reason="DeepSpeed refuses fp16 on this CPU (no mkldnn fp16): GPU only")
 def test_fp16_loss_scaler_skips_are_not_counted_as_faults(assets, tmp_path, monkeypatch):

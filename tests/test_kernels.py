@@ -107,7 +107,8 @@ def case_id(shape, dtype, *rest):
 
 
 FUSED_CASES = [
-    pytest.param(shape, dtype, reduction, with_bias, id=case_id(shape, dtype, reduction, "bias" if with_bias else "nobias"))
+    pytest.param(shape, dtype, reduction, with_bias,
+                 id=case_id(shape, dtype, reduction, "bias" if with_bias else "nobias"))
     for shape in FUSED_SHAPES
     for dtype in (torch.float32, torch.bfloat16)
     for reduction, with_bias in (("mean", True), ("sum", False))
@@ -325,7 +326,8 @@ def test_triton_kernels_compile_for_a_gpu():
     kernels to sm_90 machine code (Triton ships ptxas; no GPU is needed), in a fresh process
     because this module's kernels were defined for the interpreter."""
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    done = subprocess.run([sys.executable, "-c", COMPILE_FOR_HOPPER], env=env, capture_output=True, text=True, timeout=300)
+    done = subprocess.run([sys.executable, "-c", COMPILE_FOR_HOPPER], env=env, capture_output=True, text=True,
+                          timeout=300)
     assert done.returncode == 0 and "compiled" in done.stdout, done.stderr[-3000:]
 
 
@@ -497,7 +499,10 @@ def test_double_backward_raises_instead_of_dropping_the_second_order_terms(backe
     skip_unrunnable(backend, "cpu")
     h, w, b, t = make_head_inputs(4, 31, 8, torch.float32, "cpu")
     h.requires_grad_(True)
-    loss = fused_linear_cross_entropy(h, w, t, b, backend=backend) if fused else cross_entropy(h @ w.t(), t, backend=backend)
+    if fused:
+        loss = fused_linear_cross_entropy(h, w, t, b, backend=backend)
+    else:
+        loss = cross_entropy(h @ w.t(), t, backend=backend)
     # A gradient penalty: the reference would differentiate d(loss)/dh again; the kernels cannot.
     with pytest.raises(RuntimeError, match="create_graph=True"):
         torch.autograd.grad(loss, h, create_graph=True)

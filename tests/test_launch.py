@@ -118,6 +118,7 @@ def allreduce_script(tmp_path):
     return path
 
 
+@pytest.mark.integration
 def test_single_process_without_launcher(allreduce_script):
     proc = subprocess.run([sys.executable, str(allreduce_script)], env=clean_env(), capture_output=True,
                           text=True, timeout=300)
@@ -126,6 +127,7 @@ def test_single_process_without_launcher(allreduce_script):
     assert "launcher=single world_size=1" in proc.stderr  # logged once, by rank 0
 
 
+@pytest.mark.integration
 def test_mpirun_two_ranks_allreduce(allreduce_script):
     assert shutil.which("mpirun"), "mpirun missing: run .ci/install_system_deps.sh"
     cmd = ["mpirun", "--allow-run-as-root", "--oversubscribe", "-np", "2", sys.executable, str(allreduce_script)]
@@ -139,6 +141,7 @@ def test_mpirun_two_ranks_allreduce(allreduce_script):
     assert proc.stderr.count("launcher=mpirun world_size=2") == 1
 
 
+@pytest.mark.integration
 def test_srun_two_tasks_allreduce(slurm_cluster, allreduce_script, tmp_path):
     job = tmp_path / "job.sh"
     job.write_text(textwrap.dedent(f"""\

@@ -550,21 +550,20 @@ def test_cse_needs_two_input_rows():
 
 
 def test_cse_meta_forward_keeps_dropout_on_its_own_random_stream():
-    from types import SimpleNamespace
-
+    from mometas_ds.meta_validation import MetaValidation
     from mometas_ds.model import MultiObjectiveBert
-    from mometas_ds.trainer import Trainer
 
     torch.manual_seed(93)
     model = MultiObjectiveBert.from_config(tiny_config(), {"cse": build_objective("cse", SPECIAL)}).eval()
     ids, mask = make_batch(torch.Generator().manual_seed(94), 4, 10)
     batch = corrupt("cse", ids, mask)
-    trainer = SimpleNamespace(engine=model, device=torch.device("cpu"))
+    meta = MetaValidation(model, {"cse": build_objective("cse", SPECIAL)}, meta_rows={}, corrupt=None,
+                          device=torch.device("cpu"), seed=0, meta_batch_size=4, micro_batch=4)
     rng_before = torch.get_rng_state()
     with torch.no_grad():
-        first = Trainer._forward_with_dropout(trainer, batch, "cse", seed=5)
-        again = Trainer._forward_with_dropout(trainer, batch, "cse", seed=5)
-        other_seed = Trainer._forward_with_dropout(trainer, batch, "cse", seed=6)
+        first = meta.forward_with_dropout(batch, "cse", seed=5)
+        again = meta.forward_with_dropout(batch, "cse", seed=5)
+        other_seed = meta.forward_with_dropout(batch, "cse", seed=6)
         eval_loss = model(batch, "cse")["loss"]
     assert torch.equal(torch.get_rng_state(), rng_before), "training's random stream moved"
     assert not model.training, "the model goes back to eval mode"
@@ -573,7 +572,7 @@ def test_cse_meta_forward_keeps_dropout_on_its_own_random_stream():
 
 
 def test_meta_chunks_never_leave_a_chunk_below_the_objective_minimum():
-    from mometas_ds.trainer import meta_chunks
+    from mometas_ds.meta_validation import meta_chunks
 
     rows = torch.arange(7)
     assert [c.tolist() for c in meta_chunks(rows, 3, 2)] == [[0, 1, 2], [3, 4, 5, 6]]

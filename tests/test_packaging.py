@@ -7,6 +7,10 @@ import subprocess
 import sys
 import zipfile
 
+import pytest
+
+pytestmark = pytest.mark.integration  # builds a wheel with pip
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -27,7 +31,8 @@ def _build_wheel(tmp_path) -> str:
 def test_wheel_ships_the_deepspeed_configs_the_defaults_use(tmp_path):
     wheel = _build_wheel(tmp_path)
     shipped = {name for name in zipfile.ZipFile(wheel).namelist() if name.startswith("mometas_ds/ds_configs/")}
-    expected = {"mometas_ds/ds_configs/" + os.path.basename(p) for p in glob.glob(os.path.join(REPO, "ds_configs", "*.json"))}
+    expected = {"mometas_ds/ds_configs/" + os.path.basename(p)
+                for p in glob.glob(os.path.join(REPO, "ds_configs", "*.json"))}
     assert expected and shipped == expected
 
     site = tmp_path / "site"

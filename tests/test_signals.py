@@ -107,8 +107,9 @@ def test_ctrl_c_saves_and_exits_0_a_second_one_exits_at_once_and_resume_continue
     stop = len(read_jsonl(os.path.join(out, "metrics.jsonl")))
     assert SAVE_STEPS + 2 <= stop < MAX_STEPS
     assert f"stopped at step {stop} (signal)" in log
-    assert (f"mometas-pretrain: stopped by SIGINT at step {stop}: checkpoint {os.path.join(checkpoints, f'step{stop}')} "
-            "saved; continue with --resume") in log
+    saved = os.path.join(checkpoints, f"step{stop}")
+    line = f"mometas-pretrain: stopped by SIGINT at step {stop}: checkpoint {saved} saved; continue with --resume"
+    assert line in log
     assert ckpt.latest_complete_tag(checkpoints) == f"step{stop}" and ckpt.is_complete(checkpoints, f"step{stop}")
 
     # 2. The resume continues from there; a second Ctrl-C while a step is held exits at once (130)

@@ -30,7 +30,7 @@ from mometas_ds.kernels import cross_entropy_torch
 from mometas_ds.kernels.chunked_cross_entropy import REDUCTIONS, CrossEntropyFunction, cross_entropy_chunked
 from mometas_ds.kernels.fused_linear_ce import FusedLinearCrossEntropyFunction, linear_cross_entropy_chunked
 
-__all__ = ["cross_entropy", "fused_linear_cross_entropy"]
+__all__ = ["cross_entropy", "fused_linear_cross_entropy", "resolve_backend"]
 
 logger = logging.getLogger(__name__)
 
@@ -55,7 +55,7 @@ def _triton_module_for(device: torch.device) -> Optional[ModuleType]:
     return module
 
 
-def _resolve_backend(backend: str, device: torch.device) -> ModuleType:
+def resolve_backend(backend: str, device: torch.device) -> ModuleType:
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     if backend == "torch":
@@ -109,7 +109,7 @@ def cross_entropy(logits, target, ignore_index=-100, reduction="mean", backend="
         raise ValueError(f"logits shape {tuple(logits.shape)} has no classes")
     if target.device != logits.device:
         raise ValueError(f"target is on {target.device} but logits on {logits.device}")
-    module = _resolve_backend(backend, logits.device)
+    module = resolve_backend(backend, logits.device)
     logits_2d = logits.reshape(-1, logits.shape[-1])
     if logits_2d.stride(-1) != 1:
         logits_2d = logits_2d.contiguous()
@@ -146,7 +146,7 @@ def fused_linear_cross_entropy(hidden, weight, target, bias=None, ignore_index=-
         if tensor is not None and tensor.device != hidden.device:
             raise ValueError(f"{name} is on {tensor.device} but hidden on {hidden.device}")
 
-    module = _resolve_backend(backend, hidden.device)
+    module = resolve_backend(backend, hidden.device)
     hidden_2d = hidden.reshape(-1, hidden.shape[-1])
     target_1d = target.reshape(-1).long()
     needs_grad = any(t is not None and t.requires_grad for t in (hidden, weight, bias))

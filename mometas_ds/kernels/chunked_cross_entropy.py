@@ -44,7 +44,8 @@ def count_valid_targets(target: torch.Tensor, n_classes: int, ignore_index: int)
     out_of_range = valid & ((target < 0) | (target >= n_classes))
     if target.device.type == "cuda":
         torch._assert_async(
-            ~out_of_range.any(), f"target holds value(s) outside [0, {n_classes}) that are not ignore_index={ignore_index}"
+            ~out_of_range.any(),
+            f"target holds value(s) outside [0, {n_classes}) that are not ignore_index={ignore_index}",
         )
     elif out_of_range.any():
         bad = target[out_of_range]

@@ -5,7 +5,6 @@ non-ignored targets with 0 (not NaN) when all are ignored.
 """
 from __future__ import annotations
 
-import torch
 import torch.nn.functional as F
 
 

@@ -29,8 +29,13 @@ class SpecialTokens:
     # Further ids that random replacements and insertions never draw: unk, other special or added
     # tokens, BERT's [unusedN] placeholders (``special_tokens_of`` reads them from the tokenizer).
     reserved_ids: Tuple[int, ...] = field(default=(), repr=False)
+    # Ids of WordPiece continuation pieces ("##ing"): whole-word masking joins each to the piece before it.
+    # Never a special or reserved id (``special_tokens_of`` reads them from the tokenizer's vocabulary).
+    continuation_ids: Tuple[int, ...] = field(default=(), repr=False)
     # device -> table of the ids random draws pick from; built once (the draw is in the corruption hot path).
     _id_tables: dict = field(default_factory=dict, init=False, repr=False, compare=False)
+    # device -> bool [vocab_size] table, True at the continuation ids; built once per device.
+    _continuation_tables: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def __post_init__(self):
         if not isinstance(self.vocab_size, int) or self.vocab_size < 5:
@@ -49,6 +54,13 @@ class SpecialTokens:
         if len(reserved) + len(ids) >= self.vocab_size:
             raise ValueError("SpecialTokens: no ordinary token id is left outside the special and reserved ids")
         object.__setattr__(self, "reserved_ids", reserved)  # canonical, so equal sets compare and hash equal
+        if not all(isinstance(i, int) and 0 <= i < self.vocab_size for i in self.continuation_ids):
+            raise ValueError(
+                f"SpecialTokens.continuation_ids must be token ids in [0, vocab_size={self.vocab_size})"
+            )
+        # A special or reserved token is never a continuation piece.
+        continuation = tuple(sorted(set(self.continuation_ids) - set(self.ids) - set(reserved)))
+        object.__setattr__(self, "continuation_ids", continuation)
 
     @property
     def ids(self):
@@ -60,6 +72,17 @@ class SpecialTokens:
         for token_id in self.ids:
             mask |= input_ids == token_id
         return mask
+
+    def continuation_mask(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """True where a token is a continuation piece ("##..."): a lookup in a per-device bool table."""
+        device = input_ids.device
+        table = self._continuation_tables.get(device)
+        if table is None:
+            table = torch.zeros(self.vocab_size, dtype=torch.bool)
+            table[list(self.continuation_ids)] = True
+            table = self._continuation_tables[device] = table.to(device)
+        # index_select, not table[input_ids]: advanced indexing is much slower on a loaded CPU (as above).
+        return table.index_select(0, input_ids.reshape(-1)).reshape(input_ids.shape)
 
     def random_ordinary_ids(self, shape, generator: Optional[torch.Generator], device) -> torch.Tensor:
         """Uniform random ids that are neither special nor reserved (drawn without a Python loop)."""
@@ -131,6 +154,37 @@ def real_token_mask(input_ids: torch.Tensor, attention_mask: torch.Tensor, speci
     return attention_mask.bool() & ~special.special_mask(input_ids)
 
 
+def whole_words(input_ids: torch.Tensor, candidates: torch.Tensor,
+                special: SpecialTokens) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Words of a batch: (``starts`` bool [B, T], ``first_piece`` long [B, T]).
+
+    A word is a maskable piece (``candidates``) that is not a continuation, with the continuation
+    pieces right after it. A continuation piece whose left neighbour is not maskable (cls, sep,
+    padding, or a row truncated mid-word) starts a word of its own: words never cross a special token.
+    ``first_piece[b, j]`` is the position of the first piece of the word holding position j (for a
+    position that is not a candidate it is meaningless; callers mask with ``candidates``).
+    No host sync, no loop over tokens: a table lookup, a shift and a running max.
+    """
+    continuation = special.continuation_mask(input_ids) & candidates
+    after_candidate = torch.cat([torch.zeros_like(candidates[:, :1]), candidates[:, :-1]], dim=1)
+    starts = candidates & ~(continuation & after_candidate)
+    positions = torch.arange(input_ids.shape[1], device=input_ids.device).expand_as(input_ids)
+    first_piece = torch.where(starts, positions, 0).cummax(dim=1).values
+    return starts, first_piece
+
+
+def per_word(values: torch.Tensor, first_piece: torch.Tensor) -> torch.Tensor:
+    """``values`` [B, T] replaced at every piece by the value at its word's first piece."""
+    return values.gather(1, first_piece)
+
+
+def any_piece_per_word(flags: torch.Tensor, first_piece: torch.Tensor) -> torch.Tensor:
+    """True at every piece of a word where ``flags`` holds at any of its pieces."""
+    counts = torch.zeros(flags.shape, dtype=torch.long, device=flags.device)
+    counts.scatter_add_(1, first_piece, flags.long())  # integer adds: deterministic on CUDA too
+    return per_word(counts, first_piece) > 0
+
+
 class Objective:
     """Base class of a pre-training objective.
 
@@ -145,6 +199,8 @@ class Objective:
     min_rows: int = 1
     # Whether the meta-validation forward keeps dropout on (eval mode would make cse's views equal).
     meta_eval_with_dropout: bool = False
+    # Whether the constructor takes ``whole_word_mask=`` (mlm and gmlm: docs/whole_word_masking.md).
+    supports_whole_word_mask: bool = False
 
     def __init__(self, special: SpecialTokens, noise_probability: Optional[float] = None):
         if not isinstance(special, SpecialTokens):

@@ -13,6 +13,15 @@ under a span are marked. That covers about 30% of the tokens, so with p = 0.5 ab
 predicted, the budget of mlm, but in contiguous groups that neighbouring tokens
 do not give away. It needs only tensor operations (no tokenizer).
 
+``whole_word_mask=True`` (the "##" continuation pieces join a word to its first
+piece): the guide is extended to whole words and the choice is drawn once per
+word, so every piece of a chosen word is chosen and no word is chosen in part.
+The built-in guide then counts in words, not pieces: a span starts at a word
+with probability ``guide_span_start_probability`` and covers 1..max whole
+words; a passed ``guide_mask`` marks a word where it marks any of its pieces.
+A guided word is then chosen with probability p (one draw per word, taken at
+its first piece), and each of its pieces gets mlm's 80/10/10 replacement.
+
 Shares the mlm head (``head_name == "mlm"``).
 """
 from __future__ import annotations
@@ -21,7 +30,7 @@ from typing import Dict, Optional
 
 import torch
 
-from .base import rand, real_token_mask, reject_unknown_kwargs
+from .base import any_piece_per_word, per_word, rand, real_token_mask, reject_unknown_kwargs, whole_words
 from .mlm import MaskedLM
 from .registry import register_objective
 
@@ -31,8 +40,9 @@ class GuidedMaskedLM(MaskedLM):
     default_noise_probability = 0.5
 
     def __init__(self, special, noise_probability: Optional[float] = None, *,
-                 guide_span_start_probability: float = 0.12, guide_max_span_length: int = 5):
-        super().__init__(special, noise_probability)
+                 guide_span_start_probability: float = 0.12, guide_max_span_length: int = 5,
+                 whole_word_mask: bool = False):
+        super().__init__(special, noise_probability, whole_word_mask=whole_word_mask)
         if not 0.0 < guide_span_start_probability <= 1.0:
             raise ValueError(
                 f"gmlm: guide_span_start_probability must be in (0, 1], got {guide_span_start_probability}"
@@ -48,16 +58,27 @@ class GuidedMaskedLM(MaskedLM):
 
     def builtin_guide(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                       generator: Optional[torch.Generator] = None) -> torch.Tensor:
-        """Random spans over real non-special tokens (see the module docstring)."""
+        """Random spans over real non-special tokens, or whole words (see the module docstring)."""
+        candidates = real_token_mask(input_ids, attention_mask, self.special)
+        words = whole_words(input_ids, candidates, self.special) if self.whole_word_mask else None
+        return self._span_guide(input_ids, candidates, words, generator)
+
+    def _span_guide(self, input_ids, candidates, words, generator) -> torch.Tensor:
         batch, seq_len = input_ids.shape
         device = input_ids.device
-        candidates = real_token_mask(input_ids, attention_mask, self.special)
         starts = candidates & (rand((batch, seq_len), generator, device) < self.guide_span_start_probability)
         # Uniform lengths in 1..max (a geometric draw needs log(), which PyTorch runs
         # multi-threaded even on a 32 x 256 batch: slow on a busy CPU).
         lengths = (rand((batch, seq_len), generator, device) * self.guide_max_span_length).long()
         lengths = lengths.clamp_(max=self.guide_max_span_length - 1) + 1  # fp32 rounding can reach max
-        positions = torch.arange(seq_len, device=device).expand(batch, seq_len)
+        if words is None:
+            positions = torch.arange(seq_len, device=device).expand(batch, seq_len)
+        else:
+            # Count in words: spans start only at a word's first piece, and "position" is the word's
+            # index in its row, shared by all its pieces, so a span covers whole words.
+            word_starts, _ = words
+            starts = starts & word_starts
+            positions = word_starts.cumsum(dim=1)
         # Position j is covered when some span starting at or before j ends after j.
         span_ends = torch.where(starts, positions + lengths, 0)
         reach = span_ends.cummax(dim=1).values
@@ -66,8 +87,10 @@ class GuidedMaskedLM(MaskedLM):
     def choose(self, input_ids, attention_mask, generator, guide_mask: Optional[torch.Tensor] = None,
                **kwargs) -> torch.Tensor:
         reject_unknown_kwargs(self.name, kwargs)
+        candidates = real_token_mask(input_ids, attention_mask, self.special)
+        words = whole_words(input_ids, candidates, self.special) if self.whole_word_mask else None
         if guide_mask is None:
-            guide = self.builtin_guide(input_ids, attention_mask, generator)
+            guide = self._span_guide(input_ids, candidates, words, generator)
         else:
             if not isinstance(guide_mask, torch.Tensor) or guide_mask.dtype != torch.bool:
                 raise ValueError(f"gmlm: guide_mask must be a torch.bool tensor, got "
@@ -75,8 +98,13 @@ class GuidedMaskedLM(MaskedLM):
             if guide_mask.shape != input_ids.shape:
                 raise ValueError(f"gmlm: guide_mask shape {tuple(guide_mask.shape)} differs from input_ids "
                                  f"{tuple(input_ids.shape)}")
-            guide = guide_mask.to(input_ids.device) & real_token_mask(input_ids, attention_mask, self.special)
-        return guide & (rand(input_ids.shape, generator, input_ids.device) < self.noise_probability)
+            guide = guide_mask.to(input_ids.device) & candidates
+            if words is not None:
+                guide = candidates & any_piece_per_word(guide, words[1])
+        draw = rand(input_ids.shape, generator, input_ids.device)
+        if words is not None:
+            draw = per_word(draw, words[1])  # one draw per word, at its first piece
+        return guide & (draw < self.noise_probability)
 
     def corrupt(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                 generator: Optional[torch.Generator] = None, guide_mask: Optional[torch.Tensor] = None,

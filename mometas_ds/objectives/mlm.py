@@ -4,6 +4,11 @@ Corruption: each real, non-special token is chosen with probability p (0.15);
 a chosen token becomes mask_id (80%), a random non-special id (10%) or stays
 (10%). Labels hold the original id where chosen and -100 elsewhere.
 
+``whole_word_mask=True`` chooses words instead of pieces: each word (a piece and
+the "##" continuation pieces after it) is chosen with probability p, and then
+every piece of it is chosen; the 80/10/10 replacement is still drawn per piece,
+as in google-research/bert (docs/whole_word_masking.md).
+
 The head is BERT's prediction head, its decoder tied to the word embeddings. It
 projects only the labelled rows onto the vocabulary, never all B*T positions.
 """
@@ -17,8 +22,8 @@ from torch import nn
 from mometas_ds import kernels
 
 from .base import (
-    IGNORE_INDEX, Objective, SpecialTokens, gather_labeled, rand, real_token_mask, reject_unknown_kwargs,
-    validate_batch, zero_loss,
+    IGNORE_INDEX, Objective, SpecialTokens, gather_labeled, per_word, rand, real_token_mask, reject_unknown_kwargs,
+    validate_batch, whole_words, zero_loss,
 )
 from .registry import register_objective
 
@@ -83,12 +88,31 @@ class MaskedLMHead(nn.Module):
 @register_objective("mlm")
 class MaskedLM(Objective):
     default_noise_probability = 0.15
+    # Takes the ``whole_word_mask`` keyword (what a --whole_word_mask flag passes on).
+    supports_whole_word_mask = True
+
+    def __init__(self, special: SpecialTokens, noise_probability: Optional[float] = None, *,
+                 whole_word_mask: bool = False):
+        super().__init__(special, noise_probability)
+        if not isinstance(whole_word_mask, bool):
+            raise ValueError(f"{self.name}: whole_word_mask must be a bool, got {whole_word_mask!r}")
+        if whole_word_mask and not special.continuation_ids:
+            raise ValueError(
+                f"{self.name}: whole_word_mask needs the vocabulary's '##' continuation pieces, but "
+                "SpecialTokens.continuation_ids is empty (build it with mometas_ds.tokenizer.special_tokens_of)"
+            )
+        self.whole_word_mask = whole_word_mask
 
     def choose(self, input_ids, attention_mask, generator, **kwargs) -> torch.Tensor:
-        """Positions to corrupt: each real non-special token with probability p."""
+        """Positions to corrupt: each real non-special token (or, whole_word_mask, word) with probability p."""
         reject_unknown_kwargs(self.name, kwargs)
         candidates = real_token_mask(input_ids, attention_mask, self.special)
-        return candidates & (rand(input_ids.shape, generator, input_ids.device) < self.noise_probability)
+        draw = rand(input_ids.shape, generator, input_ids.device)
+        if self.whole_word_mask:
+            # One draw per word: the one at its first piece (the number of draws stays B * T).
+            _, first_piece = whole_words(input_ids, candidates, self.special)
+            draw = per_word(draw, first_piece)
+        return candidates & (draw < self.noise_probability)
 
     def corrupt(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                 generator: Optional[torch.Generator] = None, **kwargs) -> Dict[str, torch.Tensor]:

@@ -1,140 +1,66 @@
-"""The pre-training run's settings: a typed dataclass, its command line, and checks that run before any work."""
+"""The checks that run before any work: every flag (validate_config), then, once the ranks are up, what
+needs their number (check_world_size), the run's identity and the resume match. ``preflight`` runs them
+all, once, before the trainer is built."""
 from __future__ import annotations
 
-import argparse
+import importlib
+import importlib.util
 import json
 import math
 import os
-from dataclasses import asdict, dataclass, field, fields
+import socket
+import sys
+from dataclasses import dataclass
 from typing import List, Optional
 
-from .checkpoint import find_resume_checkpoint, latest_complete_tag, read_run_identity
-from .model import MODEL_PRESETS
-from .objectives import DEFAULT_OBJECTIVES, objective_class
+import torch
 
-
-class ConfigError(ValueError):
-    """A bad flag or config field; the message names it. Raised before any training work."""
-
-
-class DataError(ValueError):
-    """The corpus cannot feed a run (no usable document, too few sequences for the meta split)."""
+from ..checkpoint import find_resume_checkpoint, latest_complete_tag, read_run_identity
+from ..errors import ConfigError, read_json_object
+from ..launch import LaunchInfo, init_distributed
+from ..model import MODEL_PRESETS
+from ..objectives import available_objectives, objective_class
+from ..samplers import available_samplers, build_sampler
+from .settings import PretrainConfig, sampler_kwargs
 
 
 @dataclass
-class PretrainConfig:
-    deepspeed_config: Optional[str] = None
-    train_files: List[str] = field(default_factory=list)
-    text_field: str = "text"
-    output_dir: str = "runs/pretrain"
-    model_name_or_path: Optional[str] = None
-    model_config: Optional[str] = None
-    tokenizer: Optional[str] = None
-    train_tokenizer: Optional[int] = None
-    seq_len: int = 128
-    objectives: List[str] = field(default_factory=lambda: list(DEFAULT_OBJECTIVES))
-    user_modules: List[str] = field(default_factory=list)
-    sampler: str = "mometas"
-    sampler_args: dict = field(default_factory=dict)
-    meta_interval: int = 100
-    meta_lr: float = 0.1
-    meta_gamma: float = 2.0
-    meta_batch_size: int = 128
-    max_steps: int = 1000
-    steps_this_run: Optional[int] = None
-    save_steps: int = 1000
-    resume: Optional[str] = None
-    seed: int = 1234
-    log_steps: int = 10
-    cache_dir: Optional[str] = None
-    num_proc: int = 1
-    dist_timeout_minutes: float = 30.0
-    setup_timeout_minutes: float = 1440.0
-    save_total_limit: Optional[int] = None
-    max_skipped_steps: int = 10
-    local_rank: int = -1
+class Preflight:
+    """What the checks found: the parsed DeepSpeed config, the ranks, and the run's identity (saved with every checkpoint)."""
 
-    def to_json(self) -> str:
-        return json.dumps(asdict(self), indent=2, sort_keys=True)
+    ds_config: dict
+    launch: LaunchInfo
+    run_identity: dict
 
 
-def _csv(value: str) -> List[str]:
-    return [item.strip() for item in value.split(",") if item.strip()]
+def preflight(cfg: PretrainConfig) -> Preflight:
+    """Every check of a run, in order, before the trainer builds anything; a ConfigError names what is wrong."""
+    ds_config = validate_config(cfg)
+    check_writable(cfg.output_dir)  # every rank, before any collective: a bad mount fails here
+    if cfg.cache_dir:
+        from ..safe_io import check_writable_dir
+
+        check_writable_dir(cfg.cache_dir, "--cache_dir")  # the same early probe (a file, read-only, full)
+    launch = init_distributed(cfg.dist_timeout_minutes)
+    check_world_size(cfg, ds_config, launch.world_size)
+    return Preflight(ds_config, launch, run_identity(cfg, ds_config, launch.world_size))
 
 
-def build_arg_parser() -> argparse.ArgumentParser:
-    d = PretrainConfig()
-    p = argparse.ArgumentParser(
-        prog="mometas-pretrain",
-        description="Multi-objective continual pre-training of a BERT encoder on DeepSpeed, "
-        "with the MOMETAS sampler choosing the objective of every micro-batch.",
-    )
-    p.add_argument("--deepspeed_config", "--deepspeed-config", dest="deepspeed_config", required=True,
-                   help="DeepSpeed JSON config (batch sizes, optimizer, scheduler, ZeRO stage, bf16/fp16), e.g. ds_configs/cpu_demo.json")
-    p.add_argument("--deepspeed", action="store_true", help="accepted for DeepSpeed launcher compatibility; no effect")
-    p.add_argument("--train_files", nargs="+", required=True,
-                   help="corpus files or globs: .jsonl, .jsonl.gz, .txt, .parquet, or datasets.save_to_disk directories")
-    p.add_argument("--text_field", default=d.text_field, help="JSON/parquet field holding the document text (default: text)")
-    p.add_argument("--output_dir", default=d.output_dir, help="where metrics, traces, checkpoints and hf_model/ go")
-    p.add_argument("--model_name_or_path", default=None,
-                   help="local HF BERT checkpoint directory to continue pre-training from")
-    p.add_argument("--model_config", default=None,
-                   help=f"train from scratch with a preset ({' | '.join(MODEL_PRESETS)}) or a BertConfig JSON path")
-    p.add_argument("--tokenizer", default=None, help="local HF tokenizer directory")
-    p.add_argument("--train_tokenizer", type=int, default=None, metavar="VOCAB_SIZE",
-                   help="train a BERT WordPiece tokenizer of at most this vocabulary size on the corpus (saved in "
-                   "output_dir/tokenizer; not deterministic: to compare runs, pass one run's as --tokenizer)")
-    p.add_argument("--seq_len", type=int, default=d.seq_len, help="tokens per packed sequence, cls and sep included")
-    p.add_argument("--objectives", type=_csv, default=list(d.objectives),
-                   help="comma-separated objective names (default: mlm,gmlm,atd,dtd,cse)")
-    p.add_argument("--user_modules", nargs="+", default=[], metavar="FILE_OR_MODULE",
-                   help="Python files or modules to import first: they register your own objectives or samplers")
-    p.add_argument("--sampler", default=d.sampler, help="objective sampler: mometas (default), uniform, round_robin, fixed, temperature, exp3")
-    p.add_argument("--sampler_args", type=json.loads, default={},
-                   help='extra sampler keyword arguments as JSON, e.g. \'{"weights": [2,1,1,1,1]}\' or \'{"prob_floor": 0.05}\'')
-    p.add_argument("--meta_interval", type=int, default=d.meta_interval, help="optimizer steps between sampler updates (K)")
-    p.add_argument("--meta_lr", type=float, default=d.meta_lr, help="SGD learning rate of the sampler's policy")
-    p.add_argument("--meta_gamma", type=float, default=d.meta_gamma, help="entropy weight of the sampler's policy loss")
-    p.add_argument("--meta_batch_size", type=int, default=d.meta_batch_size,
-                   help="meta-validation sequences per objective per update, split across ranks")
-    p.add_argument("--max_steps", type=int, default=d.max_steps, help="optimizer steps of the whole schedule")
-    p.add_argument("--steps_this_run", type=int, default=None,
-                   help="stop after this many steps with a checkpoint, without changing the schedule (resume later)")
-    p.add_argument("--save_steps", type=int, default=d.save_steps, help="checkpoint every N optimizer steps (and at the end)")
-    p.add_argument("--save_total_limit", type=int, default=d.save_total_limit,
-                   help="keep only the newest N complete checkpoints, deleting older ones after each save (default: keep all)")
-    p.add_argument("--resume", nargs="?", const="auto", default=None,
-                   help="resume from a checkpoint: 'auto' (or no value) = latest in output_dir/checkpoints, a tag "
-                        "there (step400), or a checkpoint directory path (another run's too)")
-    p.add_argument("--seed", type=int, default=d.seed, help="seed of data order, corruption, dropout and the sampler")
-    p.add_argument("--log_steps", type=int, default=d.log_steps, help="progress-bar refresh and console log interval")
-    p.add_argument("--cache_dir", default=None,
-                   help="tokenized-data cache (default: output_dir/cache); point runs on the same corpus at one to share it")
-    p.add_argument("--num_proc", type=int, default=d.num_proc, help="processes for tokenizing with HF datasets")
-    p.add_argument("--dist_timeout_minutes", type=float, default=d.dist_timeout_minutes,
-                   help="collective timeout: a rank that died or hangs ends the run after this long")
-    p.add_argument("--setup_timeout_minutes", type=float, default=d.setup_timeout_minutes,
-                   help="how long the other ranks wait for rank 0's one-off work: training the tokenizer, "
-                        "tokenizing the corpus, writing the HF export (default 24 hours)")
-    p.add_argument("--max_skipped_steps", type=int, default=d.max_skipped_steps,
-                   help="stop with an error, keeping the last checkpoint, after this many skips without an applied "
-                   "update in between (micro-steps with a non-finite loss; bf16/fp32 updates with a non-finite gradient norm)")
-    p.add_argument("--local_rank", "--local-rank", type=int, default=-1, help="set by the deepspeed launcher")
-    return p
-
-
-def parse_args(argv=None) -> PretrainConfig:
-    ns = build_arg_parser().parse_args(argv)
-    values = {f.name: getattr(ns, f.name) for f in fields(PretrainConfig) if hasattr(ns, f.name)}
-    return PretrainConfig(**values)
+def check_writable(output_dir: str, sub: str = "") -> None:
+    """Create output_dir[/sub] and write a probe file in it, or stop with a ConfigError naming --output_dir."""
+    path = os.path.join(output_dir, sub) if sub else output_dir
+    probe = os.path.join(path, f".write_test.{socket.gethostname()}.{os.getpid()}")
+    try:
+        os.makedirs(path, exist_ok=True)
+        with open(probe, "w") as f:
+            f.write("ok")
+        os.remove(probe)
+    except OSError as exc:
+        raise ConfigError(f"--output_dir: {path} cannot be written ({exc})") from exc
 
 
 def import_user_module(spec: str):
     """Import a ``.py`` file (by path) or a module (dotted name) once; its registrations take effect."""
-    import importlib
-    import importlib.util
-    import sys
-
     if spec.endswith(".py"):
         path = os.path.abspath(spec)
         if not os.path.isfile(path):
@@ -156,8 +82,6 @@ def import_user_module(spec: str):
 
 def objective_names_problem(names: List[str]) -> Optional[str]:
     """What is wrong with a list of objective names (empty, unknown, repeated), or None."""
-    from .objectives import available_objectives
-
     if not names:
         return "no objective given"
     unknown = [name for name in names if name not in available_objectives()]
@@ -170,8 +94,6 @@ def objective_names_problem(names: List[str]) -> Optional[str]:
 
 def validate_config(cfg: PretrainConfig) -> dict:
     """Check every flag that can be checked without doing work; return the parsed DeepSpeed config."""
-    from .samplers import available_samplers, build_sampler
-
     def fail(flag, message):
         raise ConfigError(f"--{flag}: {message}")
 
@@ -184,7 +106,7 @@ def validate_config(cfg: PretrainConfig) -> dict:
     if not cfg.deepspeed_config or not os.path.isfile(cfg.deepspeed_config):
         fail("deepspeed_config", f"file not found: {cfg.deepspeed_config}")
     ds_config = read_json_object(cfg.deepspeed_config, "--deepspeed_config")
-    from .ds_config_check import check_ds_config  # strict types, no unknown top-level key
+    from ..ds_config_check import check_ds_config  # strict types, no unknown top-level key
 
     check_ds_config(ds_config, cfg.deepspeed_config)
     if not cfg.train_files:
@@ -197,7 +119,7 @@ def validate_config(cfg: PretrainConfig) -> dict:
         fields = read_json_object(cfg.model_config, "--model_config")  # a BertConfig JSON: unreadable stops here
         if fields.get("model_type", "bert") != "bert":
             fail("model_config", f"{cfg.model_config} is a {fields['model_type']!r} config; mometas_ds trains BERT")
-        from .model_config_check import check_model_config_fields  # strict types, no unknown field
+        from ..model_config_check import check_model_config_fields  # strict types, no unknown field
 
         check_model_config_fields(fields, cfg.model_config)
         if fields.get("max_position_embeddings", cfg.seq_len) < cfg.seq_len:
@@ -247,7 +169,7 @@ def validate_config(cfg: PretrainConfig) -> dict:
         fail("dist_timeout_minutes", f"must be a finite number > 0, got {cfg.dist_timeout_minutes}")
     if not math.isfinite(cfg.setup_timeout_minutes) or cfg.setup_timeout_minutes <= 0:
         fail("setup_timeout_minutes", f"must be a finite number > 0, got {cfg.setup_timeout_minutes}")
-    _check_batch_fields(ds_config, cfg.deepspeed_config)
+    check_batch_fields(ds_config, cfg.deepspeed_config)
     _check_optimizer(ds_config, cfg.deepspeed_config)
     if (ds_config.get("checkpoint") or {}).get("writer") or (ds_config.get("datastates_ckpt") or {}).get("enabled"):
         # Checkpoints are published (COMPLETE) once every rank's save returned: a writer that finishes later
@@ -276,32 +198,6 @@ def validate_config(cfg: PretrainConfig) -> dict:
     return ds_config
 
 
-_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
-
-
-def bundled_ds_config(name: str) -> str:
-    """Path of a DeepSpeed config shipped with mometas_ds (``ds_configs/NAME``): the copy a wheel
-    installs inside the package (setup.py maps ds_configs/ to mometas_ds/ds_configs), else the
-    source checkout's."""
-    installed = os.path.join(_PACKAGE_DIR, "ds_configs", name)
-    if os.path.isfile(installed):
-        return installed
-    return os.path.join(os.path.dirname(_PACKAGE_DIR), "ds_configs", name)
-
-
-def read_json_object(path: str, flag: str, error: type = None) -> dict:
-    """A JSON file holding an object; otherwise ``error`` (ConfigError) naming the flag and the file."""
-    error = error or ConfigError
-    try:
-        with open(path, encoding="utf-8") as f:
-            value = json.load(f)
-    except (OSError, json.JSONDecodeError) as exc:
-        raise error(f"{flag}: cannot read {path} ({exc})") from None
-    if not isinstance(value, dict):
-        raise error(f"{flag}: {path} must hold a JSON object")
-    return value
-
-
 def read_model_config(model_dir: str) -> dict:
     """The config.json of a local HF checkpoint, as a dict; ConfigError naming the flag if unreadable."""
     return read_json_object(os.path.join(model_dir, "config.json"), "--model_name_or_path")
@@ -322,25 +218,11 @@ def check_tokenizer_fits_model(cfg: PretrainConfig, num_tokens: int) -> None:
         raise ConfigError(f"{flag}: the tokenizer has {num_tokens} tokens but the embeddings of {source} hold {vocab_size}")
 
 
-def sampler_kwargs(cfg: PretrainConfig) -> dict:
-    """--sampler_args plus what the run's flags imply (MOMETAS's lr and gamma, a schedule's length)."""
-    kwargs = dict(cfg.sampler_args)
-    if cfg.sampler == "mometas":
-        # One way to set each: a value here would silently override the flag (or be overridden).
-        for key, flag in (("lr", "--meta_lr"), ("gamma", "--meta_gamma")):
-            if key in kwargs:
-                raise ValueError(f"{key!r} is set by {flag}, not here")
-        kwargs.update(lr=cfg.meta_lr, gamma=cfg.meta_gamma)
-    if cfg.sampler == "temperature":
-        kwargs.setdefault("total_steps", cfg.max_steps)
-    return kwargs
-
-
 def _check_optimizer(ds_config: dict, path: str) -> None:
     optimizer = ds_config.get("optimizer", {})
     stage = ds_config.get("zero_optimization", {}).get("stage", 0)
     if isinstance(optimizer, dict) and "type" in optimizer:
-        import torch
+        # Here, not at the top: importing DeepSpeed takes seconds, and --help or a table of the options needs none of it.
         from deepspeed.runtime.config import DEEPSPEED_OPTIMIZERS
 
         name = str(optimizer["type"])
@@ -356,7 +238,7 @@ def _check_optimizer(ds_config: dict, path: str) -> None:
         )
 
 
-def _check_batch_fields(ds_config: dict, path: str, world_size: Optional[int] = None) -> Optional[int]:
+def check_batch_fields(ds_config: dict, path: str, world_size: Optional[int] = None) -> Optional[int]:
     """Check DeepSpeed's three batch keys; with ``world_size``, return the micro-batch per rank.
 
     Any two of them may be given and DeepSpeed infers the third (train_batch_size alone means
@@ -393,7 +275,7 @@ def _check_batch_fields(ds_config: dict, path: str, world_size: Optional[int] = 
 
 def check_world_size(cfg: PretrainConfig, ds_config: dict, world_size: int) -> None:
     """Checks that need the number of ranks; still before any work."""
-    micro = _check_batch_fields(ds_config, cfg.deepspeed_config, world_size)
+    micro = check_batch_fields(ds_config, cfg.deepspeed_config, world_size)
     _check_with_deepspeed(ds_config, cfg.deepspeed_config)
     check_resume_matches(cfg, ds_config, world_size)
     if cfg.meta_batch_size % world_size:
@@ -414,7 +296,7 @@ def _check_with_deepspeed(ds_config: dict, path: str) -> None:
     """Parse the config as deepspeed.initialize will, now rather than after the corpus is tokenized.
 
     Needs the process group (DeepSpeed reads the world size for its batch arithmetic)."""
-    from deepspeed.runtime.config import DeepSpeedConfig
+    from deepspeed.runtime.config import DeepSpeedConfig  # heavy: see _check_optimizer
 
     try:
         DeepSpeedConfig(json.loads(json.dumps(ds_config)))
@@ -430,7 +312,7 @@ def run_identity(cfg: PretrainConfig, ds_config: dict, world_size: int) -> dict:
     the corpus work. Flags a resume may change (--max_steps, --save_steps, --steps_this_run, logging,
     timeouts, paths of the corpus and tokenizer) are left out.
     """
-    micro = _check_batch_fields(ds_config, cfg.deepspeed_config, world_size)
+    micro = check_batch_fields(ds_config, cfg.deepspeed_config, world_size)
     total = ds_config.get("train_batch_size")
     accumulation = total // (micro * world_size) if total else ds_config.get("gradient_accumulation_steps", 1)
     if (ds_config.get("bf16") or {}).get("enabled"):
@@ -470,7 +352,7 @@ def check_resume_matches(cfg: PretrainConfig, ds_config: dict, world_size: int) 
     tag_dir = os.path.join(*found)
     saved = read_run_identity(tag_dir)
     if saved is None:  # written before checkpoints recorded their run's settings: compare what its client state holds
-        from .safe_io import check_resume_objectives, read_client_state
+        from ..safe_io import check_resume_objectives, read_client_state
 
         check_resume_objectives(read_client_state(tag_dir) or {}, cfg.objectives, tag_dir)
         return

@@ -1,0 +1,140 @@
+"""The peer step: transformers' BertForMaskedLM (SDPA attention) trained on a dense MLM batch with
+torch's AdamW, as a plain HF user would (fp32 weights, bf16 autocast). Our pre-training step is
+reported as a ratio to this one (benchmarks/gpu_pretrain.sh).
+
+    python benchmarks/hf_peer_step.py --model large --seq_len 128 --micro_batch 32 --device cuda --json PATH
+    python benchmarks/hf_peer_step.py --micro_batch max ...   # the largest micro-batch that fits
+    python benchmarks/hf_peer_step.py --quick                  # CPU smoke mode: tiny model, a few steps
+
+Figures: median seconds per step over timed rounds after warm-up, tokens/s, samples/s, MFU
+(mometas_ds.flops: matmul FLOPs, 3x forward, 15% of the tokens through the vocabulary head),
+peak torch.cuda.max_memory_allocated.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+import torch
+from transformers import BertConfig, BertForMaskedLM
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from step_timing import largest_fitting, median_step_seconds, profile_summary  # noqa: E402  (a script beside it)
+
+from mometas_ds.flops import mfu, peak_flops, pretrain_step_flops  # noqa: E402
+from mometas_ds.model import MODEL_PRESETS  # noqa: E402
+
+
+def build(model: str, vocab_size: int, seq_len: int, micro_batch: int, device: torch.device, bf16: bool, seed: int):
+    """The model, its optimizer and one step() closure on a fixed synthetic batch."""
+    torch.manual_seed(seed)
+    config = BertConfig(**MODEL_PRESETS[model], vocab_size=vocab_size, max_position_embeddings=max(512, seq_len))
+    net = BertForMaskedLM._from_config(config, attn_implementation="sdpa").to(device)
+    net.train()
+    fused = device.type == "cuda"  # torch's fused AdamW: one kernel per parameter group, no nvcc
+    optimizer = torch.optim.AdamW(net.parameters(), lr=1e-4, weight_decay=0.01, fused=fused)
+    generator = torch.Generator().manual_seed(seed)
+    input_ids = torch.randint(min(1000, vocab_size // 2), vocab_size, (micro_batch, seq_len), generator=generator)
+    labels = torch.full_like(input_ids, -100)
+    chosen = torch.rand(micro_batch, seq_len, generator=generator) < 0.15
+    labels[chosen] = input_ids[chosen]
+    input_ids[chosen] = 103  # [MASK]
+    batch = {"input_ids": input_ids.to(device), "labels": labels.to(device),
+             "attention_mask": torch.ones_like(input_ids).to(device)}
+    autocast = torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=bf16)
+
+    def step() -> None:
+        with autocast:
+            loss = net(**batch).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    return config, step
+
+
+def measure(args, micro_batch: int, device: torch.device) -> dict:
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    config, step = build(args.model, args.vocab_size, args.seq_len, micro_batch, device, args.bf16, args.seed)
+    timing = median_step_seconds(step, device, warmup=args.warmup, rounds=args.rounds,
+                                 steps_per_round=args.steps_per_round)
+    seconds = timing["median_s"]
+    flops = pretrain_step_flops(config, args.seq_len, micro_batch)
+    peak = args.peak_tflops * 1e12 if args.peak_tflops else (
+        peak_flops(torch.cuda.get_device_name(device)) if device.type == "cuda" else None)
+    result = {
+        "step": "hf_bert_for_masked_lm", "model": args.model, "seq_len": args.seq_len, "micro_batch": micro_batch,
+        "bf16": args.bf16, "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        **timing,
+        "samples_per_s": micro_batch / seconds, "tokens_per_s": micro_batch * args.seq_len / seconds,
+        "model_flops_per_step": flops, "achieved_tflops": flops / seconds / 1e12,
+        "mfu": mfu(flops, seconds, peak),
+        "peak_memory_gib": torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None,
+    }
+    if args.profile_steps:
+        summary = profile_summary(step, device, steps=args.profile_steps)
+        print(summary.pop("table"))
+        result["profile"] = summary
+    return result
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", choices=sorted(MODEL_PRESETS), default="large", help="model preset")
+    p.add_argument("--seq_len", type=int, default=128, help="tokens per sequence")
+    p.add_argument("--micro_batch", default="32", help="sequences per step, or 'max': the largest that fits "
+                   "(doubling from 32 up to --max_micro_batch)")
+    p.add_argument("--max_micro_batch", type=int, default=1024, help="upper bound of the 'max' search")
+    p.add_argument("--vocab_size", type=int, default=30522, help="vocabulary (BERT: 30522)")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cuda or cpu")
+    p.add_argument("--no_bf16", dest="bf16", action="store_false", help="fp32 instead of bf16 autocast")
+    p.add_argument("--warmup", type=int, default=5, help="untimed steps before the rounds")
+    p.add_argument("--rounds", type=int, default=5, help="timed rounds; the figure is their median")
+    p.add_argument("--steps_per_round", type=int, default=5, help="steps per timed round")
+    p.add_argument("--profile_steps", type=int, default=0, help="also profile this many steps (torch.profiler)")
+    p.add_argument("--peak_tflops", type=float, default=None, help="peak dense bf16 TFLOP/s for MFU "
+                   "(default: from the GPU's name, see mometas_ds.flops)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the weights and the synthetic batch")
+    p.add_argument("--json", metavar="PATH", help="append the figures as one JSON line to PATH")
+    p.add_argument("--quick", action="store_true", help="CPU smoke mode: tiny model, seq 32, 2 rounds of 2 steps")
+    args = p.parse_args(argv)
+    if args.quick:
+        args.model, args.seq_len, args.vocab_size = "tiny", 32, 1000
+        args.warmup, args.rounds, args.steps_per_round = 1, 2, 2
+        if args.micro_batch == "32":
+            args.micro_batch = "4"
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        p.error("--device cuda: no CUDA device is visible")
+    if args.json:
+        try:
+            with open(args.json, "a", encoding="utf-8"):
+                pass
+        except OSError as err:
+            p.error(f"--json {args.json}: cannot write ({err.strerror})")
+    if args.micro_batch == "max":
+        micro_batch = largest_fitting(lambda n: build(args.model, args.vocab_size, args.seq_len, n, device,
+                                                      args.bf16, args.seed)[1](), 32, args.max_micro_batch)
+        if micro_batch is None:
+            p.error("--micro_batch max: even 32 sequences do not fit")
+    else:
+        try:
+            micro_batch = int(args.micro_batch)
+        except ValueError:
+            p.error(f"--micro_batch: expected a positive integer or 'max', got {args.micro_batch!r}")
+        if micro_batch < 1:
+            p.error(f"--micro_batch: expected a positive integer or 'max', got {micro_batch}")
+    result = measure(args, micro_batch, device)
+    print(json.dumps(result))
+    if args.json:
+        with open(args.json, "a", encoding="utf-8") as f:
+            f.write(json.dumps(result) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

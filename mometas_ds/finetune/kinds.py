@@ -1,0 +1,406 @@
+"""Task kinds: how a task's files become examples, features, a transformers task model, and scores.
+
+A kind has four steps, called by the runner (``runner.py``) for every task:
+
+- ``load(spec, args) -> TaskData``: read train and dev (``dev`` maps a split name to its examples);
+- ``model_class`` and ``model_kwargs(data)``: the ``AutoModelFor...`` class and its config overrides;
+- ``train_dataset(data, tokenizer, args)`` / ``eval_inputs(data, tokenizer, args)``: features;
+- ``evaluate(trainer, data, inputs, args) -> (metrics, rows)``: predict the dev splits, score them, and
+  one prediction row per dev example (``{"prediction", "label", ...}``) so every number can be recomputed.
+
+Sequence classification / regression (GLUE, --task_file) is written here; QA, multiple choice and NER call
+the building blocks in ``qa.py``, ``multiple_choice.py`` and ``ner.py``.
+"""
+from __future__ import annotations
+
+import importlib
+import os
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional, Tuple
+
+import numpy as np
+
+from mometas_ds.config import ConfigError, DataError
+
+from . import metrics as glue_metrics
+from .readers import glue_files, is_saved_dataset, read_glue_tsv, read_saved_dataset, read_task_file
+from .tasks import TaskSpec
+
+
+@dataclass
+class TaskData:
+    train: list
+    dev: Dict[str, list]             # split name -> examples
+    skipped: Counter = field(default_factory=Counter)
+    labels: Optional[List[str]] = None  # classification / NER label list (id order)
+    files: Dict[str, str] = field(default_factory=dict)
+
+
+def _building_block(module: str, task: str):
+    """mometas_ds.finetune.<module>, or a ConfigError saying the task kind is not available yet."""
+    try:
+        return importlib.import_module(f"mometas_ds.finetune.{module}")
+    except ModuleNotFoundError as err:
+        if err.name != f"mometas_ds.finetune.{module}":
+            raise
+        raise ConfigError(f"--tasks {task}: not available yet (mometas_ds/finetune/{module}.py is not in this "
+                          f"installation)") from None
+
+
+def _path(args, spec: TaskSpec, which: str) -> str:
+    override = getattr(args, f"{which}_file", None)
+    if override:
+        return override
+    if not args.data_dir:
+        raise ConfigError(f"--tasks {spec.name}: give --data_dir (or --train_file and --dev_file)")
+    return os.path.join(args.data_dir, spec.train_path if which == "train" else spec.dev_path)
+
+
+def _cap(examples: list, limit: Optional[int]) -> list:
+    return examples if not limit else examples[:limit]
+
+
+def _predict(trainer, dataset):
+    return trainer.predict(dataset).predictions
+
+
+# --------------------------------------------------------------------------- sequence classification
+class SequenceClassification:
+    """GLUE tasks, a save_to_disk copy of them, and a user's own --task_file (classification or regression)."""
+
+    model_class = "AutoModelForSequenceClassification"
+
+    def __init__(self, spec: TaskSpec):
+        self.spec = spec
+        self.regression = spec.kind == "regression"
+
+    # ---- data
+    def load(self, spec: TaskSpec, args) -> TaskData:
+        skipped = Counter()
+        if "metrics" in spec.extra:  # a user's own task
+            return self._load_custom(spec, args)
+        train_override, dev_override = args.train_file, args.dev_file
+        if train_override and dev_override:
+            where = {"format": "override"}
+        else:
+            if not args.data_dir:
+                raise ConfigError(f"--tasks {spec.name}: give --data_dir (or --train_file and --dev_file)")
+            where = glue_files(spec, args.data_dir)
+        dev: Dict[str, list] = {}
+        files = {}
+        if where["format"] == "disk" and not train_override:
+            train, s = read_saved_dataset(spec, where["path"], "train")
+            files["train"] = where["path"]
+        else:
+            path = train_override or where["train"]
+            train, s = self._read_any(spec, path, "train")
+            files["train"] = path
+        skipped.update({f"train: {k}": v for k, v in s.items()})
+        if dev_override:
+            examples, s = self._read_any(spec, dev_override, spec.hf_dev[0])
+            dev[spec.dev_names[0] if len(spec.dev_names) == 1 else "dev"] = examples
+            files["dev"] = dev_override
+            skipped.update({f"dev: {k}": v for k, v in s.items()})
+        elif where["format"] == "disk":
+            for split, name in zip(spec.hf_dev, spec.dev_names):
+                dev[name], s = read_saved_dataset(spec, where["path"], split)
+                skipped.update({f"{name}: {k}": v for k, v in s.items()})
+            files["dev"] = where["path"]
+        else:
+            for path, name in zip(where["dev"], spec.dev_names):
+                dev[name], s = read_glue_tsv(spec, path)
+                skipped.update({f"{name}: {k}": v for k, v in s.items()})
+            files["dev"] = ",".join(where["dev"])
+        return TaskData(train=train, dev=dev, skipped=skipped,
+                        labels=None if self.regression else list(spec.labels), files=files)
+
+    @staticmethod
+    def _read_any(spec: TaskSpec, path: str, split: str):
+        if os.path.isdir(path) and is_saved_dataset(path):
+            return read_saved_dataset(spec, path, split)
+        return read_glue_tsv(spec, path)
+
+    def _load_custom(self, spec: TaskSpec, args) -> TaskData:
+        columns = (args.text_column, args.pair_column, args.label_column)
+        train, s_train = read_task_file(args.task_file, *columns, regression=self.regression)
+        labels = None if self.regression else sorted({e["label"] for e in train}, key=_label_sort_key)
+        if not self.regression and len(labels) < 2:
+            raise DataError(f"{args.task_file}: every training label is {labels[0]!r}; a classifier needs two or more")
+        dev, s_dev = read_task_file(args.dev_file, *columns, regression=self.regression, labels=labels)
+        skipped = Counter({f"train: {k}": v for k, v in s_train.items()})
+        skipped.update({f"dev: {k}": v for k, v in s_dev.items()})
+        return TaskData(train=train, dev={"dev": dev}, skipped=skipped, labels=labels,
+                        files={"train": args.task_file, "dev": args.dev_file})
+
+    # ---- model
+    def model_kwargs(self, data: TaskData) -> dict:
+        if self.regression:
+            return {"num_labels": 1, "problem_type": "regression"}
+        return {"num_labels": len(data.labels), "problem_type": "single_label_classification",
+                "id2label": dict(enumerate(data.labels)), "label2id": {name: i for i, name in enumerate(data.labels)}}
+
+    # ---- features
+    def _encode(self, examples: list, tokenizer, args, labels: Optional[List[str]]):
+        import datasets
+
+        a = [e["text_a"] for e in examples]
+        b = [e["text_b"] for e in examples] if examples and examples[0]["text_b"] is not None else None
+        enc = tokenizer(a, b, truncation=True, max_length=args.max_seq_len)
+        if self.regression:
+            enc["labels"] = [float(e["label"]) for e in examples]
+        else:
+            to_id = {name: i for i, name in enumerate(labels)}
+            enc["labels"] = [to_id[e["label"]] for e in examples]
+        return datasets.Dataset.from_dict(dict(enc))
+
+    def train_dataset(self, data: TaskData, tokenizer, args):
+        return self._encode(_cap(data.train, args.max_train_examples), tokenizer, args, data.labels)
+
+    def eval_inputs(self, data: TaskData, tokenizer, args):
+        return {name: (_cap(ex, args.max_eval_examples),
+                       self._encode(_cap(ex, args.max_eval_examples), tokenizer, args, data.labels))
+                for name, ex in data.dev.items()}
+
+    def collator(self, tokenizer):
+        from transformers import DataCollatorWithPadding
+
+        return DataCollatorWithPadding(tokenizer)
+
+    # ---- scores
+    def evaluate(self, trainer, data: TaskData, inputs, args) -> Tuple[dict, list]:
+        metric_task = self.spec.extra.get("metrics", self.spec.name)
+        metrics, rows = {}, []
+        for split, (examples, dataset) in inputs.items():
+            logits = np.asarray(_predict(trainer, dataset))
+            if self.regression:
+                predictions = [float(v) for v in logits.reshape(len(examples), -1)[:, 0]]
+            else:
+                predictions = [data.labels[int(i)] for i in logits.argmax(-1)]
+            gold = [e["label"] for e in examples]
+            split_metrics = glue_metrics.classification_metrics(metric_task, predictions, gold)
+            if len(inputs) > 1:  # MNLI: accuracy_m / accuracy_mm
+                suffix = {"dev_matched": "m", "dev_mismatched": "mm"}.get(split, split)
+                split_metrics = {f"{k}_{suffix}": v for k, v in split_metrics.items()}
+            metrics.update(split_metrics)
+            for i, (e, p) in enumerate(zip(examples, predictions)):
+                row = {"index": i, "prediction": p, "label": e["label"]}
+                if len(inputs) > 1:
+                    row["split"] = split
+                rows.append(row)
+        if self.spec.name == "mnli" and "accuracy_m" in metrics and "accuracy_mm" in metrics:
+            metrics["accuracy_m_mm"] = (metrics["accuracy_m"] + metrics["accuracy_mm"]) / 2
+        return metrics, rows
+
+
+def _label_sort_key(label: str):
+    try:
+        return (0, float(label), label)
+    except ValueError:
+        return (1, 0.0, label)
+
+
+# --------------------------------------------------------------------------- extractive QA
+class QuestionAnswering:
+    model_class = "AutoModelForQuestionAnswering"
+
+    def __init__(self, spec: TaskSpec):
+        self.spec = spec
+        self.qa = _building_block("qa", spec.name)
+        self.version_2 = bool(spec.extra.get("version_2"))
+
+    def load(self, spec: TaskSpec, args) -> TaskData:
+        paths = {"train": _path(args, spec, "train"), "dev": _path(args, spec, "dev")}
+        train, s_train = self.qa.read_squad(paths["train"])
+        dev, s_dev = self.qa.read_squad(paths["dev"])
+        for split, examples, path in (("train", train, paths["train"]), ("dev", dev, paths["dev"])):
+            if not examples:
+                raise DataError(f"{path}: no examples (empty split)")
+        skipped = Counter({f"train: {k}": v for k, v in s_train.items()})
+        skipped.update({f"dev: {k}": v for k, v in s_dev.items()})
+        return TaskData(train=train, dev={"dev": dev}, skipped=skipped, files=paths)
+
+    def model_kwargs(self, data: TaskData) -> dict:
+        return {}
+
+    def train_dataset(self, data: TaskData, tokenizer, args):
+        import datasets
+
+        feats = self.qa.prepare_train_features(_cap(data.train, args.max_train_examples), tokenizer,
+                                               args.max_seq_len, args.doc_stride, args.max_query_len)
+        keep = ("input_ids", "token_type_ids", "attention_mask", "start_positions", "end_positions")
+        return datasets.Dataset.from_dict({k: feats[k] for k in keep if k in feats})
+
+    def eval_inputs(self, data: TaskData, tokenizer, args):
+        import datasets
+
+        examples = _cap(data.dev["dev"], args.max_eval_examples)
+        feats = self.qa.prepare_eval_features(examples, tokenizer, args.max_seq_len, args.doc_stride,
+                                              args.max_query_len)
+        model_inputs = datasets.Dataset.from_dict(
+            {k: feats[k] for k in ("input_ids", "token_type_ids", "attention_mask") if k in feats})
+        return {"dev": (examples, feats, model_inputs)}
+
+    def collator(self, tokenizer):
+        from transformers import DataCollatorWithPadding
+
+        return DataCollatorWithPadding(tokenizer)
+
+    def evaluate(self, trainer, data: TaskData, inputs, args) -> Tuple[dict, list]:
+        examples, feats, model_inputs = inputs["dev"]
+        start_logits, end_logits = _predict(trainer, model_inputs)[:2]
+        answers = self.qa.postprocess_predictions(
+            examples, feats, start_logits, end_logits, n_best=args.n_best, max_answer_len=args.max_answer_len,
+            version_2=self.version_2, null_threshold=args.null_threshold)
+        metrics = dict(self.qa.squad_metrics(answers, examples))
+        rows = [{"id": e["id"], "prediction": answers.get(e["id"], ""), "label": list(e["answers"]["text"])}
+                for e in examples]
+        return metrics, rows
+
+
+# --------------------------------------------------------------------------- multiple choice
+class MultipleChoice:
+    model_class = "AutoModelForMultipleChoice"
+
+    def __init__(self, spec: TaskSpec):
+        self.spec = spec
+        self.mc = _building_block("multiple_choice", spec.name)
+        self.reader = self.mc.read_swag if spec.extra.get("format") == "swag" else self.mc.read_hellaswag
+
+    def load(self, spec: TaskSpec, args) -> TaskData:
+        paths = {"train": _path(args, spec, "train"), "dev": _path(args, spec, "dev")}
+        train, s_train = self.reader(paths["train"])
+        dev, s_dev = self.reader(paths["dev"])
+        for examples, path in ((train, paths["train"]), (dev, paths["dev"])):
+            if not examples:
+                raise DataError(f"{path}: no examples (empty split)")
+        skipped = Counter({f"train: {k}": v for k, v in s_train.items()})
+        skipped.update({f"dev: {k}": v for k, v in s_dev.items()})
+        return TaskData(train=train, dev={"dev": dev}, skipped=skipped, files=paths)
+
+    def model_kwargs(self, data: TaskData) -> dict:
+        return {}
+
+    def _features(self, examples, tokenizer, args):
+        import datasets
+
+        feats = self.mc.prepare_features(examples, tokenizer, args.max_seq_len)
+        keep = ("input_ids", "token_type_ids", "attention_mask", "labels")
+        return datasets.Dataset.from_dict({k: feats[k] for k in keep if k in feats})
+
+    def train_dataset(self, data: TaskData, tokenizer, args):
+        return self._features(_cap(data.train, args.max_train_examples), tokenizer, args)
+
+    def eval_inputs(self, data: TaskData, tokenizer, args):
+        examples = _cap(data.dev["dev"], args.max_eval_examples)
+        return {"dev": (examples, self._features(examples, tokenizer, args))}
+
+    def collator(self, tokenizer):
+        return ChoicePadding(tokenizer)
+
+    def evaluate(self, trainer, data: TaskData, inputs, args) -> Tuple[dict, list]:
+        examples, dataset = inputs["dev"]
+        logits = np.asarray(_predict(trainer, dataset))
+        predictions = [int(i) for i in logits.argmax(-1)]
+        labels = [int(e["label"]) for e in examples]
+        metrics = {"accuracy": 100.0 * self.mc.accuracy(predictions, labels)}  # a fraction -> percent
+        rows = [{"id": e.get("id", i), "prediction": p, "label": y}
+                for i, (e, p, y) in enumerate(zip(examples, predictions, labels))]
+        return metrics, rows
+
+
+class ChoicePadding:
+    """Pads [batch][choices][seq] features to the longest sequence of the batch (HF's collators are 2-D)."""
+
+    def __init__(self, tokenizer):
+        self.pad_id = tokenizer.pad_token_id
+
+    def __call__(self, features):
+        import torch
+
+        longest = max(len(seq) for f in features for seq in f["input_ids"])
+        batch = {}
+        for key, fill in (("input_ids", self.pad_id), ("token_type_ids", 0), ("attention_mask", 0)):
+            if key in features[0]:
+                batch[key] = torch.tensor([[list(seq) + [fill] * (longest - len(seq)) for seq in f[key]]
+                                           for f in features], dtype=torch.long)
+        if "labels" in features[0]:
+            batch["labels"] = torch.tensor([int(f["labels"]) for f in features], dtype=torch.long)
+        return batch
+
+
+# --------------------------------------------------------------------------- token classification
+class TokenClassification:
+    model_class = "AutoModelForTokenClassification"
+
+    def __init__(self, spec: TaskSpec):
+        self.spec = spec
+        self.ner = _building_block("ner", spec.name)
+
+    def load(self, spec: TaskSpec, args) -> TaskData:
+        paths = {"train": _path(args, spec, "train"), "dev": _path(args, spec, "dev")}
+        train, s_train = self.ner.read_conll(paths["train"])
+        dev, s_dev = self.ner.read_conll(paths["dev"])
+        for examples, path in ((train, paths["train"]), (dev, paths["dev"])):
+            if not examples:
+                raise DataError(f"{path}: no examples (empty split)")
+        labels = list(self.ner.label_list(train))
+        known = set(labels)
+        for e in dev:
+            unknown = [t for t in e["tags"] if t not in known]
+            if unknown:
+                raise DataError(f"{paths['dev']}: sentence {e.get('id')}: tag {unknown[0]!r} never occurs in "
+                                f"{paths['train']} (the label set is {', '.join(labels)})")
+        skipped = Counter({f"train: {k}": v for k, v in s_train.items()})
+        skipped.update({f"dev: {k}": v for k, v in s_dev.items()})
+        return TaskData(train=train, dev={"dev": dev}, skipped=skipped, labels=labels, files=paths)
+
+    def model_kwargs(self, data: TaskData) -> dict:
+        return {"num_labels": len(data.labels), "id2label": dict(enumerate(data.labels)),
+                "label2id": {name: i for i, name in enumerate(data.labels)}}
+
+    def _features(self, examples, tokenizer, args, labels):
+        label_to_id = {name: i for i, name in enumerate(labels)}
+        feats = self.ner.prepare_features(examples, tokenizer, args.max_seq_len, label_to_id)
+        return feats
+
+    def _dataset(self, feats):
+        import datasets
+
+        keep = ("input_ids", "token_type_ids", "attention_mask", "labels")
+        return datasets.Dataset.from_dict({k: feats[k] for k in keep if k in feats})
+
+    def train_dataset(self, data: TaskData, tokenizer, args):
+        return self._dataset(self._features(_cap(data.train, args.max_train_examples), tokenizer, args, data.labels))
+
+    def eval_inputs(self, data: TaskData, tokenizer, args):
+        examples = _cap(data.dev["dev"], args.max_eval_examples)
+        feats = self._features(examples, tokenizer, args, data.labels)
+        return {"dev": (examples, feats, self._dataset(feats))}
+
+    def collator(self, tokenizer):
+        from transformers import DataCollatorForTokenClassification
+
+        return DataCollatorForTokenClassification(tokenizer)
+
+    def evaluate(self, trainer, data: TaskData, inputs, args) -> Tuple[dict, list]:
+        examples, feats, dataset = inputs["dev"]
+        logits = _predict(trainer, dataset)
+        pred_ids = [list(np.asarray(row).argmax(-1)) for row in logits]
+        id_to_label = dict(enumerate(data.labels))
+        predicted = self.ner.align_predictions(pred_ids, feats, id_to_label)
+        # align_predictions tags every word (those cut by --max_seq_len get "O"): score against all gold tags.
+        gold = [list(e["tags"]) for e in examples]
+        scores = self.ner.entity_f1(gold, predicted)
+        metrics = {k: 100.0 * float(v) for k, v in scores.items()}  # fractions -> percent
+        rows = [{"id": e.get("id", i), "prediction": list(p), "label": g}
+                for i, (e, p, g) in enumerate(zip(examples, predicted, gold))]
+        return metrics, rows
+
+
+KINDS = {"classification": SequenceClassification, "regression": SequenceClassification,
+         "qa": QuestionAnswering, "multiple_choice": MultipleChoice, "ner": TokenClassification}
+
+
+def kind_for(spec: TaskSpec):
+    return KINDS[spec.kind](spec)

@@ -1,0 +1,42 @@
+"""mometas-export: a complete intermediate checkpoint as an HF directory that fine-tuning loads; the final
+checkpoint's export equals the run's own hf_model/; an incomplete checkpoint is refused."""
+import os
+
+import pytest
+
+from mometas_ds.export import main
+from tests.pretrain_helpers import make_corpus_and_tokenizer, pretrain_args, run_pretrain
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    root = str(tmp_path_factory.mktemp("pt"))
+    corpus, tokenizer = make_corpus_and_tokenizer(root, num_docs=100, vocab_size=300)
+    out = os.path.join(root, "run")
+    result = run_pretrain(pretrain_args(corpus, tokenizer, out, os.path.join(root, "cache"), max_steps=4,
+                                        extra=["--save_steps", "2", "--objectives", "mlm,cse"]))
+    assert result.returncode == 0, result.stderr[-2000:]
+    return out
+
+
+def test_export_of_each_checkpoint(run_dir, tmp_path, capsys):
+    from safetensors.torch import load_file
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer, BertForMaskedLM
+
+    final = str(tmp_path / "step4")
+    assert main(["--checkpoint", os.path.join(run_dir, "checkpoints", "step4"), "--out", final]) == 0
+    ours, theirs = load_file(os.path.join(final, "model.safetensors")), \
+        load_file(os.path.join(run_dir, "hf_model", "model.safetensors"))
+    assert sorted(ours) == sorted(theirs) and all((ours[k] == theirs[k]).all() for k in ours)
+    middle = str(tmp_path / "step2")
+    assert main(["--checkpoint", os.path.join(run_dir, "checkpoints", "step2"), "--out", middle]) == 0
+    mid = load_file(os.path.join(middle, "model.safetensors"))
+    assert any(not (mid[k] == ours[k]).all() for k in ours)  # two more steps changed the weights
+    BertForMaskedLM.from_pretrained(middle)
+    AutoModelForSequenceClassification.from_pretrained(middle, num_labels=2)
+    assert AutoTokenizer.from_pretrained(middle)("the match")["input_ids"][0] == 2  # [CLS]
+    os.remove(os.path.join(run_dir, "checkpoints", "step2", "COMPLETE"))
+    capsys.readouterr()
+    assert main(["--checkpoint", os.path.join(run_dir, "checkpoints", "step2"), "--out", str(tmp_path / "x")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("mometas-export: error: --checkpoint") and "no COMPLETE marker" in err
