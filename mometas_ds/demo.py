@@ -21,7 +21,7 @@ REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MARKER = ".mometas_demo"  # written first into every directory the demo creates; --overwrite needs it
 # What the demo (and the pre-training run it starts) writes at the top of its directory.
 DEMO_OUTPUTS = ("corpus.jsonl", "checkpoints", "trace", "tokenizer", "cache", "hf_model", "metrics.jsonl",
-                "sampler.jsonl", "run_config.json", "plots", MARKER)
+                "sampler.jsonl", "run_config.json", "plots", "finetune_data", "eval", MARKER)
 
 
 def _own_outputs(out: str) -> list:
@@ -177,6 +177,9 @@ def main(argv=None) -> int:
     print(f"  HF model:    {os.path.join(out, 'hf_model')}  (transformers' BertForMaskedLM and AutoModel load it)")
     for path in figures:
         print(f"  figure:      {path}")
+    if interrupted:
+        print("demo: fine-tuning skipped: the pre-training was stopped before its end (no hf_model/ yet)", flush=True)
+        return 0
     from .finetune.demo import finetune_demo  # pre-train -> fine-tune -> score
 
     return finetune_demo(out)

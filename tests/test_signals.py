@@ -180,6 +180,7 @@ def test_ctrl_c_in_the_demo_reaches_the_ranks_only_they_save_and_keep_continues(
     assert "Traceback" not in text and "KeyboardInterrupt" not in text, text[-4000:]
     assert "mometas-pretrain: stopped by SIGINT at step" in text
     assert "run the demo again with --keep" in text
+    assert "fine-tuning skipped" in text
     checkpoints = os.path.join(out, "checkpoints")
     stop = len(read_jsonl(metrics))
     assert ckpt.latest_complete_tag(checkpoints) == f"step{stop}" and stop < 300
