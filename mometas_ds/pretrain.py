@@ -8,10 +8,19 @@ from mometas_ds.config import ConfigError, parse_args
 
 
 def main(argv=None) -> int:
+    try:
+        return _main(argv)
+    except KeyboardInterrupt:  # Ctrl-C before the run's own handlers are installed: no work to save yet
+        print("mometas-pretrain: interrupted before training started; nothing to save", file=sys.stderr)
+        return 130
+
+
+def _main(argv=None) -> int:
     cfg = parse_args(argv)
     # After the flags are parsed: these import DeepSpeed and HF datasets (seconds), which --help does not need.
     from mometas_ds.checkpoint import CheckpointError
     from mometas_ds.config import DataError, preflight
+    from mometas_ds.stop_signals import ignore_from_now
     from mometas_ds.trainer import NonFiniteLossError, Trainer
 
     try:
@@ -21,8 +30,14 @@ def main(argv=None) -> int:
         _destroy_process_group()
         return 2
     try:
-        trainer.train()
+        result = trainer.train()
+    except (ConfigError, DataError) as exc:  # a full disk in the HF export; every rank stops here together
+        ignore_from_now()
+        print(f"mometas-pretrain: error: rank {trainer.rank}: {exc}", file=sys.stderr)
+        _destroy_process_group()
+        return 2
     except (CheckpointError, NonFiniteLossError) as exc:  # every rank stops here together
+        ignore_from_now()
         print(f"mometas-pretrain: error: rank {trainer.rank}: {exc}", file=sys.stderr)
         _destroy_process_group()
         return 1
@@ -34,6 +49,16 @@ def main(argv=None) -> int:
                   f"--dist_timeout_minutes {trainer.cfg.dist_timeout_minutes}). Restart with --resume to continue "
                   f"from the last complete checkpoint.", file=sys.stderr)
         raise
+    ignore_from_now()  # all saved: a signal during the teardown must not turn exit 0 into "killed" (143)
+    if result.get("stopped_by_signal") and trainer.rank == 0:
+        import os
+
+        from mometas_ds.checkpoint import tag_for
+
+        by = trainer.signals.signal_name or "a signal to another rank"
+        saved = os.path.join(cfg.output_dir, "checkpoints", tag_for(result["step"]))
+        print(f"mometas-pretrain: stopped by {by} at step {result['step']}: checkpoint {saved} saved; "
+              "continue with --resume", file=sys.stderr)
     _destroy_process_group()
     return 0
 

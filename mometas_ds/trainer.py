@@ -10,7 +10,6 @@ import datetime
 import logging
 import os
 import random
-import signal
 import time
 from typing import Optional
 
@@ -19,7 +18,7 @@ import torch
 import torch.distributed as dist
 
 from . import checkpoint as ckpt
-from . import faults
+from . import faults, stop_signals
 from .config import (
     ConfigError, DataError, Preflight, PretrainConfig, check_tokenizer_fits_model, check_writable, preflight,
     sampler_kwargs,
@@ -34,6 +33,7 @@ from .samplers import build_sampler
 from .step import Corruption, NonFiniteLossError, StopRequest, TrainStep
 from .tokenizer import load_tokenizer, special_tokens_of, train_wordpiece_tokenizer
 from .train_state import TrainState, rng_state, set_rng_state
+from .safe_io import disk_errors, export_retry_hint, write_dir_atomically
 
 logger = logging.getLogger("mometas_ds")
 
@@ -101,13 +101,8 @@ class Trainer:
 
     # ---------------------------------------------------------------- set-up
     def _install_signal_handlers(self):
-        # SLURM sends USR1 (--signal) before the time limit and TERM at it: finish the step, save, exit 0.
-        def request_stop(signum, frame):
-            self.stop.requested = True
-            logger.warning("rank %d: got signal %d, will save and stop after this step", self.rank, signum)
-
-        for sig in (signal.SIGUSR1, signal.SIGTERM):
-            signal.signal(sig, request_stop)
+        # INT (Ctrl-C), TERM, USR1: finish the step, save, exit 0 (mometas_ds/stop_signals.py).
+        self.signals = stop_signals.install(self.rank, lambda: setattr(self.stop, "requested", True))
 
     def _check_output_dir(self):
         cfg = self.cfg
@@ -153,7 +148,8 @@ class Trainer:
                               meta_sequences=2 * cfg.meta_batch_size, seed=cfg.seed)
         def prepare_on_rank0():
             faults.sleep_in_setup()
-            return prepare_data(data_cfg, self.tokenizer)
+            with disk_errors("--cache_dir" if cfg.cache_dir else "--output_dir", cache_dir):
+                return prepare_data(data_cfg, self.tokenizer)
 
         # Rank 0 tokenizes and writes the cache; the others then read it.
         prepared = self._on_rank0_first(prepare_on_rank0)
@@ -211,8 +207,9 @@ class Trainer:
 
     def save_checkpoint(self):
         ckpt_root = os.path.join(self.cfg.output_dir, "checkpoints")
-        ckpt.save(self.engine, ckpt_root, self.state.step, self._client_state(), self.rank, self._barrier,
-                  self.run_identity)
+        with self.signals.saving():
+            ckpt.save(self.engine, ckpt_root, self.state.step, self._client_state(), self.rank, self._barrier,
+                      self.run_identity)
         if self.rank == 0:
             logger.info("saved checkpoint step%d in %s", self.state.step, ckpt_root)
             if self.cfg.save_total_limit is not None:
@@ -315,11 +312,14 @@ class Trainer:
     def export_hf(self):
         out_dir = os.path.join(self.cfg.output_dir, "hf_model")
         state_dict = ckpt.consolidated_state_dict(self.engine, os.path.join(self.cfg.output_dir, "checkpoints"), self.state.step)
-        if self.rank == 0:
-            self.model.save_hf(out_dir, self.tokenizer, state_dict=state_dict)
+
+        def write():  # whole or absent (safe_io); a failure stops every rank, with a message
+            write_dir_atomically(out_dir, lambda tmp: self.model.save_hf(tmp, self.tokenizer, state_dict=state_dict),
+                                 what_to_do=export_retry_hint(self.cfg, self.state.step))
             logger.info("exported the model and tokenizer (HF format) to %s", out_dir)
-        if self.world_size > 1:
-            dist.barrier(group=self._setup_group)  # writing a large model may outlast --dist_timeout_minutes
+
+        with self.signals.saving():  # on the setup group: writing a large model may outlast --dist_timeout_minutes
+            self._on_rank0_first(write)
 
 
 def build_objectives(cfg: PretrainConfig, special) -> dict:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 from dataclasses import dataclass, field
@@ -156,6 +157,14 @@ def validate(cfg: BenchConfig) -> None:
         fail("single_objective", f"{cfg.single_objective!r} is not one of --objectives {','.join(cfg.objectives)}")
     if cfg.deepspeed_config is not None and not os.path.isfile(cfg.deepspeed_config):
         fail("deepspeed_config", f"file not found: {cfg.deepspeed_config}")
+    if cfg.deepspeed_config is not None:  # strict field types, no unknown top-level key (issue 21)
+        from ..ds_config_check import check_ds_config
+
+        check_ds_config(read_json_object(cfg.deepspeed_config, "--deepspeed_config", BenchError),
+                        cfg.deepspeed_config, error=BenchError)
+    for flag in ("meta_lr", "meta_gamma"):
+        if not math.isfinite(getattr(cfg, flag)) or getattr(cfg, flag) < 0 or (flag == "meta_lr" and cfg.meta_lr == 0):
+            fail(flag, f"must be a finite number {'>' if flag == 'meta_lr' else '>='} 0, got {getattr(cfg, flag)}")
 
 
 

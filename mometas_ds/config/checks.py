@@ -16,9 +16,12 @@ from typing import List, Optional
 import torch
 
 from ..checkpoint import find_resume_checkpoint, latest_complete_tag, resume_checkpoint, run_identity_of
+from ..ds_config_check import check_ds_config
 from ..errors import ConfigError, read_json_object
 from ..launch import LaunchInfo, init_distributed
 from ..model import MODEL_PRESETS
+from ..model_config_check import check_model_config_fields
+from ..safe_io import check_resume_objectives, check_writable_dir, read_client_state
 from ..objectives import available_objectives, objective_class
 from ..samplers import available_samplers, build_sampler
 from .settings import PretrainConfig, sampler_kwargs
@@ -37,6 +40,8 @@ def preflight(cfg: PretrainConfig) -> Preflight:
     """Every check of a run, in order, before the trainer builds anything; a ConfigError names what is wrong."""
     ds_config = validate_config(cfg)
     check_writable(cfg.output_dir)  # every rank, before any collective: a bad mount fails here
+    if cfg.cache_dir:
+        check_writable_dir(cfg.cache_dir, "--cache_dir")  # the same early probe (a file, read-only, full)
     launch = init_distributed(cfg.dist_timeout_minutes)
     check_world_size(cfg, ds_config, launch.world_size)
     return Preflight(ds_config, launch, run_identity(cfg, ds_config, launch.world_size))
@@ -102,6 +107,7 @@ def validate_config(cfg: PretrainConfig) -> dict:
     if not cfg.deepspeed_config or not os.path.isfile(cfg.deepspeed_config):
         fail("deepspeed_config", f"file not found: {cfg.deepspeed_config}")
     ds_config = read_json_object(cfg.deepspeed_config, "--deepspeed_config")
+    check_ds_config(ds_config, cfg.deepspeed_config)  # strict types, no unknown top-level key
     if not cfg.train_files:
         fail("train_files", "no corpus given")
     if (cfg.model_name_or_path is None) == (cfg.model_config is None):
@@ -112,6 +118,7 @@ def validate_config(cfg: PretrainConfig) -> dict:
         fields = read_json_object(cfg.model_config, "--model_config")  # a BertConfig JSON: unreadable stops here
         if fields.get("model_type", "bert") != "bert":
             fail("model_config", f"{cfg.model_config} is a {fields['model_type']!r} config; mometas_ds trains BERT")
+        check_model_config_fields(fields, cfg.model_config)  # strict types, no unknown field
         if fields.get("max_position_embeddings", cfg.seq_len) < cfg.seq_len:
             fail("seq_len", f"{cfg.seq_len} exceeds the max_position_embeddings ({fields['max_position_embeddings']}) "
                             f"of --model_config {cfg.model_config}")
@@ -344,8 +351,9 @@ def check_resume_matches(cfg: PretrainConfig, ds_config: dict, world_size: int) 
         return
     tag_dir = os.path.join(*found)
     saved = run_identity_of(*found)
-    if saved is None:
-        return  # written before checkpoints recorded their run's settings
+    if saved is None:  # written before checkpoints recorded their run's settings: compare what its client state holds
+        check_resume_objectives(read_client_state(tag_dir) or {}, cfg.objectives, tag_dir)
+        return
     ours = run_identity(cfg, ds_config, world_size)
     differs = [key for key in ours if key in saved and saved[key] != ours[key]]
     if differs:
