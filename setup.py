@@ -36,6 +36,7 @@ setup(
             "mometas-pretrain=mometas_ds.pretrain:main",
             "mometas-bench=mometas_ds.bench:main",
             "mometas-plot=mometas_ds.plot:main",
+            "mometas-study=mometas_ds.study:main",
         ]
     },
 )
