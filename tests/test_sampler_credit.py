@@ -195,22 +195,24 @@ def test_paper_mometas_is_unchanged_by_the_new_module():
 META_BATCH, STEPS, INTERVAL = 7, 400, 10
 
 
-def _losses(update_index):
+def _losses(update_index, counts):
+    """Per-sequence losses [META_BATCH, N]; objective 0's falls with the share of its draws in the round."""
     gen = torch.Generator().manual_seed(500 + update_index)
     trend = torch.tensor([3.0 - 0.01 * update_index, 1.0 + 0.002 * update_index, 2.0, 1.5, 0.7], dtype=torch.float64)
+    trend[0] -= 0.5 * counts[0] / INTERVAL
     return trend + 0.05 * torch.rand(META_BATCH, N, generator=gen, dtype=torch.float64)
 
 
 def _gloo_worker(rank, world, init_file, out_dir):
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
-    sampler = build_sampler("mometas_credit", N, seed=11, interval=INTERVAL, window=5)
+    sampler = build_sampler("mometas_credit", N, seed=11, interval=INTERVAL, window=12)
     lo, hi = shard_range(META_BATCH, rank, world)
     draws, infos = [], []
     for step in range(STEPS):
         draws.append(sampler.sample(step))
         if (step + 1) % INTERVAL == 0:
-            shard = _losses(step // INTERVAL)[lo:hi]
+            shard = _losses(step // INTERVAL, sampler.rollout_counts())[lo:hi]
             infos.append(meta_update_distributed(sampler, shard.sum(0), torch.full((N,), float(hi - lo))))
     torch.save({"draws": draws, "infos": infos, "state": sampler.state_dict()}, os.path.join(out_dir, f"rank{rank}.pt"))
     dist.destroy_process_group()
@@ -222,11 +224,26 @@ def test_two_gloo_ranks_agree_with_each_other_and_with_one_process(tmp_path):
     assert r0["draws"] == r1["draws"] and json.dumps(r0["infos"]) == json.dumps(r1["infos"])
     assert r0["state"]["policy"] == r1["state"]["policy"]
     assert max(max(i["probs"]) - min(i["probs"]) for i in r0["infos"]) > 0.01  # the policy moved
-    single = build_sampler("mometas_credit", N, seed=11, interval=INTERVAL, window=5)
+    single = build_sampler("mometas_credit", N, seed=11, interval=INTERVAL, window=12)
     draws = []
     for step in range(STEPS):
         draws.append(single.sample(step))
         if (step + 1) % INTERVAL == 0:
-            single.update(_losses(step // INTERVAL).mean(0))
+            single.update(_losses(step // INTERVAL, single.rollout_counts()).mean(0))
     assert draws == r0["draws"]
     assert single.probs.tolist() == pytest.approx(r0["infos"][-1]["probs"], rel=1e-9)
+
+
+def test_pure_noise_windows_move_the_policy_far_less_than_a_real_effect():
+    gen = torch.Generator().manual_seed(3)
+    beta = torch.tensor([0.2, 0.0, 0.0, -0.2, 0.0], dtype=torch.float64)
+    noise_credit, signal_credit = [], []
+    for _ in range(200):
+        counts = torch.multinomial(torch.full((N,), 0.2), 20 * 20, replacement=True, generator=gen).reshape(20, 20)
+        shares = torch.stack([torch.bincount(row, minlength=N) for row in counts]).double() / 20
+        rounds = torch.arange(20, dtype=torch.float64)
+        noise = 0.01 * torch.randn(20, generator=gen, dtype=torch.float64)
+        noise_credit.append(composition_credit(shares, noise, rounds, 0.1).abs().max())
+        signal_credit.append(composition_credit(shares, shares @ beta + noise, rounds, 0.1)[0])
+    assert float(torch.stack(signal_credit).mean()) > 3 * float(torch.stack(noise_credit).mean())
+    assert float(torch.stack(noise_credit).median()) == 0.0  # most noise windows do not pass the chance level

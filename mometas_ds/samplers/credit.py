@@ -15,8 +15,10 @@ composition across rounds (Aioli-style, Chen et al. 2024):
   * over the last ``window`` rounds, a ridge regression  y_t ~ c + s * t + sum_j beta_j x_tj
     (shares and round index centred; the linear trend in t absorbs the reward's decline over
     training; ridge = ``ridge`` * the shares' mean variance; the trend is not shrunk);
-  * credit b_j = (beta_j - mean beta) * sd(x) / sd(y net of the trend): centred over objectives
-    (the shares sum to one, so only differences are identified) and on the scale of a correlation;
+  * credit b_j = (beta_j - mean beta) * sd(x) / sd(y net of the trend) * g: centred over objectives
+    (the shares sum to one, so only differences are identified), on the scale of a correlation, and
+    gated by g, the adjusted partial R^2 of the shares (the reward variance they explain beyond the
+    (N - 1) / (W - 2) that chance explains; clipped to [0, 1]), so a window of pure noise moves little;
   * theta <- (1 - decay) * theta + lr * b;  draw from (1 - prob_floor) * softmax(theta) + prob_floor / N.
 
 The floor keeps every objective drawn now and then, so the compositions keep varying and the
@@ -76,7 +78,27 @@ def composition_credit(shares: torch.Tensor, rewards: torch.Tensor, rounds: torc
     share_sd = (share_var / w) ** 0.5
     if residual_sd <= 0:
         return torch.zeros(n, dtype=torch.float64)
-    return beta * share_sd / residual_sd
+    return beta * share_sd / residual_sd * _significance(x, t, y, design @ coef)
+
+
+def _significance(x: torch.Tensor, t: torch.Tensor, y: torch.Tensor, fitted: torch.Tensor) -> float:
+    """How much of the reward's variance (net of the trend) the compositions explain beyond chance, in [0, 1].
+
+    The partial R^2 of the shares, adjusted for the N - 1 of them a fit of W - 2 free rounds would
+    explain by chance (adjusted R^2, clipped at 0): pure noise moves the policy little on average.
+    """
+    w, n = x.shape
+    chance = (n - 1) / (w - 2) if w > 2 else 1.0
+    if chance >= 1.0:
+        return 0.0
+    tt = float(t @ t)
+    trend_only = y - t * (float(t @ y) / tt) if tt > 0 else y
+    sse_trend = float(trend_only @ trend_only)
+    sse_full = float((y - fitted) @ (y - fitted))
+    if sse_trend <= 0:
+        return 0.0
+    explained = max(0.0, (sse_trend - sse_full) / sse_trend)
+    return min(1.0, max(0.0, (explained - chance) / (1.0 - chance)))
 
 
 @register_sampler("mometas_credit")
