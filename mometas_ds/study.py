@@ -27,6 +27,7 @@ import json
 import logging
 import math
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -168,8 +169,9 @@ def _child_env() -> dict:
 
 def train_one(args, inputs, spec: SamplerSpec, seed: int) -> dict:
     out = run_dir(args.output_dir, spec, seed)
-    if os.path.isfile(os.path.join(out, RESULT_FILE)):
-        return {"label": spec.label, "seed": seed, "returncode": 0, "seconds": None, "reused": True}
+    if os.path.isfile(os.path.join(out, RESULT_FILE)) or os.path.isdir(os.path.join(out, "hf_model")):
+        return {"label": spec.label, "seed": seed, "returncode": 0, "seconds": None, "reused": True}  # finished
+    shutil.rmtree(out, ignore_errors=True)  # a run stopped part-way starts afresh
     os.makedirs(out, exist_ok=True)
     started = time.time()
     with open(os.path.join(out, "stdout.log"), "w") as log:
