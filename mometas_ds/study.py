@@ -284,6 +284,7 @@ def check_criteria(runs: List[dict], objectives: List[str], bad: List[str], refe
     """Per sampler label, over its seeds, the checks of docs/sampler_study.md.
 
     harmful_least_drawn:  ``harmful`` drawn less than every other objective, in every seed
+    harmful_below_useful: ``harmful`` drawn less than every useful objective (the other bad ones may be lower)
     harmful_below_half:   ``harmful``'s final probability < half its uniform share, in every seed
     useful_not_worse:     seeds whose mean held-out loss of the useful objectives is <= the reference's
                           (same seed), of the seeds both have
@@ -302,6 +303,8 @@ def check_criteria(runs: List[dict], objectives: List[str], bad: List[str], refe
         if harmful is not None:
             checks["harmful_least_drawn"] = sum(
                 all(run["draws"][harmful] < run["draws"][o] for o in objectives if o != harmful) for run in group)
+            checks["harmful_below_useful"] = sum(
+                all(run["draws"][harmful] < run["draws"][o] for o in useful) for run in group)
             checks["harmful_below_half"] = sum(run["final_probs"][harmful] < 0.5 * share for run in group)
         paired = [run for run in group if run["seed"] in ref]
         checks["useful_not_worse"] = sum(run["useful_heldout"] <= ref[run["seed"]] for run in paired)
@@ -347,11 +350,13 @@ def summary_table(runs: List[dict], objectives: List[str], bad: List[str], crite
     lines.append("")
     harmful = bad[0] if bad else "-"
     lines.extend([f"**Checks** (harmful = {harmful}; counts are seeds)", "",
-                  "| sampler | seeds | harmful least drawn | harmful < ½ uniform share | useful ≤ uniform (paired) | "
-                  "useful ≥ ¼ uniform share | lowest useful prob |", "|---|---|---|---|---|---|---|"])
+                  "| sampler | seeds | harmful least drawn | harmful drawn less than every useful | "
+                  "harmful < ½ uniform share | useful ≤ uniform (paired) | "
+                  "useful ≥ ¼ uniform share | lowest useful prob |", "|---|---|---|---|---|---|---|---|"])
     for label in labels:
         c = criteria[label]
-        lines.append(f"| {label} | {c['seeds']} | {c.get('harmful_least_drawn', '-')} | {c.get('harmful_below_half', '-')} | "
+        lines.append(f"| {label} | {c['seeds']} | {c.get('harmful_least_drawn', '-')} | "
+                     f"{c.get('harmful_below_useful', '-')} | {c.get('harmful_below_half', '-')} | "
                      f"{c['useful_not_worse']}/{c['paired_seeds']} | {c['useful_above_quarter']} | "
                      f"{100 * c['min_useful_prob']:.1f}% |")
     lines.append("")

@@ -25,7 +25,9 @@ def test_two_runs_end_to_end(tmp_path, capsys):
         assert [row[0] for row in run["trajectory"]][-4:] == [4, 8, 12, 16]  # one row per sampler update
     uniform, credit = study["runs"]
     assert uniform["final_probs"] == {name: pytest.approx(0.2) for name in OBJECTIVES}
-    assert credit["final_probs"] != uniform["final_probs"]  # window 3: the credit sampler moved by step 16
+    assert (credit["sampler"], credit["sampler_args"]) == ("mometas_credit", {"window": 3})
+    with open(out / "runs" / "credit" / "seed3" / "run_config.json") as f:
+        assert json.load(f)["sampler_args"] == {"window": 3}  # the spec's options reached mometas-pretrain
     table = (out / "study.md").read_text()
     assert "| credit |" in table and "harmful least drawn" in table
     assert (out / "probs.png").stat().st_size > 0 and (out / "heldout.png").stat().st_size > 0
@@ -72,7 +74,8 @@ def test_criteria_count_seeds():
         _run("y", 1, [30, 30, 25, 5, 10], [0.6, 0.3, 0.04, 0.03, 0.03], 2.0),  # a useful prob under 0.05
     ]
     c = check_criteria(runs, OBJECTIVES, ["noisy_mlm", "coin_flip"])
-    assert c["x"] == {"seeds": 2, "harmful_least_drawn": 1, "harmful_below_half": 1, "useful_not_worse": 1,
+    assert c["x"] == {"seeds": 2, "harmful_least_drawn": 1, "harmful_below_useful": 2, "harmful_below_half": 1,
+                      "useful_not_worse": 1,
                       "paired_seeds": 2, "useful_above_quarter": 2, "min_useful_prob": 0.2}
     assert c["y"]["useful_above_quarter"] == 0 and c["y"]["useful_not_worse"] == 1  # equal counts as not worse
     assert c["uniform"]["harmful_least_drawn"] == 0  # ties are not "least"

@@ -106,7 +106,7 @@ class MometasCreditSampler(Sampler):
     needs_meta_validation = True
 
     def __init__(self, num_objectives: int, seed: int = 0, interval: int = 100, *, lr: float = 1.5,
-                 window: int = 20, ridge: float = 0.1, decay: float = 0.03, prob_floor: float = 0.25, fixed_meta_set: bool = True):
+                 window: int = 10, ridge: float = 0.1, decay: float = 0.0, prob_floor: float = 0.25, fixed_meta_set: bool = True):
         super().__init__(num_objectives, seed, interval)
         owner = self._owner()
         self.lr = check_float(owner, "lr", lr, low=0.0, low_open=True)
