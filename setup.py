@@ -41,6 +41,7 @@ setup(
             "mometas-export=mometas_ds.export:main",
             "mometas-compare=mometas_ds.compare:main",
             "mometas-checkpoint=mometas_ds.checkpoint_cli:main",
+            "mometas-study=mometas_ds.study:main",
         ]
     },
 )

@@ -288,7 +288,13 @@ def test_resume_of_a_checkpoint_without_run_identity_compares_its_stored_objecti
 
     out = str(tmp_path / "old_run")
     shutil.copytree(finished_run, out)
-    os.remove(os.path.join(out, "checkpoints", "step4", ckpt.RUN_IDENTITY_FILE))  # as older checkpoints are
+    # As checkpoints written before run identities and manifests are: no run_identity.json, no manifest,
+    # a COMPLETE holding only the step.
+    tag_dir = os.path.join(out, "checkpoints", "step4")
+    os.remove(os.path.join(tag_dir, ckpt.RUN_IDENTITY_FILE))
+    os.remove(os.path.join(tag_dir, ckpt.MANIFEST_FILE))
+    with open(os.path.join(tag_dir, ckpt.COMPLETE_MARKER), "w", encoding="utf-8") as f:
+        f.write("4")
     before = snapshot(out)
     args = pretrain_args(assets["corpus"], assets["tokenizer"], out, assets["cache"], max_steps=4)
     got, err = run_in_process(main, args + ["--objectives", "atd,mlm", "--resume"], capsys)

@@ -55,7 +55,8 @@ class PretrainConfig:
     user_modules: List[str] = option(
         help="Python files or modules to import first: they register your own objectives or samplers",
         factory=list, nargs="+", metavar="FILE_OR_MODULE")
-    sampler: str = option("mometas", "objective sampler: mometas (default), uniform, round_robin, fixed, temperature, exp3")
+    sampler: str = option("mometas", "objective sampler: mometas (default, as in the paper), mometas_credit "
+                          "(per-objective credit: docs/sampler_study.md), uniform, round_robin, fixed, temperature, exp3")
     sampler_args: dict = option(
         help='extra sampler keyword arguments as JSON, e.g. \'{"weights": [2,1,1,1,1]}\' or \'{"prob_floor": 0.05}\'',
         factory=dict, type=json.loads)

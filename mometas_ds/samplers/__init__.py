@@ -1,4 +1,4 @@
-"""Objective samplers: MOMETAS (the default) and rule-based and bandit baselines, one module each.
+"""Objective samplers: MOMETAS (the default), its credit-assigning variant, rule-based and bandit baselines.
 
     from mometas_ds.samplers import build_sampler, available_samplers
     s = build_sampler("mometas", num_objectives=5, seed=1234, interval=100, lr=0.1, gamma=2.0)
@@ -17,6 +17,7 @@ from .round_robin import RoundRobinSampler  # noqa: E402
 from .fixed import FixedSampler  # noqa: E402
 from .temperature import TemperatureSampler  # noqa: E402
 from .exp3 import Exp3Sampler  # noqa: E402
+from .credit import MometasCreditSampler  # noqa: E402
 from .distributed import meta_update_distributed, shard_range  # noqa: E402
 
 DEFAULT_SAMPLER = "mometas"
@@ -25,5 +26,6 @@ __all__ = [
     "Sampler", "build_sampler", "available_samplers", "register_sampler", "sampler_options",
     "meta_update_distributed", "shard_range", "relative_loss_drop", "uniform_from", "inverse_cdf",
     "MometasSampler", "UniformSampler", "RoundRobinSampler", "FixedSampler", "TemperatureSampler", "Exp3Sampler",
+    "MometasCreditSampler",
     "DEFAULT_SAMPLER",
 ]

@@ -1,0 +1,73 @@
+"""Test objectives for checking a sampler on your own corpus: one harmful, one that carries no signal.
+
+Add them to a run with ``--user_modules examples/study_objectives.py`` and name them in
+``--objectives``, e.g. ``--objectives mlm,dtd,atd,noisy_mlm,coin_flip``. A sampler that learns
+which objectives help should draw both less and less; ``mometas-study`` does this over seeds.
+
+* ``noisy_mlm`` (harmful): BERT's masking, but every masked position is labelled with a
+  uniformly random ordinary token. It shares the mlm head (``head_name = "mlm"``), so each step
+  of it pulls the mlm head towards the uniform distribution and raises mlm's loss; its own loss
+  cannot fall below ln(ordinary vocabulary).
+* ``coin_flip`` (no signal): the clean input, and per real token a random 0/1 label
+  independent of the text, on its own binary head. Nothing about the text can be learnt from
+  it: its loss stays at ln 2, and each step it is drawn is a step the useful objectives lose.
+"""
+
+from __future__ import annotations
+
+from typing import Dict, Optional
+
+import torch
+from torch import nn
+
+from mometas_ds.objectives import IGNORE_INDEX, Objective, register_objective
+from mometas_ds.objectives.atd import TokenDetectionHead
+from mometas_ds.objectives.base import rand, real_token_mask, reject_unknown_kwargs, validate_batch
+from mometas_ds.objectives.mlm import MaskedLM, mask_chosen_tokens
+
+
+@register_objective("noisy_mlm")
+class NoisyMaskedLM(MaskedLM):
+    """MLM input corruption with random targets, trained through the mlm head (harmful to mlm)."""
+
+    @property
+    def head_name(self) -> str:
+        return "mlm"
+
+    def corrupt(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        generator: Optional[torch.Generator] = None,
+        **kwargs,
+    ) -> Dict[str, torch.Tensor]:
+        validate_batch(input_ids, attention_mask, self.special)
+        chosen = self.choose(input_ids, attention_mask, generator, **kwargs)
+        masked = mask_chosen_tokens(input_ids, chosen, self.special, generator)
+        random_targets = self.special.random_ordinary_ids(input_ids.shape, generator, input_ids.device)
+        labels = torch.where(chosen, random_targets, IGNORE_INDEX)
+        return {"input_ids": masked["input_ids"], "attention_mask": attention_mask.clone(), "labels": labels}
+
+
+@register_objective("coin_flip")
+class CoinFlipDetection(Objective):
+    """Per-token random binary labels on the clean text (no signal)."""
+
+    default_noise_probability = 0.5  # probability of label 1
+
+    def corrupt(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        generator: Optional[torch.Generator] = None,
+        **kwargs,
+    ) -> Dict[str, torch.Tensor]:
+        validate_batch(input_ids, attention_mask, self.special)
+        reject_unknown_kwargs(self.name, kwargs)
+        real = real_token_mask(input_ids, attention_mask, self.special)
+        coin = (rand(input_ids.shape, generator, input_ids.device) < self.noise_probability).long()
+        labels = torch.where(real, coin, IGNORE_INDEX)
+        return {"input_ids": input_ids.clone(), "attention_mask": attention_mask.clone(), "labels": labels}
+
+    def build_head(self, config, word_embeddings: nn.Embedding) -> nn.Module:
+        return TokenDetectionHead(config)
