@@ -47,6 +47,10 @@ def compare(eval_dirs: List[str], names: List[str]) -> dict:
     """{"models": names, "tasks": [...], "cells": {task: {model: {"mean","std","n","lr","seeds"}}},
     "tests": {task: {model: paired_test vs the first model}}}; a GLUE row when every model has GLUE tasks."""
     summaries = [per_task(read_results(d)) for d in eval_dirs]
+    for d, summary in zip(eval_dirs, summaries):
+        if not summary:
+            raise DataError(f"{d}: its results.jsonl holds no complete result line "
+                            "(has mometas-finetune finished a run?)")
     tasks = sorted({t for s in summaries for t in s}, key=_task_order)
     cells, tests = {}, {}
     for task in tasks:

@@ -10,6 +10,7 @@ import contextlib
 import hashlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -528,3 +529,80 @@ def test_plot_bad_input(case, tmp_path, capsys):
     assert got == code, err
     assert phrase in err and "mometas-plot: error:" in err and "Traceback" not in err, err
     assert_untouched(before, str(tmp_path))
+
+
+# ------------------------------------------------------------------------------------------ the other commands
+# (module of main, prog, argv builder over a case dir holding an empty dir "empty" and a file "notes.txt",
+#  exit code, phrase). Every row: exit 2, "<prog>: error:" naming the flag or file, no traceback, nothing
+#  the user had changed.
+def _other_dir(d):
+    os.makedirs(os.path.join(d, "empty"), exist_ok=True)
+    with open(os.path.join(d, "notes.txt"), "w", encoding="utf-8") as f:
+        f.write("mine\n")
+    return d
+
+
+def _eval_dir_with_bad_line(d, middle=False):
+    path = os.path.join(d, "evaldir_middle" if middle else "evaldir")
+    os.makedirs(path, exist_ok=True)
+    truncated = '{"task": "sst2", "seed": 1, "learning_rate": 2e-5, "metrics": {"accuracy": 50.0}'
+    whole = ('{"task": "sst2", "seed": 2, "learning_rate": 2e-5, "metrics": {"accuracy": 50.0}, '
+             '"main_metric": "accuracy"}')
+    with open(os.path.join(path, "results.jsonl"), "w", encoding="utf-8") as f:
+        f.write(truncated + "\n" + whole + "\n" if middle else truncated)  # a killed run's last line is ignored
+    return path
+
+
+OTHER_CASES = [
+    ("finetune_model_not_a_dir", "mometas_ds.finetune", "mometas-finetune",
+     lambda d: ["--model_name_or_path", f"{d}/none", "--tasks", "sst2", "--data_dir", d, "--output_dir", f"{d}/o"],
+     "--model_name_or_path"),
+    ("finetune_model_not_hf", "mometas_ds.finetune", "mometas-finetune",
+     lambda d: ["--model_name_or_path", f"{d}/empty", "--tasks", "sst2", "--data_dir", d, "--output_dir", f"{d}/o"],
+     "no config.json"),
+    ("finetune_unknown_task", "mometas_ds.finetune", "mometas-finetune",
+     lambda d: ["--model_name_or_path", f"{d}/empty", "--tasks", "nope", "--data_dir", d, "--output_dir", f"{d}/o"],
+     "--tasks: unknown task 'nope'"),
+    ("finetune_bad_seeds", "mometas_ds.finetune", "mometas-finetune",
+     lambda d: ["--model_name_or_path", f"{d}/empty", "--tasks", "sst2", "--data_dir", d, "--output_dir", f"{d}/o",
+                "--seeds", "x"], "--seeds"),
+    ("finetune_negative_lr", "mometas_ds.finetune", "mometas-finetune",
+     lambda d: ["--model_name_or_path", f"{d}/empty", "--tasks", "sst2", "--data_dir", d, "--output_dir", f"{d}/o",
+                "--learning_rates", "-1"], "--learning_rates"),
+    ("export_not_a_dir", "mometas_ds.export", "mometas-export",
+     lambda d: ["--checkpoint", f"{d}/none", "--out", f"{d}/o"], "--checkpoint"),
+    ("export_incomplete", "mometas_ds.export", "mometas-export",
+     lambda d: ["--checkpoint", f"{d}/empty", "--out", f"{d}/o"], "no COMPLETE marker"),
+    ("compare_missing_results", "mometas_ds.compare", "mometas-compare",
+     lambda d: [f"{d}/none", f"{d}/empty"], "results.jsonl: not found"),
+    ("compare_names_mismatch", "mometas_ds.compare", "mometas-compare",
+     lambda d: [f"{d}/empty", f"{d}/empty", "--names", "a"], "--names"),
+    ("compare_one_dir", "mometas_ds.compare", "mometas-compare", lambda d: [f"{d}/empty"], "at least two"),
+    ("compare_truncated_results", "mometas_ds.compare", "mometas-compare",
+     lambda d: [_eval_dir_with_bad_line(d), _eval_dir_with_bad_line(d), "--names", "a,b"], "no complete result"),
+    ("compare_bad_line_in_the_middle", "mometas_ds.compare", "mometas-compare",
+     lambda d: [_eval_dir_with_bad_line(d, True), _eval_dir_with_bad_line(d, True), "--names", "a,b"],
+     "results.jsonl:1: not a JSON line"),
+    ("checkpoint_no_dir", "mometas_ds.checkpoint_cli", "mometas-checkpoint",
+     lambda d: ["verify", f"{d}/none"], "no such directory"),
+    ("checkpoint_bad_level", "mometas_ds.checkpoint_cli", "mometas-checkpoint",
+     lambda d: ["verify", f"{d}/empty", "--level", "x"], "--level"),
+    ("study_unknown_sampler", "mometas_ds.study", "mometas-study",
+     lambda d: ["--output_dir", f"{d}/o", "--samplers", "nope", "--seeds", "1"], "--samplers"),
+    ("study_bad_seed", "mometas_ds.study", "mometas-study",
+     lambda d: ["--output_dir", f"{d}/o", "--samplers", "uniform", "--seeds", "x"], "--seeds"),
+]
+
+
+@pytest.mark.parametrize("case", OTHER_CASES, ids=[c[0] for c in OTHER_CASES])
+def test_every_other_command_refuses_bad_input_with_exit_2_naming_it(case, tmp_path, capsys):
+    import importlib
+
+    _, module, prog, build, phrase = case
+    d = _other_dir(str(tmp_path))
+    argv = build(d)
+    before = snapshot(d)
+    got, err = run_in_process(importlib.import_module(module).main, argv, capsys)
+    assert got == 2, err[-3000:]
+    assert re.search(rf"^{prog}( \w+)?: error:", err, re.M) and phrase in err and "Traceback" not in err, err[-3000:]
+    assert_untouched(before, d)
