@@ -111,16 +111,15 @@ class TrainStep:
         trace.flush()
         state.micro_step += 1
         loss = faults.nonfinite_loss(self.engine(batch, name)["loss"], state.micro_step - 1)
-        if not self._all_finite(loss):
+        # The loss value comes back in the same host read as the skip/stop flags: one sync per micro-step.
+        all_finite, loss_value = self._all_finite(loss)
+        if not all_finite:
             state.skipped_steps += 1
             state.consecutive_skips += 1
             logger.warning("rank %d: non-finite loss at micro-step %d (%s): skipped on every rank",
                            self.rank, state.micro_step - 1, name)
             self._boundary_done = False
             return name, None
-        # Read now: the finite check above already waited for the forward pass, whereas reading after
-        # step() would wait for backward and the optimizer too.
-        loss_value = float(loss.detach().float())
         self.engine.backward(faults.nonfinite_grad(loss, state.micro_step - 1))
         self._boundary_done = self.engine.is_gradient_accumulation_boundary()
         if self._boundary_done and self.engine.zero_optimization_stage() == 3:
@@ -150,6 +149,8 @@ class TrainStep:
         whose gradient norm is not finite, deciding by an all-reduce, so the global norm says it on
         every rank. Under fp16 that is the loss scaler's normal search and is not counted."""
         state = self.state
+        # Read here, once per optimizer step (not per micro-step): the count is in this step's metrics line and
+        # --max_skipped_steps stops the run at this step, so the read cannot wait for a later collective.
         grad_norm = self.engine.get_global_grad_norm()
         if grad_norm is None or math.isfinite(float(grad_norm)):
             state.consecutive_skips = 0
@@ -158,14 +159,17 @@ class TrainStep:
             state.consecutive_skips += 1
             logger.warning("rank %d: non-finite gradient norm at step %d: update skipped", self.rank, state.step + 1)
 
-    def _all_finite(self, loss: torch.Tensor) -> bool:
-        """Whether every rank's loss is finite, and whether any rank asked to stop (same collective)."""
-        # Built on the device and read once, after the all-reduce: on a GPU each host read is a sync.
-        not_finite = (~torch.isfinite(loss.detach()).all()).to(torch.float32)
+    def _all_finite(self, loss: torch.Tensor) -> Tuple[bool, float]:
+        """Whether every rank's loss is finite, and this rank's loss value; whether any rank asked to stop is
+        learned in the same collective (``stop.agreed``)."""
+        # Built on the device and read once, after the all-reduce: on a GPU each host read is a sync. The local
+        # loss rides along in that read (after the all-reduce, which takes the flags' maximum over ranks).
+        loss = loss.detach().float()
+        not_finite = (~torch.isfinite(loss).all()).to(torch.float32)
         flags = torch.stack([not_finite, not_finite.new_full((), float(self.stop.requested))])
         if self.world_size > 1:
             dist.all_reduce(flags, op=dist.ReduceOp.MAX)
-        any_not_finite, any_stop = flags.tolist()
+        any_not_finite, any_stop, loss_value = torch.cat([flags, loss.reshape(1)]).tolist()
         if any_stop > 0:
             self.stop.agreed = True
-        return any_not_finite == 0
+        return any_not_finite == 0, loss_value

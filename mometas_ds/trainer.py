@@ -23,7 +23,7 @@ from .config import (
     ConfigError, DataError, Preflight, PretrainConfig, check_tokenizer_fits_model, check_writable, preflight,
     sampler_kwargs,
 )
-from .data import CorpusReport, DataConfig, ShardedBatches, iter_texts, prepare_data, rows_as_tensors
+from .data import CorpusReport, DataConfig, ShardedBatches, iter_texts, prefetched, prepare_data, rows_as_tensors
 from .engine import build_engine
 from .meta_validation import MetaValidation
 from .model import MultiObjectiveBert, build_bert_config
@@ -77,8 +77,8 @@ class Trainer:
         self.gas = self.engine.gradient_accumulation_steps()
         self.micro_batch = self.engine.train_micro_batch_size_per_gpu()
 
-        self.batches = ShardedBatches(self.data.train, batch_size=self.micro_batch, rank=self.rank,
-                                      world_size=self.world_size, seed=cfg.seed)
+        self.batches = prefetched(ShardedBatches(self.data.train, batch_size=self.micro_batch, rank=self.rank,
+                                                 world_size=self.world_size, seed=cfg.seed), cfg.prefetch_batches, self.device)
         self.sampler = build_sampler(cfg.sampler, num_objectives=len(self.objective_names), seed=cfg.seed,
                                      interval=cfg.meta_interval, **sampler_kwargs(cfg))
         corrupt = Corruption(self.objectives, self.device)

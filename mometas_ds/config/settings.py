@@ -5,6 +5,7 @@ The command line (``config.cli``) and the options table of the docs (``python -m
 """
 from __future__ import annotations
 
+import argparse
 import json
 import os
 from dataclasses import asdict, dataclass, field
@@ -17,6 +18,13 @@ from ..objectives import DEFAULT_OBJECTIVES
 
 def _csv(value: str) -> List[str]:
     return [item.strip() for item in value.split(",") if item.strip()]
+
+
+def non_negative_int(value: str) -> int:
+    number = int(value)
+    if number < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {number}")
+    return number
 
 
 def option(default=None, help: str = "", *, flags: tuple = (), factory=None, **argparse_kwargs):
@@ -94,6 +102,10 @@ class PretrainConfig:
         10, "stop with an error, keeping the last checkpoint, after this many skips without an applied "
         "update in between (micro-steps with a non-finite loss; bf16/fp32 updates with a non-finite gradient norm)",
         type=int)
+    prefetch_batches: int = option(
+        2, "micro-batches each rank reads ahead in a background thread while the step runs (pinned in host memory "
+        "on a GPU); the same batches and the same resume as without; 0 = read each one when the step needs it",
+        type=non_negative_int, metavar="N")
     local_rank: int = option(-1, "set by the deepspeed launcher", flags=("--local-rank",), type=int)
 
     def to_json(self) -> str:

@@ -27,11 +27,12 @@ only in ``--seed`` or ``--meta_batch_size`` share one cache.
 """
 from ..errors import DataError
 from .batches import ShardedBatches, rows_as_tensors
+from .prefetch import PrefetchedBatches, prefetched
 from .cache import CACHE_FORMAT_VERSION, REPORT_FILE, DataConfig, PreparedData, meta_split_rows, prepare_data
 from .readers import MIN_DOC_TOKENS, SKIP_REASONS, CorpusReport, iter_documents, iter_texts, resolve_files
 
 __all__ = [
-    "DataError", "ShardedBatches", "rows_as_tensors", "CACHE_FORMAT_VERSION", "REPORT_FILE", "DataConfig",
-    "PreparedData", "meta_split_rows", "prepare_data", "MIN_DOC_TOKENS", "SKIP_REASONS", "CorpusReport",
-    "iter_documents", "iter_texts", "resolve_files",
+    "DataError", "ShardedBatches", "PrefetchedBatches", "prefetched", "rows_as_tensors", "CACHE_FORMAT_VERSION",
+    "REPORT_FILE", "DataConfig", "PreparedData", "meta_split_rows", "prepare_data", "MIN_DOC_TOKENS", "SKIP_REASONS",
+    "CorpusReport", "iter_documents", "iter_texts", "resolve_files",
 ]
