@@ -589,6 +589,8 @@ OTHER_CASES = [
      lambda d: ["verify", f"{d}/empty", "--level", "x"], "--level"),
     ("study_unknown_sampler", "mometas_ds.study", "mometas-study",
      lambda d: ["--output_dir", f"{d}/o", "--samplers", "nope", "--seeds", "1"], "--samplers"),
+    ("study_output_is_a_file", "mometas_ds.study", "mometas-study",
+     lambda d: ["--output_dir", f"{d}/notes.txt", "--samplers", "uniform", "--seeds", "1"], "--output_dir"),
     ("study_bad_seed", "mometas_ds.study", "mometas-study",
      lambda d: ["--output_dir", f"{d}/o", "--samplers", "uniform", "--seeds", "x"], "--seeds"),
 ]

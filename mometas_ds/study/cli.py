@@ -33,7 +33,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from ..config import ConfigError, DataError, bundled_ds_config, import_user_module
+from ..config import ConfigError, DataError, bundled_ds_config, check_writable, import_user_module
 from ..objectives import available_objectives
 from ..samplers import available_samplers, build_sampler
 from .common import (
@@ -169,6 +169,7 @@ def _check_args(args) -> None:
         raise StudyError(f"--deepspeed_config: file not found: {args.deepspeed_config}")
     args.output_dir = os.path.abspath(args.output_dir)
     args.deepspeed_config = os.path.abspath(args.deepspeed_config)
+    check_writable(args.output_dir)  # a file in the way, read-only: ConfigError naming --output_dir, before any run
 
 
 def run_study(args) -> int:
