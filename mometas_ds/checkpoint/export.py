@@ -6,6 +6,8 @@ import logging
 from typing import Optional
 
 import torch
+import torch.distributed as dist
+from torch._utils import _unflatten_dense_tensors
 
 from .layout import tag_for
 
@@ -14,15 +16,13 @@ logger = logging.getLogger(__package__)  # one logger for the package: "mometas_
 
 def consolidated_state_dict(engine, root: str, step: int) -> Optional[dict]:
     """Full fp32 weights on rank 0 (None elsewhere), for the HF export."""
-    import torch.distributed as dist
-
     rank = dist.get_rank() if dist.is_initialized() else 0
     if engine.zero_optimization_stage() == 0:
         state = _stage0_fp32_state_dict(engine)  # every rank: the bf16 optimizer gathers by all-reduce
         return state if rank == 0 else None
     if rank != 0:
         return None
-    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint  # heavy; --help imports this
 
     return get_fp32_state_dict_from_zero_checkpoint(root, tag=tag_for(step))
 
@@ -38,7 +38,7 @@ def _stage0_fp32_state_dict(engine) -> dict:
 
 def _fp32_master_weights(engine) -> dict:
     """{id(param): fp32 master weight} from DeepSpeed's stage-0 mixed-precision optimizers."""
-    from deepspeed.utils import safe_get_full_fp32_param
+    from deepspeed.utils import safe_get_full_fp32_param  # heavy; --help imports this
 
     params = list(engine.module.parameters())
     if any(hasattr(p, "_hp_mapping") for p in params):  # BF16_Optimizer (public API; an all-reduce per parameter)
@@ -49,8 +49,6 @@ def _fp32_master_weights(engine) -> dict:
     if groups is not None and hasattr(optimizer, "fp32_groups"):  # FP16_UnfusedOptimizer (e.g. Lamb + fp16)
         return {id(p): m for lp, hp in zip(groups, optimizer.fp32_groups) for p, m in zip(lp, hp)}
     if groups is not None and hasattr(optimizer, "fp32_groups_flat"):  # FP16_Optimizer: one flat buffer per group
-        from torch._utils import _unflatten_dense_tensors
-
         # Copies, not views: safetensors refuses to write tensors that share one storage.
         return {id(p): m.clone() for lp, flat in zip(groups, optimizer.fp32_groups_flat)
                 for p, m in zip(lp, _unflatten_dense_tensors(flat, lp))}

@@ -8,6 +8,9 @@ import os
 import re
 from typing import List, Optional, Tuple
 
+import numpy as np
+import xxhash
+
 from ..errors import ConfigError
 
 COMPLETE_MARKER = "COMPLETE"
@@ -57,8 +60,6 @@ def _config_error(message: str) -> Exception:
 # ---------------------------------------------------------------- checksums
 def file_digest(path: str) -> str:
     """xxh3_64 of a file, streamed in 1 MiB blocks (hex)."""
-    import xxhash
-
     digest = xxhash.xxh3_64()
     buf = bytearray(_BLOCK)
     view = memoryview(buf)
@@ -76,8 +77,6 @@ def _record(path: str) -> dict:
 
 
 def _text_record(text: str) -> dict:
-    import xxhash
-
     data = text.encode("utf-8")
     return {"size": len(data), HASH: xxhash.xxh3_64(data).hexdigest()}
 
@@ -85,8 +84,6 @@ def _text_record(text: str) -> dict:
 # ---------------------------------------------------------------- our own state, as plain values
 def _plain(value):
     """The client state with numpy arrays as tagged lists, so it loads with weights_only=True on any torch."""
-    import numpy as np
-
     if isinstance(value, np.ndarray):
         return {"__ndarray__": value.tolist(), "dtype": str(value.dtype)}
     if isinstance(value, np.generic):
@@ -99,8 +96,6 @@ def _plain(value):
 
 
 def _unplain(value):
-    import numpy as np
-
     if isinstance(value, dict):
         if set(value) == {"__ndarray__", "dtype"}:
             return np.array(value["__ndarray__"], dtype=value["dtype"])

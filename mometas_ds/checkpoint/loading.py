@@ -7,7 +7,9 @@ import logging
 import os
 import pickle
 import re
+import warnings
 
+import numpy as np
 import torch
 
 from .layout import CLIENT_STATE_FILE, ResumeRefused, _config_error, _unplain
@@ -26,8 +28,6 @@ _DEEPSPEED_TYPES = (  # every non-plain type in DeepSpeed's checkpoint files (ch
 
 
 def _allowed_types() -> list:
-    import warnings
-
     found = []
     for name in _DEEPSPEED_TYPES:
         module, _, attr = name.rpartition(".")
@@ -38,8 +38,6 @@ def _allowed_types() -> list:
         except (ImportError, AttributeError):
             continue  # a DeepSpeed / numpy version without it: its files cannot hold it either
     try:
-        import numpy as np
-
         found += [type(np.dtype(t)) for t in ("uint32", "int64", "float64")]  # numpy >= 1.25 dtype classes
     except Exception:
         pass

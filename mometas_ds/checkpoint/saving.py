@@ -8,6 +8,7 @@ import shutil
 from typing import Callable, Dict, Optional
 
 import torch
+import torch.distributed as dist
 
 from .. import faults
 from .layout import (CLIENT_STATE_FILE, COMPLETE_MARKER, HASH, LATEST_FILE, MANIFEST_FILE, RUN_IDENTITY_FILE,
@@ -82,8 +83,6 @@ def _save_recording_errors(engine, root: str, tag: str, written: Optional[dict] 
     checkpoint engine record their error and return, every rank finishes the save, and the
     ranks then decide together. Our client state goes into a file of its own (see save).
     """
-    import torch.distributed as dist
-
     rank = dist.get_rank() if dist.is_initialized() else 0
     errors = []
     written = {} if written is None else written
@@ -128,8 +127,6 @@ def _fsync(path: str) -> None:
 
 def _gather(obj) -> list:
     """Every rank's ``obj``, in rank order (all_gather_object in the default group)."""
-    import torch.distributed as dist
-
     if dist.is_initialized() and dist.get_world_size() > 1:
         everyone = [None] * dist.get_world_size()
         dist.all_gather_object(everyone, obj)

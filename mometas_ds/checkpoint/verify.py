@@ -1,11 +1,15 @@
 """Verifying a tag against its manifest and choosing the checkpoint a --resume run starts from."""
 from __future__ import annotations
 
+import datetime
 import json
 import logging
 import os
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Tuple
+
+import torch.distributed as dist
+import xxhash
 
 from .layout import (COMPLETE_MARKER, FULL_VERIFY_MAX_BYTES, HASH, LATEST_FILE, MANIFEST_FILE, VERIFY_LEVELS,
                      ResumeRefused, _config_error, _read_pointer, complete_tags, file_digest, find_resume_checkpoint,
@@ -68,8 +72,6 @@ def read_manifest(tag_dir: str) -> Tuple[Optional[dict], List[str]]:
         return None, [f"{path}: missing (COMPLETE records {marker['size']} bytes)"]
     with open(path, "rb") as f:
         data = f.read()
-    import xxhash
-
     if len(data) != marker["size"]:
         return None, [f"{path}: {len(data)} bytes, COMPLETE records {marker['size']}"]
     if xxhash.xxh3_64(data).hexdigest() != marker[HASH]:
@@ -198,10 +200,6 @@ def resume_checkpoint(root: str, resume: Optional[str], level: str = "auto", gro
     gave (the pre-flight check verified it), once. ``wait_minutes`` (without ``group``): the others
     wait that long for rank 0's hashing, in a gloo group of their own, not the training timeout.
     """
-    import datetime
-
-    import torch.distributed as dist
-
     if resume in (None, "", "none"):
         return None  # every rank knows that much without asking rank 0
     key = (root, resume, level)
