@@ -17,6 +17,8 @@ import statistics
 import sys
 from typing import Dict, List, Optional
 
+import numpy as np
+
 from mometas_ds.config import ConfigError, DataError
 
 from .finetune.summary import _task_order, glue_score, per_task, read_results
@@ -36,7 +38,7 @@ def paired_test(a: Dict[int, float], b: Dict[int, float]) -> dict:
     if all(d == diffs[0] for d in diffs):  # scipy returns nan for zero variance of the differences
         result["p"] = 1.0 if diffs[0] == 0 else 0.0
     else:
-        from scipy.stats import ttest_rel
+        from scipy.stats import ttest_rel  # heavy (scipy.stats, about 1 s): not for --help
 
         result["p"] = float(ttest_rel([b[s] for s in seeds], [a[s] for s in seeds]).pvalue)
     result["significant"] = result["p"] < ALPHA
@@ -121,11 +123,10 @@ def write_outputs(result: dict, out_dir: str) -> List[str]:
 
 
 def _plot(result: dict, path: str) -> None:
-    import matplotlib
+    import matplotlib  # heavy: not for --help
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import numpy as np
+    import matplotlib.pyplot as plt  # after use("Agg"), which must come first
 
     models, tasks, cells = result["models"], result["tasks"], result["cells"]
     width = 0.8 / len(models)

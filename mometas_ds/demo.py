@@ -15,7 +15,10 @@ import subprocess
 import sys
 import time
 
+import psutil  # a DeepSpeed dependency (its launcher uses it)
+
 from .config import bundled_ds_config
+from .demo_corpus import write_demo_corpus
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MARKER = ".mometas_demo"  # written first into every directory the demo creates; --overwrite needs it
@@ -27,7 +30,7 @@ DEMO_OUTPUTS = ("corpus.jsonl", "checkpoints", "trace", "tokenizer", "cache", "h
 def _own_outputs(out: str) -> list:
     """The entries of an earlier demo output directory that carry the names the demo writes (a new
     step of the demo adds its output's name to DEMO_OUTPUTS); never anything else."""
-    from .plot import FIGURE_NAMES
+    from .plot import FIGURE_NAMES  # heavy (matplotlib): not for --help
 
     own = set(DEMO_OUTPUTS) | set(FIGURE_NAMES)
     temporary = ("hf_model.tmp-", "hf_model.old-")
@@ -73,8 +76,6 @@ def run_pretraining(cmd: list, env: dict) -> tuple:
     signalled once, save at the step boundary and exit 0 (a second Ctrl-C: at once), and the
     launcher then ends as they did.
     """
-    import psutil  # a DeepSpeed dependency (its launcher uses it)
-
     proc = subprocess.Popen(cmd, env=env, start_new_session=True)  # the terminal's Ctrl-C reaches the demo only
     interrupted = []
 
@@ -127,8 +128,6 @@ def main(argv=None) -> int:
     if not os.path.isfile(ds_config):
         p.error(f"--deepspeed_config: file not found: {args.deepspeed_config} (looked for {ds_config})")
 
-    from .demo_corpus import write_demo_corpus
-
     out = os.path.abspath(args.output_dir)
     prepare_output_dir(p, out, args.overwrite, args.keep)
     corpus = os.path.join(out, "corpus.jsonl")
@@ -166,7 +165,7 @@ def main(argv=None) -> int:
         print(f"demo: pre-training stopped early with a checkpoint in {os.path.join(out, 'checkpoints')}; "
               f"run the demo again with --keep --output_dir {out} to continue it", flush=True)
 
-    from .plot import plot_run
+    from .plot import plot_run  # heavy (matplotlib): not for --help
 
     figures = plot_run(out)
     print(f"\ndemo finished in {time.time() - started:.0f} s")
@@ -180,7 +179,7 @@ def main(argv=None) -> int:
     if interrupted:
         print("demo: fine-tuning skipped: the pre-training was stopped before its end (no hf_model/ yet)", flush=True)
         return 0
-    from .finetune.demo import finetune_demo  # pre-train -> fine-tune -> score
+    from .finetune.demo import finetune_demo  # heavy (transformers' Trainer, datasets); pre-train -> fine-tune -> score
 
     return finetune_demo(out)
 

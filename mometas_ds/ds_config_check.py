@@ -116,11 +116,11 @@ SCHEDULER_PARAMS: Dict[str, Check] = {
 def deepspeed_top_level_keys() -> frozenset:
     """The top-level names DeepSpeed reads: recorded while its own parser (DeepSpeedConfig) reads a
     minimal config, plus the sections other DeepSpeed modules read from the same dict."""
-    from deepspeed.profiling.constants import FLOPS_PROFILER
-    from deepspeed.runtime.activation_checkpointing.config import ACT_CHKPT
-    from deepspeed.runtime.config import DeepSpeedConfig
-    from deepspeed.runtime.constants import BFLOAT16_OLD
-    from deepspeed.runtime.swap_tensor.constants import AIO
+    from deepspeed.profiling.constants import FLOPS_PROFILER  # heavy (DeepSpeed): not for --help
+    from deepspeed.runtime.activation_checkpointing.config import ACT_CHKPT  # heavy (DeepSpeed): not for --help
+    from deepspeed.runtime.config import DeepSpeedConfig  # heavy (DeepSpeed): not for --help
+    from deepspeed.runtime.constants import BFLOAT16_OLD  # heavy (DeepSpeed): not for --help
+    from deepspeed.runtime.swap_tensor.constants import AIO  # heavy (DeepSpeed): not for --help
 
     seen = set()
 

@@ -19,6 +19,8 @@ import sys
 import types
 from typing import Optional, Tuple
 
+import torch
+
 from mometas_ds.checkpoint import COMPLETE_MARKER
 from mometas_ds.config import ConfigError
 
@@ -59,9 +61,9 @@ def _tokenizer_dir(run_dir: str, cfg: dict, override: Optional[str]) -> str:
 
 
 def _bert_config(cfg: dict, vocab_size: int, model_config: Optional[str]):
-    from transformers import BertConfig
+    from transformers import BertConfig  # heavy (transformers): not for --help
 
-    from mometas_ds.model import build_bert_config
+    from mometas_ds.model import build_bert_config  # heavy (transformers): not for --help
 
     if model_config is None and cfg.get("model_name_or_path"):
         return BertConfig.from_pretrained(cfg["model_name_or_path"], local_files_only=True)
@@ -76,15 +78,13 @@ def _bert_config(cfg: dict, vocab_size: int, model_config: Optional[str]):
 def _fp32_weights(tags_dir: str, tag: str) -> dict:
     """The checkpoint's weights in fp32: ZeRO partitions consolidated by DeepSpeed's zero_to_fp32, else the
     module states (which, without ZeRO, hold only the bf16/fp16 copy of a mixed-precision run)."""
-    import torch
-
     model_file = os.path.join(tags_dir, tag, "mp_rank_00_model_states.pt")
     if not os.path.isfile(model_file):
         raise ConfigError(f"--checkpoint {os.path.join(tags_dir, tag)}: no mp_rank_00_model_states.pt")
     states = torch.load(model_file, map_location="cpu", weights_only=False)
     stage = int(((states.get("ds_config") or {}).get("zero_optimization") or {}).get("stage", 0))
     if stage >= 1:
-        from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+        from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint  # heavy: not for --help
 
         return dict(get_fp32_state_dict_from_zero_checkpoint(tags_dir, tag=tag))
     module = states["module"]
@@ -98,8 +98,8 @@ def _fp32_weights(tags_dir: str, tag: str) -> dict:
 def export_checkpoint(checkpoint: str, out_dir: str, tokenizer: Optional[str] = None,
                       model_config: Optional[str] = None) -> str:
     """Write ``checkpoint`` (RUN/checkpoints/stepN, complete) to ``out_dir`` as an HF directory; returns out_dir."""
-    from mometas_ds.model import MultiObjectiveBert
-    from mometas_ds.tokenizer import load_tokenizer
+    from mometas_ds.model import MultiObjectiveBert  # heavy (transformers): not for --help
+    from mometas_ds.tokenizer import load_tokenizer  # heavy (transformers): not for --help
 
     tags_dir, tag = _split_checkpoint(checkpoint)
     run_dir = os.path.dirname(tags_dir)

@@ -22,6 +22,8 @@ import re
 import socket
 from typing import MutableMapping
 
+import torch.distributed as dist
+
 logger = logging.getLogger(__name__)
 
 LAUNCHERS = ("deepspeed", "torchrun", "srun", "mpirun", "single")
@@ -103,7 +105,7 @@ def _free_port() -> int:
 
 
 def _set_device(local_rank: int) -> None:
-    from deepspeed.accelerator import get_accelerator
+    from deepspeed.accelerator import get_accelerator  # heavy; read at call time (tests patch it)
 
     accel = get_accelerator()
     if accel.device_name() != "cpu" and accel.device_count() > 0:
@@ -117,7 +119,7 @@ def _local_rank_to_visible_device(env: MutableMapping[str, str]) -> None:
     device). A task that sees fewer GPUs than its node-local rank (``srun --gpus-per-task=1`` or
     ``--gpu-bind``: every task sees its own GPU as cuda:0) would ask for a device it does not have.
     """
-    from deepspeed.accelerator import get_accelerator
+    from deepspeed.accelerator import get_accelerator  # heavy; read at call time (tests patch it)
 
     accel = get_accelerator()
     count = accel.device_count() if accel.device_name() != "cpu" else 0
@@ -134,8 +136,7 @@ def init_distributed(timeout_minutes: float, backend: str | None = None) -> Laun
     """
     if not timeout_minutes > 0:
         raise ValueError(f"dist_timeout_minutes must be > 0, got {timeout_minutes}")
-    import deepspeed
-    import torch.distributed as dist
+    import deepspeed  # heavy: config imports this module for --help
 
     env = os.environ
     launcher = detect_launcher(env)

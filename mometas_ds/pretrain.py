@@ -2,9 +2,14 @@
 ``mometas-pretrain ...``, or ``python -m mometas_ds.pretrain ...`` in a single process."""
 from __future__ import annotations
 
+import os
 import sys
 
-from mometas_ds.config import ConfigError, parse_args
+import torch.distributed as dist
+
+from mometas_ds.checkpoint import CheckpointError, tag_for
+from mometas_ds.config import ConfigError, DataError, parse_args, preflight
+from mometas_ds.stop_signals import ignore_from_now
 
 
 def main(argv=None) -> int:
@@ -17,11 +22,7 @@ def main(argv=None) -> int:
 
 def _main(argv=None) -> int:
     cfg = parse_args(argv)
-    # After the flags are parsed: these import DeepSpeed and HF datasets (seconds), which --help does not need.
-    from mometas_ds.checkpoint import CheckpointError
-    from mometas_ds.config import DataError, preflight
-    from mometas_ds.stop_signals import ignore_from_now
-    from mometas_ds.trainer import NonFiniteLossError, Trainer
+    from mometas_ds.trainer import NonFiniteLossError, Trainer  # heavy (DeepSpeed, datasets): not for --help
 
     try:
         trainer = Trainer(cfg, preflight(cfg))  # every check, once, before the trainer builds anything
@@ -51,10 +52,6 @@ def _main(argv=None) -> int:
         raise
     ignore_from_now()  # all saved: a signal during the teardown must not turn exit 0 into "killed" (143)
     if result.get("stopped_by_signal") and trainer.rank == 0:
-        import os
-
-        from mometas_ds.checkpoint import tag_for
-
         by = trainer.signals.signal_name or "a signal to another rank"
         saved = os.path.join(cfg.output_dir, "checkpoints", tag_for(result["step"]))
         print(f"mometas-pretrain: stopped by {by} at step {result['step']}: checkpoint {saved} saved; "
@@ -66,8 +63,6 @@ def _main(argv=None) -> int:
 def _destroy_process_group() -> None:
     # Gloo's threads outliving the interpreter abort the process at exit now and then
     # (SIGABRT, "terminate called without an active exception"): destroy the group first.
-    import torch.distributed as dist  # heavy (torch): see main
-
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
 

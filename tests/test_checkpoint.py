@@ -1,4 +1,4 @@
-"""Checkpoints (mometas_ds/checkpoint.py): the resume lookup and its run-identity check, the save limit, the
+"""Checkpoints (mometas_ds/checkpoint/): the resume lookup and its run-identity check, the save limit, the
 HF export's fp32 weights, checkpoints that cannot be continued from, and exact resume with gradient accumulation."""
 import glob
 import json

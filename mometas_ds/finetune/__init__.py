@@ -2,6 +2,6 @@
 
 
 def main(argv=None) -> int:
-    from .cli import main as cli_main
+    from .cli import main as cli_main  # not at the top: `python -m mometas_ds.finetune.cli` would import cli twice
 
     return cli_main(argv)

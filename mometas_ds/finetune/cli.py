@@ -153,7 +153,7 @@ def validate(args: argparse.Namespace) -> argparse.Namespace:
 
 
 def _setup_logging(level: str) -> None:
-    import transformers
+    import transformers  # heavy: --help does not need it
 
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.WARNING)
     logging.getLogger("mometas_ds").setLevel(level.upper())
@@ -168,7 +168,7 @@ def main(argv=None) -> int:
     try:
         validate(args)
         _setup_logging(args.log_level)
-        from . import runner
+        from . import runner  # heavy (transformers' Trainer, datasets): not for --help
 
         if args.merge:
             md = runner.merge(args.output_dir, args.merge)

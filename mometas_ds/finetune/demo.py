@@ -4,19 +4,18 @@
 """
 from __future__ import annotations
 
+import json
 import os
 import sys
+
+from . import metrics, synthetic
+from .cli import main
+from .runner import predictions_path
 
 
 def finetune_demo(run_dir: str, seed: int = 1) -> int:
     """Generate a sentiment task (good/bad cue words, SST-2's layout) in RUN_DIR/finetune_data, fine-tune
     RUN_DIR/hf_model on it into RUN_DIR/eval and print the dev accuracy next to the majority baseline."""
-    import json
-
-    from . import metrics, synthetic
-    from .cli import main
-    from .runner import predictions_path
-
     data = synthetic.write_glue(os.path.join(run_dir, "finetune_data"), ["sst2"], n_train=400, n_dev=200, seed=seed)
     out = os.path.join(run_dir, "eval")
     code = main(["--model_name_or_path", os.path.join(run_dir, "hf_model"), "--data_dir", data, "--tasks", "sst2",

@@ -19,7 +19,10 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Tuple
 
+import datasets
 import numpy as np
+import torch
+from transformers import DataCollatorForTokenClassification, DataCollatorWithPadding
 
 from mometas_ds.config import ConfigError, DataError
 
@@ -142,8 +145,6 @@ class SequenceClassification:
 
     # ---- features
     def _encode(self, examples: list, tokenizer, args, labels: Optional[List[str]]):
-        import datasets
-
         a = [e["text_a"] for e in examples]
         b = [e["text_b"] for e in examples] if examples and examples[0]["text_b"] is not None else None
         enc = tokenizer(a, b, truncation=True, max_length=args.max_seq_len)
@@ -163,8 +164,6 @@ class SequenceClassification:
                 for name, ex in data.dev.items()}
 
     def collator(self, tokenizer):
-        from transformers import DataCollatorWithPadding
-
         return DataCollatorWithPadding(tokenizer)
 
     # ---- scores
@@ -224,16 +223,12 @@ class QuestionAnswering:
         return {}
 
     def train_dataset(self, data: TaskData, tokenizer, args):
-        import datasets
-
         feats = self.qa.prepare_train_features(_cap(data.train, args.max_train_examples), tokenizer,
                                                args.max_seq_len, args.doc_stride, args.max_query_len)
         keep = ("input_ids", "token_type_ids", "attention_mask", "start_positions", "end_positions")
         return datasets.Dataset.from_dict({k: feats[k] for k in keep if k in feats})
 
     def eval_inputs(self, data: TaskData, tokenizer, args):
-        import datasets
-
         examples = _cap(data.dev["dev"], args.max_eval_examples)
         feats = self.qa.prepare_eval_features(examples, tokenizer, args.max_seq_len, args.doc_stride,
                                               args.max_query_len)
@@ -242,8 +237,6 @@ class QuestionAnswering:
         return {"dev": (examples, feats, model_inputs)}
 
     def collator(self, tokenizer):
-        from transformers import DataCollatorWithPadding
-
         return DataCollatorWithPadding(tokenizer)
 
     def evaluate(self, trainer, data: TaskData, inputs, args) -> Tuple[dict, list]:
@@ -282,8 +275,6 @@ class MultipleChoice:
         return {}
 
     def _features(self, examples, tokenizer, args):
-        import datasets
-
         feats = self.mc.prepare_features(examples, tokenizer, args.max_seq_len)
         keep = ("input_ids", "token_type_ids", "attention_mask", "labels")
         return datasets.Dataset.from_dict({k: feats[k] for k in keep if k in feats})
@@ -316,8 +307,6 @@ class ChoicePadding:
         self.pad_id = tokenizer.pad_token_id
 
     def __call__(self, features):
-        import torch
-
         longest = max(len(seq) for f in features for seq in f["input_ids"])
         batch = {}
         for key, fill in (("input_ids", self.pad_id), ("token_type_ids", 0), ("attention_mask", 0)):
@@ -365,8 +354,6 @@ class TokenClassification:
         return feats
 
     def _dataset(self, feats):
-        import datasets
-
         keep = ("input_ids", "token_type_ids", "attention_mask", "labels")
         return datasets.Dataset.from_dict({k: feats[k] for k in keep if k in feats})
 
@@ -379,8 +366,6 @@ class TokenClassification:
         return {"dev": (examples, feats, self._dataset(feats))}
 
     def collator(self, tokenizer):
-        from transformers import DataCollatorForTokenClassification
-
         return DataCollatorForTokenClassification(tokenizer)
 
     def evaluate(self, trainer, data: TaskData, inputs, args) -> Tuple[dict, list]:

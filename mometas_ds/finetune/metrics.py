@@ -6,9 +6,12 @@ MRPC/QQP average F1 and accuracy, STS-B averages Pearson and Spearman, MNLI aver
 from __future__ import annotations
 
 import math
+from collections import Counter
 from typing import Dict, Sequence
 
 import numpy as np
+from scipy.stats import pearsonr, spearmanr
+from sklearn.metrics import accuracy_score, f1_score, matthews_corrcoef
 
 
 def _pct(value: float) -> float:
@@ -17,32 +20,22 @@ def _pct(value: float) -> float:
 
 
 def accuracy(predictions: Sequence, labels: Sequence) -> float:
-    from sklearn.metrics import accuracy_score
-
     return _pct(accuracy_score(list(labels), list(predictions)))
 
 
 def binary_f1(predictions: Sequence, labels: Sequence, positive=1) -> float:
-    from sklearn.metrics import f1_score
-
     return _pct(f1_score(list(labels), list(predictions), pos_label=positive, average="binary", zero_division=0))
 
 
 def macro_f1(predictions: Sequence, labels: Sequence) -> float:
-    from sklearn.metrics import f1_score
-
     return _pct(f1_score(list(labels), list(predictions), average="macro", zero_division=0))
 
 
 def matthews(predictions: Sequence, labels: Sequence) -> float:
-    from sklearn.metrics import matthews_corrcoef
-
     return _pct(matthews_corrcoef(list(labels), list(predictions)))
 
 
 def pearson_spearman(predictions: Sequence[float], labels: Sequence[float]) -> Dict[str, float]:
-    from scipy.stats import pearsonr, spearmanr
-
     p, y = np.asarray(predictions, dtype=np.float64), np.asarray(labels, dtype=np.float64)
     if len(p) < 2 or np.all(p == p[0]) or np.all(y == y[0]):
         return {"pearson": 0.0, "spearman": 0.0}  # scipy warns and returns nan for a constant input
@@ -69,7 +62,5 @@ def classification_metrics(task: str, predictions: Sequence, labels: Sequence) -
 
 def majority_baseline(train_labels: Sequence, dev_labels: Sequence) -> float:
     """Accuracy (percent) of always predicting the most frequent training label."""
-    from collections import Counter
-
     majority = Counter(train_labels).most_common(1)[0][0]
     return accuracy([majority] * len(dev_labels), dev_labels)

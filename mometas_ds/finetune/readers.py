@@ -15,6 +15,8 @@ import os
 from collections import Counter
 from typing import Dict, List, Optional, Sequence, Tuple
 
+import datasets
+
 from mometas_ds.config import DataError
 
 from .tasks import TaskSpec
@@ -96,8 +98,6 @@ def is_saved_dataset(path: str) -> bool:
 
 def read_saved_dataset(spec: TaskSpec, path: str, split: str) -> Tuple[Examples, Counter]:
     """One split of a ``datasets.save_to_disk`` directory in HF's glue layout (integer ClassLabel labels)."""
-    import datasets
-
     try:
         loaded = datasets.load_from_disk(path)
     except Exception as err:  # datasets raises several types for a damaged directory

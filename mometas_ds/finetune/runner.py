@@ -14,7 +14,12 @@ import shutil
 import time
 from typing import Dict, List, Tuple
 
+import torch
+import transformers
+from transformers import Trainer, TrainingArguments, set_seed
+
 from mometas_ds.config import ConfigError, DataError
+from mometas_ds.tokenizer import load_tokenizer
 
 from .kinds import kind_for
 from .summary import RESULTS_FILE, read_results, write_summary
@@ -101,8 +106,6 @@ def _write_jsonl(path: str, rows: List[dict]) -> None:
 
 
 def _device_kwargs(args) -> dict:
-    import torch
-
     on_gpu = torch.cuda.is_available() and not args.cpu
     if (args.bf16 or args.deepspeed) and not on_gpu:
         flag = "--bf16" if args.bf16 else "--deepspeed"
@@ -115,10 +118,6 @@ def _device_kwargs(args) -> dict:
 
 def run_one(spec: TaskSpec, kind, data, train_dataset, eval_inputs, tokenizer, args, lr: float, seed: int):
     """Fine-tune one model from --model_name_or_path and score it on dev: (metrics, prediction rows, info)."""
-    import torch
-    import transformers
-    from transformers import Trainer, TrainingArguments, set_seed
-
     set_seed(seed)  # the task head's initialisation depends on the seed, as the data order and dropout do
     model_class = getattr(transformers, kind.model_class)
     model = model_class.from_pretrained(args.model_name_or_path, dtype=torch.float32, local_files_only=True,
@@ -148,8 +147,6 @@ def run_one(spec: TaskSpec, kind, data, train_dataset, eval_inputs, tokenizer, a
 
 def run(args) -> str:
     """Run the whole sweep described by ``args`` (cli.parse_args); returns the summary.md path."""
-    from mometas_ds.tokenizer import load_tokenizer
-
     config = check_bert_dir(args.model_name_or_path)
     tokenizer = load_tokenizer(args.tokenizer or args.model_name_or_path,
                                flag="--tokenizer" if args.tokenizer else "--model_name_or_path")

@@ -14,7 +14,13 @@ import os
 import random
 from typing import List, Optional, Tuple
 
-from mometas_ds.demo_corpus import PLACES, TOPICS
+import torch
+from transformers import BertConfig, BertForMaskedLM
+
+from mometas_ds.demo_corpus import FIRST_NAMES, LAST_NAMES, PLACES, TOPICS
+from mometas_ds.tokenizer import train_wordpiece_tokenizer
+
+from .tasks import TASKS
 
 GOOD = ["wonderful", "great", "excellent", "delightful", "superb"]
 BAD = ["terrible", "awful", "boring", "dreadful", "poor"]
@@ -163,11 +169,6 @@ def write_tiny_bert(out_dir: str, seed: int = 0, texts: Optional[List[str]] = No
                     hidden: int = 64, layers: int = 2) -> str:
     """A randomly initialised tiny BertForMaskedLM with a WordPiece tokenizer trained on ``texts``
     (default: the generators' vocabulary), saved as a Hugging Face directory; returns out_dir."""
-    import torch
-    from transformers import BertConfig, BertForMaskedLM
-
-    from mometas_ds.tokenizer import train_wordpiece_tokenizer
-
     tokenizer = train_wordpiece_tokenizer(texts or all_texts_with_names(seed), vocab_size, out_dir, min_frequency=1)
     torch.manual_seed(seed)
     config = BertConfig(vocab_size=len(tokenizer), hidden_size=hidden, num_hidden_layers=layers,
@@ -183,8 +184,6 @@ def write_tiny_bert(out_dir: str, seed: int = 0, texts: Optional[List[str]] = No
 def write_squad(path: str, n: int, seed: int, version_2: bool = False) -> str:
     """SQuAD-format JSON: the question asks who is mentioned; the answer is the one person's name in the
     context. ``version_2``: a third of the questions have no person in their context (is_impossible)."""
-    from mometas_ds.demo_corpus import FIRST_NAMES, LAST_NAMES
-
     rng = random.Random(seed)
     paragraphs = []
     for i in range(n):
@@ -247,8 +246,6 @@ def write_hellaswag(path: str, n: int, seed: int) -> str:
 
 def write_conll(path: str, n: int, seed: int) -> str:
     """CoNLL-2003 columns (word POS chunk NER): people B-PER/I-PER, places B-LOC, the rest O."""
-    from mometas_ds.demo_corpus import FIRST_NAMES, LAST_NAMES
-
     rng = random.Random(seed)
     lines = ["-DOCSTART- -X- -X- O", ""]
     for _ in range(n):
@@ -267,8 +264,6 @@ def write_conll(path: str, n: int, seed: int) -> str:
 
 def write_other_tasks(data_dir: str, n_train: int = 200, n_dev: int = 60, seed: int = 0) -> str:
     """squad/, swag/, hellaswag/, conll2003/ under ``data_dir`` at the paths the registry expects."""
-    from .tasks import TASKS
-
     for k, (name, write) in enumerate([("squad", write_squad), ("squad_v2", None), ("swag", write_swag),
                                        ("hellaswag", write_hellaswag), ("conll2003", write_conll)]):
         spec = TASKS[name]
@@ -283,6 +278,4 @@ def write_other_tasks(data_dir: str, n_train: int = 200, n_dev: int = 60, seed: 
 
 
 def all_texts_with_names(seed: int = 0) -> List[str]:
-    from mometas_ds.demo_corpus import FIRST_NAMES, LAST_NAMES
-
     return all_texts(seed) + [" ".join(FIRST_NAMES + LAST_NAMES + PLACES + ["who is mentioned then"])] * 5

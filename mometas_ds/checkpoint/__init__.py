@@ -1,0 +1,49 @@
+"""Checkpoints on top of DeepSpeed's save/load, published only when complete and verified on resume.
+
+DeepSpeed writes its ``latest`` file from rank 0 without waiting for the other ranks'
+shards. We save with ``save_latest=False``, wait for every rank, then rank 0 marks the
+tag complete and replaces our own ``latest`` atomically. A kill during a save leaves an
+unmarked tag directory that resume never picks. A write that fails on any rank (disk
+full, permissions) fails the save on every rank with a CheckpointError naming the path;
+nothing is published and the previous complete tag stays the latest.
+
+Each published tag carries ``manifest.json``: every file of the tag with its size and xxh3_64
+checksum, recorded by the rank that wrote it and gathered on rank 0; COMPLETE records the
+manifest's own size and checksum. ``--resume auto`` verifies the newest complete tag against it
+and falls back to the newest intact one; a damaged explicit tag is refused (exit 2). DeepSpeed's
+files are read by ``torch.load(weights_only=True)`` with an allow-list of the few DeepSpeed types
+they hold; our own state (``mometas_state.pt``) holds plain values only. See docs/checkpoints.md
+and docs/security.md.
+
+The package, by job: ``layout`` (names, markers, checksums, finding complete tags), ``saving`` (save, publish,
+prune), ``verify`` (manifests, verify_tag, choosing the --resume tag), ``loading`` (safe_load, load) and
+``export`` (full fp32 weights for the HF export). Every name is re-exported here; code outside the package
+imports from ``mometas_ds.checkpoint``. A test that monkeypatches a name must patch it in the submodule that
+reads it (e.g. ``mometas_ds.checkpoint.verify.FULL_VERIFY_MAX_BYTES``), not here.
+"""
+from .export import _fp32_master_weights, _stage0_fp32_state_dict, consolidated_state_dict
+from .layout import (CLIENT_STATE_FILE, COMPLETE_MARKER, FULL_VERIFY_MAX_BYTES, HASH, LATEST_FILE, MANIFEST_FILE,
+                     RUN_IDENTITY_FILE, VERIFY_LEVELS, CheckpointError, ResumeRefused, _atomic_write, _config_error,
+                     _plain, _read_pointer, _record, _text_record, _unplain, complete_tags, file_digest,
+                     find_resume_checkpoint, is_complete, latest_complete_tag, logger, read_run_identity, step_of,
+                     tag_for)
+from .loading import _DEEPSPEED_TYPES, _allowed_types, load, safe_load
+from .saving import file_records, prune, publish, save
+from .verify import (Verdict, _choose, _describe, _newest_intact, read_manifest, resume_checkpoint, run_identity_of,
+                     verify_tag)
+
+__all__ = [
+    # layout
+    "CLIENT_STATE_FILE", "COMPLETE_MARKER", "FULL_VERIFY_MAX_BYTES", "HASH", "LATEST_FILE", "MANIFEST_FILE",
+    "RUN_IDENTITY_FILE", "VERIFY_LEVELS", "CheckpointError", "ResumeRefused", "complete_tags", "file_digest",
+    "find_resume_checkpoint", "is_complete", "latest_complete_tag", "logger", "read_run_identity", "step_of", "tag_for",
+    # saving, verify, loading, export
+    "file_records", "prune", "publish", "save",
+    "Verdict", "read_manifest", "resume_checkpoint", "run_identity_of", "verify_tag",
+    "load", "safe_load",
+    "consolidated_state_dict",
+    # private names that checkpoint_cli and the tests use
+    "_atomic_write", "_config_error", "_plain", "_read_pointer", "_record", "_text_record", "_unplain",
+    "_DEEPSPEED_TYPES", "_allowed_types", "_choose", "_describe", "_newest_intact",
+    "_fp32_master_weights", "_stage0_fp32_state_dict",
+]

@@ -1,0 +1,97 @@
+"""Loading a chosen tag: DeepSpeed's files through torch.load(weights_only=True) with an allow-list of the few
+DeepSpeed types they hold, our client state as plain values."""
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+import pickle
+import re
+import warnings
+
+import numpy as np
+import torch
+
+from .layout import CLIENT_STATE_FILE, ResumeRefused, _config_error, _unplain
+
+logger = logging.getLogger(__package__)  # one logger for the package: "mometas_ds.checkpoint", as before the split
+
+# ---------------------------------------------------------------- loading
+_DEEPSPEED_TYPES = (  # every non-plain type in DeepSpeed's checkpoint files (checked on 0.19.8, ZeRO 0-3, fp32/bf16)
+    "deepspeed.runtime.fp16.loss_scaler.LossScaler",
+    "deepspeed.runtime.fp16.loss_scaler.DynamicLossScaler",
+    "deepspeed.runtime.zero.config.ZeroStageEnum",
+    "deepspeed.utils.tensor_fragment.fragment_address",
+    # numpy arrays: the RNG state of checkpoints written before mometas_state.pt held plain values
+    "numpy._core.multiarray._reconstruct", "numpy.core.multiarray._reconstruct", "numpy.ndarray", "numpy.dtype",
+)
+
+
+def _allowed_types() -> list:
+    found = []
+    for name in _DEEPSPEED_TYPES:
+        module, _, attr = name.rpartition(".")
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # numpy.core is deprecated in numpy 2
+                found.append(getattr(importlib.import_module(module), attr))
+        except (ImportError, AttributeError):
+            continue  # a DeepSpeed / numpy version without it: its files cannot hold it either
+    try:
+        found += [type(np.dtype(t)) for t in ("uint32", "int64", "float64")]  # numpy >= 1.25 dtype classes
+    except Exception:
+        pass
+    return found
+
+
+def safe_load(path: str, map_location=None):
+    """torch.load(weights_only=True), allowing the DeepSpeed types of _DEEPSPEED_TYPES and nothing else.
+
+    A file holding any other global is refused with ResumeRefused naming it (unpickling it could run
+    code). Torch < 2.4 has no allow-list API: there DeepSpeed's own loader (weights_only=False) is kept,
+    with a warning (docs/security.md)."""
+    serialization = torch.serialization
+    try:
+        if hasattr(serialization, "safe_globals"):
+            with serialization.safe_globals(_allowed_types()):
+                return torch.load(path, map_location=map_location, weights_only=True)
+        if hasattr(serialization, "add_safe_globals"):
+            serialization.add_safe_globals(_allowed_types())
+            return torch.load(path, map_location=map_location, weights_only=True)
+        logger.warning("torch %s cannot allow-list DeepSpeed's types: loading %s with weights_only=False, which runs "
+                       "any code the file holds (upgrade to torch >= 2.4; docs/security.md)", torch.__version__, path)
+        return torch.load(path, map_location=map_location, weights_only=False)
+    except pickle.UnpicklingError as exc:
+        match = re.search(r"GLOBAL ([\w.]+)", str(exc))
+        what = f"a Python object of type {match.group(1)}" if match else "Python objects"
+        raise ResumeRefused(
+            f"{path} holds {what}, which no checkpoint of mometas_ds/DeepSpeed holds: loading it could run code, "
+            "so it is refused (see docs/security.md)") from None
+
+
+def load(engine, tags_dir: str, tag: str) -> dict:
+    """engine.load_checkpoint of a chosen tag, its files read by safe_load; returns our client state.
+
+    Any failure is a ConfigError naming the tag (exit 2), never a traceback out of torch.load."""
+    tag_dir = os.path.join(tags_dir, tag)
+    writer = engine.checkpoint_engine
+
+    def load_safely(path, map_location=None, *args, **kwargs):
+        return safe_load(path, map_location=map_location)
+
+    writer.load = load_safely
+    try:
+        load_path, ds_client_state = engine.load_checkpoint(tags_dir, tag=tag)
+        own = os.path.join(tag_dir, CLIENT_STATE_FILE)
+        client_state = _unplain(safe_load(own)) if os.path.isfile(own) else ds_client_state
+    except ResumeRefused as exc:
+        raise _config_error(f"--resume: {exc}") from None
+    except Exception as exc:  # a damaged file a manifest could not catch (a checkpoint written before them)
+        raise _config_error(f"--resume: loading checkpoint {tag_dir} failed: {type(exc).__name__}: {exc}. The "
+                            "checkpoint is damaged or from another DeepSpeed version: resume from an earlier tag "
+                            "(mometas-checkpoint list shows which are intact)") from None
+    finally:
+        del writer.load  # back to the class's method
+    if load_path is None or not isinstance(client_state, dict) or "mometas" not in client_state:
+        raise _config_error(f"--resume: checkpoint {tag_dir} holds no mometas_ds training state")
+    return client_state
