@@ -26,6 +26,7 @@ setup(
         "accelerate>=0.26",  # transformers' Trainer (mometas-finetune)
         "scikit-learn>=1.2",  # downstream metrics
         "scipy>=1.9",  # correlations and the paired test in mometas-compare
+        "xxhash",  # checkpoint manifests' checksums
     ],
     extras_require={
         "mpi": ["mpi4py>=3.1"],
