@@ -23,8 +23,10 @@ import torch
 
 from mometas_ds.checkpoint import COMPLETE_MARKER
 from mometas_ds.config import ConfigError
+from mometas_ds.safe_io import write_dir_atomically
 
 PROG = "mometas-export"
+EXPORT_MARKER = "exported_from.json"  # which checkpoint an export came from; marks a directory as ours
 logger = logging.getLogger("mometas_ds.export")
 
 
@@ -95,12 +97,24 @@ def _fp32_weights(tags_dir: str, tag: str) -> dict:
     return {k: v.float() if v.is_floating_point() else v for k, v in module.items()}
 
 
+def _check_out(out_dir: str) -> None:
+    """--out must be new, empty, or an earlier export (which is replaced whole): never a user's directory."""
+    if os.path.exists(out_dir) and not os.path.isdir(out_dir):
+        raise ConfigError(f"--out {out_dir}: exists and is not a directory; nothing was written")
+    if os.path.isdir(out_dir) and os.listdir(out_dir) and not os.path.isfile(os.path.join(out_dir, EXPORT_MARKER)):
+        raise ConfigError(f"--out {out_dir}: a non-empty directory that is not an earlier mometas-export output "
+                          f"(no {EXPORT_MARKER}); nothing was written: give a new --out")
+
+
 def export_checkpoint(checkpoint: str, out_dir: str, tokenizer: Optional[str] = None,
                       model_config: Optional[str] = None) -> str:
-    """Write ``checkpoint`` (RUN/checkpoints/stepN, complete) to ``out_dir`` as an HF directory; returns out_dir."""
+    """Write ``checkpoint`` (RUN/checkpoints/stepN, complete) to ``out_dir`` as an HF directory; returns out_dir.
+
+    The directory is written beside ``out_dir`` and renamed into place: ``out_dir`` is whole or as it was."""
     from mometas_ds.model import MultiObjectiveBert  # heavy (transformers): not for --help
     from mometas_ds.tokenizer import load_tokenizer  # heavy (transformers): not for --help
 
+    _check_out(out_dir)
     tags_dir, tag = _split_checkpoint(checkpoint)
     run_dir = os.path.dirname(tags_dir)
     cfg = _run_config(run_dir)
@@ -113,11 +127,15 @@ def export_checkpoint(checkpoint: str, out_dir: str, tokenizer: Optional[str] = 
     if tuple(weights[key].shape) != (config.vocab_size, config.hidden_size):
         raise ConfigError(f"--checkpoint {checkpoint}: word embeddings {tuple(weights[key].shape)} do not match the "
                           f"model config ({config.vocab_size}, {config.hidden_size}); pass --model_config")
-    # save_hf reads only the encoder's config from the model: no need to build the model and its heads.
-    MultiObjectiveBert.save_hf(types.SimpleNamespace(bert=types.SimpleNamespace(config=config)), out_dir, tok,
-                               state_dict=weights)
-    with open(os.path.join(out_dir, "exported_from.json"), "w", encoding="utf-8") as f:
-        json.dump({"checkpoint": os.path.join(tags_dir, tag), "step": tag}, f, indent=1)
+
+    def write(tmp_dir: str) -> None:
+        # save_hf reads only the encoder's config from the model: no need to build the model and its heads.
+        MultiObjectiveBert.save_hf(types.SimpleNamespace(bert=types.SimpleNamespace(config=config)), tmp_dir, tok,
+                                   state_dict=weights)
+        with open(os.path.join(tmp_dir, EXPORT_MARKER), "w", encoding="utf-8") as f:
+            json.dump({"checkpoint": os.path.join(tags_dir, tag), "step": tag}, f, indent=1)
+
+    write_dir_atomically(out_dir, write, flag="--out")
     return out_dir
 
 

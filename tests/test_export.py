@@ -35,6 +35,18 @@ def test_export_of_each_checkpoint(run_dir, tmp_path, capsys):
     BertForMaskedLM.from_pretrained(middle)
     AutoModelForSequenceClassification.from_pretrained(middle, num_labels=2)
     assert AutoTokenizer.from_pretrained(middle)("the match")["input_ids"][0] == 2  # [CLS]
+    # An earlier export is replaced whole; a directory of the user's, or a file, is refused and left as it was.
+    assert main(["--checkpoint", os.path.join(run_dir, "checkpoints", "step4"), "--out", middle]) == 0
+    again = load_file(os.path.join(middle, "model.safetensors"))
+    assert all((again[k] == ours[k]).all() for k in ours)
+    assert sorted(os.listdir(tmp_path)) == ["step2", "step4"]  # no temporary directory left beside it
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep")
+    capsys.readouterr()
+    assert main(["--checkpoint", os.path.join(run_dir, "checkpoints", "step4"), "--out", str(mine)]) == 2
+    assert "not an earlier mometas-export output" in capsys.readouterr().err
+    assert os.listdir(mine) == ["notes.txt"] and (mine / "notes.txt").read_text() == "keep"
     os.remove(os.path.join(run_dir, "checkpoints", "step2", "COMPLETE"))
     capsys.readouterr()
     assert main(["--checkpoint", os.path.join(run_dir, "checkpoints", "step2"), "--out", str(tmp_path / "x")]) == 2
