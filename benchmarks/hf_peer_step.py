@@ -13,7 +13,6 @@ peak torch.cuda.max_memory_allocated.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 
@@ -21,9 +20,10 @@ import torch
 from transformers import BertConfig, BertForMaskedLM
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from step_timing import largest_fitting, median_step_seconds, profile_summary  # noqa: E402  (a script beside it)
+from step_timing import (  # noqa: E402  (a script beside it)
+    largest_fitting, median_step_seconds, print_and_append, profile_summary, throughput_figures,
+)
 
-from mometas_ds.flops import mfu, peak_flops, pretrain_step_flops  # noqa: E402
 from mometas_ds.model import MODEL_PRESETS  # noqa: E402
 
 
@@ -62,19 +62,9 @@ def measure(args, micro_batch: int, device: torch.device) -> dict:
     config, step = build(args.model, args.vocab_size, args.seq_len, micro_batch, device, args.bf16, args.seed)
     timing = median_step_seconds(step, device, warmup=args.warmup, rounds=args.rounds,
                                  steps_per_round=args.steps_per_round)
-    seconds = timing["median_s"]
-    flops = pretrain_step_flops(config, args.seq_len, micro_batch)
-    peak = args.peak_tflops * 1e12 if args.peak_tflops else (
-        peak_flops(torch.cuda.get_device_name(device)) if device.type == "cuda" else None)
-    result = {
-        "step": "hf_bert_for_masked_lm", "model": args.model, "seq_len": args.seq_len, "micro_batch": micro_batch,
-        "bf16": args.bf16, "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-        **timing,
-        "samples_per_s": micro_batch / seconds, "tokens_per_s": micro_batch * args.seq_len / seconds,
-        "model_flops_per_step": flops, "achieved_tflops": flops / seconds / 1e12,
-        "mfu": mfu(flops, seconds, peak),
-        "peak_memory_gib": torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None,
-    }
+    result = {"step": "hf_bert_for_masked_lm", "model": args.model, "seq_len": args.seq_len,
+              "micro_batch": micro_batch, "bf16": args.bf16,
+              **throughput_figures(config, args.seq_len, micro_batch, timing, device, args.peak_tflops)}
     if args.profile_steps:
         summary = profile_summary(step, device, steps=args.profile_steps)
         print(summary.pop("table"))
@@ -132,11 +122,7 @@ def main(argv=None) -> int:
             p.error(f"--micro_batch: expected a positive integer or 'max', got {args.micro_batch!r}")
         if micro_batch < 1:
             p.error(f"--micro_batch: expected a positive integer or 'max', got {micro_batch}")
-    result = measure(args, micro_batch, device)
-    print(json.dumps(result))
-    if args.json:
-        with open(args.json, "a", encoding="utf-8") as f:
-            f.write(json.dumps(result) + "\n")
+    print_and_append(measure(args, micro_batch, device), args.json)
     return 0
 
 

@@ -13,19 +13,19 @@ from __future__ import annotations
 
 import argparse
 import gc
-import json
 import os
 import sys
 
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from step_timing import largest_fitting, median_step_seconds, profile_summary  # noqa: E402  (a script beside it)
+from step_timing import (  # noqa: E402  (a script beside it)
+    largest_fitting, median_step_seconds, print_and_append, profile_summary, throughput_figures,
+)
 
 from mometas_ds.bench.options import BenchError, parse_args  # noqa: E402
 from mometas_ds.bench.runner import Bench  # noqa: E402
 from mometas_ds.bench.synthetic import Discard  # noqa: E402
-from mometas_ds.flops import mfu, peak_flops, pretrain_step_flops  # noqa: E402
 from mometas_ds.model import build_bert_config  # noqa: E402
 
 
@@ -99,28 +99,19 @@ def main(argv=None) -> int:
         torch.cuda.reset_peak_memory_stats(device)
     timing = median_step_seconds(step, device, warmup=cfg.warmup_steps, rounds=cfg.rounds,
                                  steps_per_round=args.steps_per_round)
-    seconds = timing["median_s"]
     sequences = bench.micro_batch * bench.gas * bench.world_size
-    flops = pretrain_step_flops(build_bert_config(cfg.model, vocab_size=cfg.vocab_size), cfg.seq_len, sequences)
-    peak = args.peak_tflops * 1e12 if args.peak_tflops else (
-        peak_flops(torch.cuda.get_device_name(device)) if device.type == "cuda" else None)
+    bert_config = build_bert_config(cfg.model, vocab_size=cfg.vocab_size)
     result = {
         "step": "mometas_ds_mlm", "model": cfg.model, "seq_len": cfg.seq_len, "micro_batch": bench.micro_batch,
         "gradient_accumulation_steps": bench.gas, "ranks": bench.world_size, "deepspeed_config": bench.ds_path,
-        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu", **timing,
-        "samples_per_s": sequences / seconds, "tokens_per_s": sequences * cfg.seq_len / seconds,
-        "model_flops_per_step": flops, "achieved_tflops": flops / seconds / 1e12, "mfu": mfu(flops, seconds, peak),
-        "peak_memory_gib": torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None,
+        **throughput_figures(bert_config, cfg.seq_len, sequences, timing, device, args.peak_tflops),
     }
     if args.profile_steps:
         summary = profile_summary(step, device, steps=args.profile_steps)
         print(summary.pop("table"))
         result["profile"] = summary
     if bench.rank == 0:
-        print(json.dumps(result))
-        if args.json:
-            with open(args.json, "a", encoding="utf-8") as f:
-                f.write(json.dumps(result) + "\n")
+        print_and_append(result, args.json)
     return 0
 
 

@@ -6,6 +6,7 @@ optimizer), so what is timed is the real step.
 """
 from __future__ import annotations
 
+import json
 import statistics
 import time
 from typing import Callable, Dict, List, Optional
@@ -33,6 +34,32 @@ def median_step_seconds(step: Callable[[], None], device: torch.device, *, warmu
         per_step.append((time.perf_counter() - start) / steps_per_round)
     return {"median_s": statistics.median(per_step), "min_s": min(per_step), "max_s": max(per_step),
             "rounds": rounds, "steps_per_round": steps_per_round}
+
+
+def throughput_figures(config, seq_len: int, sequences: int, timing: Dict[str, float], device: torch.device,
+                       peak_tflops: Optional[float] = None) -> Dict:
+    """Samples/s, tokens/s, model FLOPs, MFU and peak memory of a step over ``sequences`` sequences, from its
+    median time (``timing`` from median_step_seconds) and the BertConfig ``config``."""
+    from mometas_ds.flops import mfu, peak_flops, pretrain_step_flops
+
+    seconds = timing["median_s"]
+    flops = pretrain_step_flops(config, seq_len, sequences)
+    cuda = device.type == "cuda"
+    peak = peak_tflops * 1e12 if peak_tflops else (peak_flops(torch.cuda.get_device_name(device)) if cuda else None)
+    return {
+        "device": torch.cuda.get_device_name(device) if cuda else "cpu", **timing,
+        "samples_per_s": sequences / seconds, "tokens_per_s": sequences * seq_len / seconds,
+        "model_flops_per_step": flops, "achieved_tflops": flops / seconds / 1e12, "mfu": mfu(flops, seconds, peak),
+        "peak_memory_gib": torch.cuda.max_memory_allocated(device) / 2**30 if cuda else None,
+    }
+
+
+def print_and_append(result: Dict, json_path: Optional[str]) -> None:
+    """One JSON line on stdout, and appended to ``json_path`` if given."""
+    print(json.dumps(result))
+    if json_path:
+        with open(json_path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(result) + "\n")
 
 
 def is_out_of_memory(err: BaseException) -> bool:
