@@ -29,7 +29,7 @@ lint: venv
 
 # Everything (about 10 minutes on 2 CPU cores): system packages, lint, every test.
 test: system-deps lint
-	$(PY) -m pytest tests -q -ra
+	$(PY) -m pytest tests -q -ra --durations=20
 
 # Unit tests only: no real pre-training, launchers, SLURM or package builds (pytest -m "not integration").
 test-fast: lint
