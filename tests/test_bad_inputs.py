@@ -282,6 +282,7 @@ def finished_run(assets):
     return out
 
 
+@pytest.mark.integration
 def test_resume_of_a_checkpoint_without_run_identity_compares_its_stored_objectives(
         finished_run, assets, tmp_path, capsys, restore_environ):
     from mometas_ds import checkpoint as ckpt
@@ -310,6 +311,7 @@ def test_resume_of_a_checkpoint_without_run_identity_compares_its_stored_objecti
     check_resume_objectives(read_client_state(tag_dir), ["mlm", "atd"], tag_dir)
 
 
+@pytest.mark.integration
 def test_full_disk_during_the_hf_export_leaves_hf_model_whole_or_absent(finished_run, assets, tmp_path, tmpfs):
     from mometas_ds import checkpoint as ckpt
 
@@ -342,6 +344,7 @@ def test_full_disk_during_the_hf_export_leaves_hf_model_whole_or_absent(finished
     BertForMaskedLM.from_pretrained(os.path.join(out, "hf_model"))
 
 
+@pytest.mark.integration
 def test_disk_filling_up_while_the_corpus_is_tokenized(assets, tmp_path, tmpfs):
     cache = tmpfs.mount("small_cache", size="64k")  # the probe fits; the tokenized corpus does not
     out = str(tmp_path / "run")

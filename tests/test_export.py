@@ -19,6 +19,7 @@ def run_dir(tmp_path_factory):
     return out
 
 
+@pytest.mark.integration
 def test_export_of_each_checkpoint(run_dir, tmp_path, capsys):
     from safetensors.torch import load_file
     from transformers import AutoModelForSequenceClassification, AutoTokenizer, BertForMaskedLM

@@ -34,6 +34,7 @@ def _jsonl(path):
         return [json.loads(line) for line in f if line.strip()]
 
 
+@pytest.mark.integration
 def test_glue_tasks_beat_the_majority_baseline_and_predictions_recompute_the_scores(glue_run):
     data, out = glue_run
     results = {r["task"]: r for r in _jsonl(os.path.join(out, "results.jsonl"))}
@@ -59,6 +60,7 @@ def test_glue_tasks_beat_the_majority_baseline_and_predictions_recompute_the_sco
     assert os.path.isfile(os.path.join(out, "summary.csv")) and not os.path.exists(os.path.join(out, "trainer"))
 
 
+@pytest.mark.integration
 def test_a_repeated_run_and_a_resumed_run_give_the_same_scores(glue_run, model_dir, tmp_path, capsys):
     data, out = glue_run
     first = {r["task"]: r["metrics"] for r in _jsonl(os.path.join(out, "results.jsonl"))}
@@ -80,6 +82,7 @@ def test_a_repeated_run_and_a_resumed_run_give_the_same_scores(glue_run, model_d
     assert code == 2 and "holds runs with other settings (epochs" in capsys.readouterr().err
 
 
+@pytest.mark.integration
 def test_own_task_file_beats_the_majority_baseline(model_dir, tmp_path):
     train = synthetic.write_task_file(str(tmp_path / "reviews.jsonl"), 240, seed=3)
     dev = synthetic.write_task_file(str(tmp_path / "reviews_dev.jsonl"), 80, seed=4)
@@ -92,6 +95,7 @@ def test_own_task_file_beats_the_majority_baseline(model_dir, tmp_path):
     assert r["metrics"]["accuracy"] > Counter(labels).most_common(1)[0][1] / len(labels) * 100 + 10
 
 
+@pytest.mark.integration
 def test_squad_v2_swag_hellaswag_and_conll_end_to_end(model_dir, tmp_path):
     from mometas_ds.finetune import ner, qa
 

@@ -21,6 +21,8 @@ MAX_STEPS = 60
 # otherwise land in a periodic save (that case is covered by test_stop_signal_bookkeeping_without_a_run).
 SAVE_STEPS = 1000
 
+pytestmark = pytest.mark.integration  # every test here runs real pre-training or the demo
+
 
 class Run:
     def __init__(self, assets, out, extra=(), env=None, tag="run"):

@@ -10,6 +10,7 @@ from mometas_ds.study import check_criteria, main, parse_sampler_spec
 OBJECTIVES = ["mlm", "dtd", "atd", "noisy_mlm", "coin_flip"]
 
 
+@pytest.mark.integration
 def test_two_runs_end_to_end(tmp_path, capsys):
     out = tmp_path / "study"
     args = [
