@@ -21,7 +21,7 @@ from transformers import BertConfig, BertForMaskedLM
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from step_timing import (  # noqa: E402  (a script beside it)
-    largest_fitting, median_step_seconds, print_and_append, profile_summary, throughput_figures,
+    add_step_args, largest_fitting, median_step_seconds, print_and_append, profile_summary, throughput_figures,
 )
 
 from mometas_ds.model import MODEL_PRESETS  # noqa: E402
@@ -76,21 +76,13 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", choices=sorted(MODEL_PRESETS), default="large", help="model preset")
     p.add_argument("--seq_len", type=int, default=128, help="tokens per sequence")
-    p.add_argument("--micro_batch", default="32", help="sequences per step, or 'max': the largest that fits "
-                   "(doubling from --start_micro_batch up to --max_micro_batch)")
-    p.add_argument("--start_micro_batch", type=int, default=32, help="first size of the 'max' search")
-    p.add_argument("--max_micro_batch", type=int, default=1024, help="upper bound of the 'max' search")
     p.add_argument("--vocab_size", type=int, default=30522, help="vocabulary (BERT: 30522)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cuda or cpu")
     p.add_argument("--no_bf16", dest="bf16", action="store_false", help="fp32 instead of bf16 autocast")
     p.add_argument("--warmup", type=int, default=5, help="untimed steps before the rounds")
     p.add_argument("--rounds", type=int, default=5, help="timed rounds; the figure is their median")
-    p.add_argument("--steps_per_round", type=int, default=5, help="steps per timed round")
-    p.add_argument("--profile_steps", type=int, default=0, help="also profile this many steps (torch.profiler)")
-    p.add_argument("--peak_tflops", type=float, default=None, help="peak dense bf16 TFLOP/s for MFU "
-                   "(default: from the GPU's name, see mometas_ds.flops)")
     p.add_argument("--seed", type=int, default=0, help="seed of the weights and the synthetic batch")
-    p.add_argument("--json", metavar="PATH", help="append the figures as one JSON line to PATH")
+    add_step_args(p)
     p.add_argument("--quick", action="store_true", help="CPU smoke mode: tiny model, seq 32, 2 rounds of 2 steps")
     args = p.parse_args(argv)
     if args.quick:

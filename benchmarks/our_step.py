@@ -20,7 +20,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from step_timing import (  # noqa: E402  (a script beside it)
-    largest_fitting, median_step_seconds, print_and_append, profile_summary, throughput_figures,
+    add_step_args, largest_fitting, median_step_seconds, print_and_append, profile_summary, throughput_figures,
 )
 
 from mometas_ds.bench.options import BenchError, parse_args  # noqa: E402
@@ -52,15 +52,7 @@ def release(bench) -> None:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--micro_batch", default="32", help="sequences per micro-batch, or 'max': the largest that fits "
-                   "(doubling from --start_micro_batch up to --max_micro_batch)")
-    p.add_argument("--start_micro_batch", type=int, default=32, help="first size of the 'max' search")
-    p.add_argument("--max_micro_batch", type=int, default=1024, help="upper bound of the 'max' search")
-    p.add_argument("--steps_per_round", type=int, default=5, help="steps per timed round")
-    p.add_argument("--profile_steps", type=int, default=0, help="also profile this many steps (torch.profiler)")
-    p.add_argument("--peak_tflops", type=float, default=None, help="peak dense bf16 TFLOP/s for MFU "
-                   "(default: from the GPU's name, see mometas_ds.flops)")
-    p.add_argument("--json", metavar="PATH", help="append the figures as one JSON line to PATH")
+    add_step_args(p)
     args, bench_argv = p.parse_known_args(argv)
     quick = "--quick" in bench_argv
     bench_argv = bench_argv + ["--objectives", "mlm", "--single_objective", "mlm"]

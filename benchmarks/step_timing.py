@@ -36,6 +36,19 @@ def median_step_seconds(step: Callable[[], None], device: torch.device, *, warmu
             "rounds": rounds, "steps_per_round": steps_per_round}
 
 
+def add_step_args(p) -> None:
+    """The flags both step benchmarks take: the micro-batch (or its 'max' search), the timing, MFU, JSON."""
+    p.add_argument("--micro_batch", default="32", help="sequences per micro-batch, or 'max': the largest that fits "
+                   "(doubling from --start_micro_batch up to --max_micro_batch)")
+    p.add_argument("--start_micro_batch", type=int, default=32, help="first size of the 'max' search")
+    p.add_argument("--max_micro_batch", type=int, default=1024, help="upper bound of the 'max' search")
+    p.add_argument("--steps_per_round", type=int, default=5, help="steps per timed round")
+    p.add_argument("--profile_steps", type=int, default=0, help="also profile this many steps (torch.profiler)")
+    p.add_argument("--peak_tflops", type=float, default=None, help="peak dense bf16 TFLOP/s for MFU "
+                   "(default: from the GPU's name, see mometas_ds.flops)")
+    p.add_argument("--json", metavar="PATH", help="append the figures as one JSON line to PATH")
+
+
 def throughput_figures(config, seq_len: int, sequences: int, timing: Dict[str, float], device: torch.device,
                        peak_tflops: Optional[float] = None) -> Dict:
     """Samples/s, tokens/s, model FLOPs, MFU and peak memory of a step over ``sequences`` sequences, from its

@@ -14,7 +14,7 @@ import pytest
 
 from mometas_ds import checkpoint as ckpt
 from mometas_ds.stop_signals import EXIT_AT_ONCE, StopSignals
-from tests.pretrain_helpers import REPO_ROOT, make_corpus_and_tokenizer, pretrain_args, read_jsonl, subprocess_env
+from tests.pretrain_helpers import REPO_ROOT, pretrain_args, read_jsonl, subprocess_env
 
 MAX_STEPS = 60
 # No periodic save before the signals: a tiny step takes ~30 ms, so a signal meant for "mid-step" could
@@ -79,13 +79,6 @@ def runs():
     yield start
     for run in started:
         run.kill_left()
-
-
-@pytest.fixture(scope="module")
-def assets(tmp_path_factory):
-    root = str(tmp_path_factory.mktemp("signal_assets"))
-    corpus, tokenizer_dir = make_corpus_and_tokenizer(root)
-    return {"root": root, "corpus": corpus, "tokenizer": tokenizer_dir, "cache": os.path.join(root, "cache")}
 
 
 def test_ctrl_c_saves_and_exits_0_a_second_one_exits_at_once_and_resume_continues(assets, runs, tmp_path):

@@ -51,6 +51,24 @@ def _building_block(module: str, task: str):
                           f"installation)") from None
 
 
+def _split_skips(s_train, s_dev) -> Counter:
+    """Both splits' skip counts in one Counter, each reason prefixed with its split."""
+    skipped = Counter({f"train: {k}": v for k, v in s_train.items()})
+    skipped.update({f"dev: {k}": v for k, v in s_dev.items()})
+    return skipped
+
+
+def _read_train_dev(reader, spec: TaskSpec, args) -> TaskData:
+    """``reader(path) -> (examples, skipped)`` on the task's train and dev files; an empty split is a DataError."""
+    paths = {"train": _path(args, spec, "train"), "dev": _path(args, spec, "dev")}
+    train, s_train = reader(paths["train"])
+    dev, s_dev = reader(paths["dev"])
+    for examples, path in ((train, paths["train"]), (dev, paths["dev"])):
+        if not examples:
+            raise DataError(f"{path}: no examples (empty split)")
+    return TaskData(train=train, dev={"dev": dev}, skipped=_split_skips(s_train, s_dev), files=paths)
+
+
 def _path(args, spec: TaskSpec, which: str) -> str:
     override = getattr(args, f"{which}_file", None)
     if override:
@@ -131,8 +149,7 @@ class SequenceClassification:
         if not self.regression and len(labels) < 2:
             raise DataError(f"{args.task_file}: every training label is {labels[0]!r}; a classifier needs two or more")
         dev, s_dev = read_task_file(args.dev_file, *columns, regression=self.regression, labels=labels)
-        skipped = Counter({f"train: {k}": v for k, v in s_train.items()})
-        skipped.update({f"dev: {k}": v for k, v in s_dev.items()})
+        skipped = _split_skips(s_train, s_dev)
         return TaskData(train=train, dev={"dev": dev}, skipped=skipped, labels=labels,
                         files={"train": args.task_file, "dev": args.dev_file})
 
@@ -209,15 +226,7 @@ class QuestionAnswering:
         self.version_2 = bool(spec.extra.get("version_2"))
 
     def load(self, spec: TaskSpec, args) -> TaskData:
-        paths = {"train": _path(args, spec, "train"), "dev": _path(args, spec, "dev")}
-        train, s_train = self.qa.read_squad(paths["train"])
-        dev, s_dev = self.qa.read_squad(paths["dev"])
-        for split, examples, path in (("train", train, paths["train"]), ("dev", dev, paths["dev"])):
-            if not examples:
-                raise DataError(f"{path}: no examples (empty split)")
-        skipped = Counter({f"train: {k}": v for k, v in s_train.items()})
-        skipped.update({f"dev: {k}": v for k, v in s_dev.items()})
-        return TaskData(train=train, dev={"dev": dev}, skipped=skipped, files=paths)
+        return _read_train_dev(self.qa.read_squad, spec, args)
 
     def model_kwargs(self, data: TaskData) -> dict:
         return {}
@@ -261,15 +270,7 @@ class MultipleChoice:
         self.reader = self.mc.read_swag if spec.extra.get("format") == "swag" else self.mc.read_hellaswag
 
     def load(self, spec: TaskSpec, args) -> TaskData:
-        paths = {"train": _path(args, spec, "train"), "dev": _path(args, spec, "dev")}
-        train, s_train = self.reader(paths["train"])
-        dev, s_dev = self.reader(paths["dev"])
-        for examples, path in ((train, paths["train"]), (dev, paths["dev"])):
-            if not examples:
-                raise DataError(f"{path}: no examples (empty split)")
-        skipped = Counter({f"train: {k}": v for k, v in s_train.items()})
-        skipped.update({f"dev: {k}": v for k, v in s_dev.items()})
-        return TaskData(train=train, dev={"dev": dev}, skipped=skipped, files=paths)
+        return _read_train_dev(self.reader, spec, args)
 
     def model_kwargs(self, data: TaskData) -> dict:
         return {}
@@ -327,22 +328,17 @@ class TokenClassification:
         self.ner = _building_block("ner", spec.name)
 
     def load(self, spec: TaskSpec, args) -> TaskData:
-        paths = {"train": _path(args, spec, "train"), "dev": _path(args, spec, "dev")}
-        train, s_train = self.ner.read_conll(paths["train"])
-        dev, s_dev = self.ner.read_conll(paths["dev"])
-        for examples, path in ((train, paths["train"]), (dev, paths["dev"])):
-            if not examples:
-                raise DataError(f"{path}: no examples (empty split)")
-        labels = list(self.ner.label_list(train))
+        data = _read_train_dev(self.ner.read_conll, spec, args)
+        paths = data.files
+        labels = list(self.ner.label_list(data.train))
         known = set(labels)
-        for e in dev:
+        for e in data.dev["dev"]:
             unknown = [t for t in e["tags"] if t not in known]
             if unknown:
                 raise DataError(f"{paths['dev']}: sentence {e.get('id')}: tag {unknown[0]!r} never occurs in "
                                 f"{paths['train']} (the label set is {', '.join(labels)})")
-        skipped = Counter({f"train: {k}": v for k, v in s_train.items()})
-        skipped.update({f"dev: {k}": v for k, v in s_dev.items()})
-        return TaskData(train=train, dev={"dev": dev}, skipped=skipped, labels=labels, files=paths)
+        data.labels = labels
+        return data
 
     def model_kwargs(self, data: TaskData) -> dict:
         return {"num_labels": len(data.labels), "id2label": dict(enumerate(data.labels)),
