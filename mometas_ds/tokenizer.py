@@ -3,14 +3,18 @@
 A trained tokenizer is a ``transformers`` BertTokenizer backed by HF ``tokenizers``
 (lowercasing BertNormalizer, BertPreTokenizer, WordPiece with ``##`` continuations),
 with ``[PAD]=0, [UNK]=1, [CLS]=2, [SEP]=3, [MASK]=4``. It is saved with
-``save_pretrained`` so ``AutoTokenizer.from_pretrained(out_dir)`` loads it.
+``save_pretrained`` so ``AutoTokenizer.from_pretrained(out_dir)`` loads it, next to
+``TRAINING_RECORD`` (how it was trained: vocabulary size, documents read and sampled).
 """
 from __future__ import annotations
 
+import json
+import math
 import os
+import random
 import re
 from collections import Counter
-from typing import Dict, Iterable, Iterator, Tuple
+from typing import Callable, Dict, Iterable, Iterator, List, Optional, Tuple, Union
 
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 from transformers import AutoTokenizer, BertTokenizerFast, PreTrainedTokenizerBase, PreTrainedTokenizerFast
@@ -20,31 +24,64 @@ from mometas_ds.config import ConfigError, DataError
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 # Files save_pretrained may write; a directory holding none of them is not a tokenizer.
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "spiece.model", "sentencepiece.bpe.model")
+# Written next to the tokenizer by train_wordpiece_tokenizer: its training settings and the sample it read.
+TRAINING_RECORD = "mometas_tokenizer_training.json"
+# The seed of --tokenizer_sample's draw: fixed, so the sample depends on the corpus and N only (runs that
+# differ only in --seed train the same tokenizer).
+SAMPLE_SEED = 0
+# Strings per batch handed to HF's trainer (its guidance: batches of texts, with a length).
+_TRAIN_BATCH = 1000
+
+# A corpus: documents, or batches (lists) of documents, or a function returning a fresh such iterable.
+Corpus = Union[Iterable[Union[str, List[str]]], Callable[[], Iterable[Union[str, List[str]]]]]
 
 
 def train_wordpiece_tokenizer(
-    texts: Iterable[str],
+    texts: Corpus,
     vocab_size: int,
     out_dir: str,
     *,
     min_frequency: int = 2,
     lowercase: bool = True,
     model_max_length: int = 512,
+    sample: Optional[int] = None,
 ) -> PreTrainedTokenizerFast:
     """Train a BERT WordPiece tokenizer on ``texts``, save it to ``out_dir`` and return it.
 
+    ``texts`` yields documents (str) or batches of them (lists of str, e.g. ``dataset.iter(batch_size=...)``
+    columns); it may also be a function returning a fresh such iterable. Memory holds one count per distinct
+    word, never the texts.
+
     The vocabulary holds at most ``vocab_size`` entries, unless the corpus has more
     distinct characters than that (WordPiece always keeps every character).
+
+    ``sample=N`` trains on N documents drawn uniformly, without replacement, from the whole corpus (selection
+    sampling with the fixed ``SAMPLE_SEED``: the same corpus and N give the same documents in any process);
+    it reads the corpus twice (once to count the documents), so ``texts`` must be a list or a function, not a
+    one-shot iterator. A corpus of at most N documents is read whole: the same tokenizer as ``sample=None``.
     """
     if isinstance(vocab_size, bool) or not isinstance(vocab_size, int) or vocab_size < len(SPECIAL_TOKENS) + 5:
         raise ValueError(
             f"--train_tokenizer: vocab_size must be an int >= {len(SPECIAL_TOKENS) + 5}, got {vocab_size!r}")
     if isinstance(texts, str):
         raise ValueError("texts must be an iterable of documents, not a single string")
+    if sample is not None and (isinstance(sample, bool) or not isinstance(sample, int) or sample < 1):
+        raise ValueError(f"--tokenizer_sample: must be a whole number of documents >= 1, got {sample!r}")
+
+    def read():
+        return _documents(texts() if callable(texts) else texts)
+
+    if sample is not None and not callable(texts) and iter(texts) is texts:
+        raise ValueError("--tokenizer_sample reads the corpus twice: pass a list of texts or a function "
+                         "returning a fresh iterator, not a one-shot iterator")
+    num_documents = _count_documents(read()) if sample is not None else None
+    documents = read()
+    if num_documents is not None and sample < num_documents:
+        documents = _selection_sample(documents, num_documents, sample, random.Random(SAMPLE_SEED))
 
     normalizer = normalizers.BertNormalizer(lowercase=lowercase)
     pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    word_counts, num_texts = _count_words(texts, normalizer, pre_tokenizer)
+    word_counts, num_texts = _count_words(documents, normalizer, pre_tokenizer)
     if num_texts == 0:
         raise DataError("cannot train a tokenizer: the corpus yielded no text (check --train_files and --text_field)")
 
@@ -62,7 +99,8 @@ def train_wordpiece_tokenizer(
     )
     counter = Tokenizer(models.WordPiece(unk_token="[UNK]"))
     counter.pre_tokenizer = pre_tokenizers.WhitespaceSplit()  # the words are already normalized and split
-    counter.train_from_iterator(_replay_words(word_counts), trainer=trainer)
+    counter.train_from_iterator(_batches(_replay_words(word_counts), _TRAIN_BATCH), trainer=trainer,
+                                length=math.ceil(_num_replay_strings(word_counts) / _TRAIN_BATCH))
     vocab = counter.get_vocab(with_added_tokens=False)
 
     tokenizer = Tokenizer(models.WordPiece(vocab=vocab, unk_token="[UNK]", max_input_chars_per_word=100))
@@ -83,6 +121,12 @@ def train_wordpiece_tokenizer(
     )
     os.makedirs(out_dir, exist_ok=True)
     wrapped.save_pretrained(out_dir)
+    record = {"vocab_size": vocab_size, "trained_vocab_size": len(wrapped), "min_frequency": min_frequency,
+              "lowercase": lowercase, "tokenizer_sample": sample, "sample_seed": SAMPLE_SEED if sample else None,
+              "documents_in_corpus": num_documents, "documents_trained_on": num_texts}
+    with open(os.path.join(out_dir, TRAINING_RECORD), "w") as f:
+        json.dump(record, f, indent=2, sort_keys=True)
+        f.write("\n")
     return wrapped
 
 
@@ -166,6 +210,56 @@ def _count_words(texts: Iterable[str], normalizer, pre_tokenizer) -> Tuple[Dict[
         num_texts += 1
         counts.update(word for word, _ in pre_tokenizer.pre_tokenize_str(normalizer.normalize_str(text)))
     return dict(counts), num_texts
+
+
+def _documents(items: Iterable) -> Iterator[str]:
+    """The documents of ``items``: each str item, and each str of a list or tuple item (a batch)."""
+    for item in items:
+        if isinstance(item, str):
+            yield item
+        elif isinstance(item, (list, tuple)):
+            for text in item:
+                if not isinstance(text, str):
+                    raise ValueError(f"texts: a batch holds a {type(text).__name__}, not a str")
+                yield text
+        else:
+            raise ValueError(f"texts must yield documents (str) or batches of them (lists), got a "
+                             f"{type(item).__name__}")
+
+
+def _count_documents(documents: Iterable[str]) -> int:
+    return sum(1 for _ in documents)
+
+
+def _selection_sample(documents: Iterable[str], total: int, wanted: int, rng: random.Random) -> Iterator[str]:
+    """Exactly ``wanted`` of the ``total`` documents, every subset equally likely, in corpus order, in one
+    streaming pass (Knuth's selection sampling, Algorithm S: keep each with probability still-needed over
+    still-left; no index list in memory)."""
+    kept = 0
+    for seen, text in enumerate(documents):
+        if kept == wanted:
+            return
+        if seen >= total:  # the corpus grew between the two reads: stay within N
+            return
+        if rng.random() * (total - seen) < wanted - kept:
+            kept += 1
+            yield text
+
+
+def _batches(items: Iterable[str], size: int) -> Iterator[List[str]]:
+    batch: List[str] = []
+    for item in items:
+        batch.append(item)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def _num_replay_strings(word_counts: Dict[str, int], chunk: int = 1024) -> int:
+    """How many strings ``_replay_words`` yields (for the trainer's ``length``)."""
+    return sum(-(-count // chunk) for count in word_counts.values())
 
 
 def _replay_words(word_counts: Dict[str, int], chunk: int = 1024) -> Iterator[str]:

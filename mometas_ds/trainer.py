@@ -132,8 +132,9 @@ class Trainer:
         def train():
             if not os.path.exists(os.path.join(out_dir, "tokenizer.json")):
                 logger.info("training a WordPiece tokenizer (vocab %d) on the corpus", cfg.train_tokenizer)
-                trained = train_wordpiece_tokenizer(iter_texts(cfg.train_files, cfg.text_field, CorpusReport()),
-                                                    cfg.train_tokenizer, out_dir)
+                trained = train_wordpiece_tokenizer(  # a function: --tokenizer_sample reads the corpus twice
+                    lambda: iter_texts(cfg.train_files, cfg.text_field, CorpusReport()), cfg.train_tokenizer,
+                    out_dir, sample=cfg.tokenizer_sample)
                 logger.info("trained a tokenizer of %d tokens (asked for at most %d), saved in %s",
                             len(trained), cfg.train_tokenizer, out_dir)
 

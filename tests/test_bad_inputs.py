@@ -231,6 +231,8 @@ PRETRAIN_CASES = [
     ("tokenizer_missing", _flags(tokenizer="/nonexistent/tok"), 2, "--tokenizer: /nonexistent/tok is not a directory"),
     ("resume_unknown_tag", _flags(resume="step999"), 2, "--resume"),
     ("max_steps_not_int", _flags(max_steps="ten"), 2, "--max_steps: invalid int value"),
+    ("tokenizer_sample_zero", _flags(tokenizer_sample="0"), 2, "--tokenizer_sample: must be >= 1, got 0"),
+    ("tokenizer_sample_not_int", _flags(tokenizer_sample="10%"), 2, "--tokenizer_sample: invalid positive_int value"),
 ]
 
 

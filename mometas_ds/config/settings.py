@@ -27,6 +27,13 @@ def non_negative_int(value: str) -> int:
     return number
 
 
+def positive_int(value: str) -> int:
+    number = int(value)
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {number}")
+    return number
+
+
 def option(default=None, help: str = "", *, flags: tuple = (), factory=None, **argparse_kwargs):
     """A PretrainConfig field and its command-line option: ``help``, extra spellings in ``flags``, and any
     argparse keyword (type, nargs, const, metavar, required). The default is the field's default."""
@@ -54,6 +61,11 @@ class PretrainConfig:
         None, "train a BERT WordPiece tokenizer of at most this vocabulary size on the corpus (saved in "
         "output_dir/tokenizer; deterministic: the same corpus and size give a byte-identical tokenizer)",
         type=int, metavar="VOCAB_SIZE")
+    tokenizer_sample: Optional[int] = option(
+        None, "with --train_tokenizer: train it on N documents drawn uniformly from the whole corpus (every file; "
+        "a fixed seed, so the same corpus and N give the same tokenizer; the corpus is read twice); default: "
+        "every document. A corpus of at most N documents is read whole (docs/pretraining.md)",
+        type=positive_int, metavar="N")
     seq_len: int = option(128, "tokens per packed sequence, cls and sep included", type=int)
     objectives: List[str] = option(help="comma-separated objective names (default: mlm,gmlm,atd,dtd,cse)",
                                    factory=lambda: list(DEFAULT_OBJECTIVES), type=_csv)
