@@ -3,7 +3,11 @@
 Corruption: before each real non-special token a random non-special token is
 inserted with probability p (0.15). Labels: 1 on inserted tokens, 0 on the
 original real tokens (cls and sep included), -100 on padding. A row that grows
-past T keeps its first T - 1 tokens and ends with sep. attention_mask covers
+past T keeps its first T - 1 tokens and ends with sep (or, when those already end
+with an inner sep, its first T - 1 tokens and one pad). Special tokens anywhere in
+a row (an inner sep between packed documents) are never an insertion point: no
+token is inserted right before one, so a document never ends with an insertion
+(but for the closing sep of a truncated row). attention_mask covers
 the new content (the reference code keeps the old mask; we do not).
 
 Done as one scatter (id and label packed in one int64): original token j moves to
@@ -81,12 +85,16 @@ class AddedTokenDetection(Objective):
         codes = packed & 3
         out_labels = torch.where(codes == 0, IGNORE_INDEX, codes - 1)
 
-        # Truncate grown rows: the last slot becomes sep (an original token, label 0).
+        # Truncate grown rows: the last slot becomes sep (an original token, label 0). Where the kept part
+        # already ends with an inner sep (a document boundary of a packed row), a second sep would close an
+        # empty document: that slot becomes padding instead (never the case in a row [cls] ... [sep]).
         grown_len = real.sum(dim=1) + insert_before.sum(dim=1)
         overflow = grown_len > seq_len
-        out_ids[:, -1] = torch.where(overflow, special.sep_id, out_ids[:, -1])
-        out_labels[:, -1] = torch.where(overflow, 0, out_labels[:, -1])
-        out_mask = (positions < grown_len.clamp(max=seq_len)[:, None]).to(attention_mask.dtype)
+        ends_at_sep = overflow & (out_ids[:, -2] == special.sep_id)  # seq_len >= 2 (validate_batch)
+        out_ids[:, -1] = torch.where(ends_at_sep, special.pad_id, torch.where(overflow, special.sep_id, out_ids[:, -1]))
+        out_labels[:, -1] = torch.where(ends_at_sep, IGNORE_INDEX, torch.where(overflow, 0, out_labels[:, -1]))
+        new_len = grown_len.clamp(max=seq_len) - ends_at_sep.long()
+        out_mask = (positions < new_len[:, None]).to(attention_mask.dtype)
         return {"input_ids": out_ids, "attention_mask": out_mask, "labels": out_labels}
 
     def build_head(self, config, word_embeddings: nn.Embedding) -> nn.Module:

@@ -9,9 +9,11 @@ Built-in guide (used when no ``guide_mask`` is passed): random contiguous spans.
 Each real non-special token starts a span with probability
 ``guide_span_start_probability`` (0.12); span lengths are uniform in
 1..``guide_max_span_length`` (5, mean 3); only the real non-special tokens
-under a span are marked. That covers about 30% of the tokens, so with p = 0.5 about 15% are
-predicted, the budget of mlm, but in contiguous groups that neighbouring tokens
-do not give away. It needs only tensor operations (no tokenizer).
+under a span are marked, and a span ends at the first special token it meets
+(an inner [SEP] between packed documents: no span covers two documents). That
+covers about 30% of the tokens, so with p = 0.5 about 15% are predicted, the
+budget of mlm, but in contiguous groups that neighbouring tokens do not give away.
+It needs only tensor operations (no tokenizer).
 
 ``whole_word_mask=True`` (the "##" continuation pieces join a word to its first
 piece): the guide is extended to whole words and the choice is drawn once per
@@ -79,7 +81,13 @@ class GuidedMaskedLM(MaskedLM):
             word_starts, _ = words
             starts = starts & word_starts
             positions = word_starts.cumsum(dim=1)
-        # Position j is covered when some span starting at or before j ends after j.
+        # A span never crosses a special token (an inner [SEP] ends a document, as words do in whole_words):
+        # positions are keyed by their segment, the count of non-candidates at or before them, times more
+        # than any position + length, so a span's reach stops at the next special or padding token. In a row
+        # [cls] ... [sep] [pad]... every candidate is in one segment: the spans are exactly as without keys.
+        segment = (~candidates).long().cumsum(dim=1)
+        positions = segment * (seq_len + self.guide_max_span_length + 1) + positions
+        # Position j is covered when some span starting at or before j (in its segment) ends after j.
         span_ends = torch.where(starts, positions + lengths, 0)
         reach = span_ends.cummax(dim=1).values
         return candidates & (reach > positions)
