@@ -1,21 +1,22 @@
-"""Tokenizing a corpus once into a cached, packed Arrow dataset, and the seeded meta-validation split of it
-(see the package's docstring for the packing and split rules)."""
+"""Tokenizing a corpus once into cached, packed Arrow shards (one per input file), loading them as one
+dataset, and the seeded meta-validation split of it (see the package's docstring for the packing and
+split rules)."""
 from __future__ import annotations
 
+import contextlib
 import hashlib
-import itertools
 import json
 import logging
+import multiprocessing
 import os
 import shutil
 import tempfile
-from dataclasses import dataclass
-from typing import List, Sequence, Tuple
+from dataclasses import dataclass, field
+from typing import List, Optional, Sequence, Tuple
 
 import datasets
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 import tokenizers
 
 from mometas_ds.errors import DataError
@@ -27,9 +28,16 @@ from .readers import MIN_DOC_TOKENS, CorpusReport
 logger = logging.getLogger(__name__)
 
 # Bump when the cached layout, tokenization or packing rule changes (2: special-token text split as text;
-# 3: unsplit rows, the meta split drawn on load).
-CACHE_FORMAT_VERSION = 3
-REPORT_FILE = "corpus_report.json"
+# 3: unsplit rows, the meta split drawn on load; 4: one cache per input file (shard), [SEP] between packed
+# documents, --packing).
+CACHE_FORMAT_VERSION = 4
+SHARDS_DIR = "shards"  # cache_dir/shards/<shard key>/{rows.arrow, shard.json}
+ROWS_FILE = "rows.arrow"
+REPORT_FILE = "shard.json"  # written last: a shard directory without it is incomplete
+PACKING_MODES = ("packed", "per_document")
+_DOCS_PER_BATCH = 1024  # documents per encode_batch call ...
+_CHARS_PER_BATCH = 4 << 20  # ... or fewer, once they hold this many characters (bounded memory)
+_ROWS_PER_WRITE = 1024  # rows per Arrow record batch
 
 
 # -------------------------------------------------------------------------------- tokenize, pack, cache
@@ -40,10 +48,11 @@ class DataConfig:
     text_field: str = "text"
     seq_len: int = 128
     cache_dir: str = os.path.join("~", ".cache", "mometas_ds", "data")
-    num_proc: int = 1  # processes for tokenization
+    num_proc: int = 1  # processes that build missing shards
     meta_sequences: int = 0  # packed sequences held out for the sampler's meta-validation (not in the cache key)
     seed: int = 0  # picks the held-out sequences (not in the cache key)
     max_examples: int = 5  # "file:line" examples kept per skip reason
+    packing: str = "packed"  # one of PACKING_MODES (see the package's docstring)
 
     def __post_init__(self):
         if isinstance(self.train_files, (str, os.PathLike)):
@@ -59,6 +68,8 @@ class DataConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
                 raise ValueError(f"{flag} must be an int >= {minimum}, got {value!r}")
+        if self.packing not in PACKING_MODES:
+            raise ValueError(f"--packing must be one of {', '.join(PACKING_MODES)}, got {self.packing!r}")
         self.cache_dir = os.path.abspath(os.path.expanduser(str(self.cache_dir)))
 
 
@@ -67,57 +78,77 @@ class PreparedData:
     train: datasets.Dataset  # columns input_ids, attention_mask: int lists of length seq_len
     meta: datasets.Dataset  # held-out meta-validation sequences, same columns
     report: CorpusReport
-    cache_hit: bool
-    cache_path: str
+    cache_hit: bool  # True when every shard was already in the cache (nothing was tokenized)
+    cache_path: str  # cache_dir/shards: the directory holding the shards
+    shard_paths: List[str] = field(default_factory=list)  # the corpus's shard directories, in corpus order
+    shards_built: int = 0  # of them, built by this call (the others were reused)
+
+
+@dataclass
+class _Shard:
+    path: str  # a resolved input file or save_to_disk directory
+    key: Optional[str]  # None: the file vanished after the glob expanded (reported, nothing cached)
 
 
 def prepare_data(config: DataConfig, tokenizer) -> PreparedData:
-    """Tokenize and pack the corpus into ``config.cache_dir/<key>/``, or reuse that cache; then split
-    the packed rows into training and meta-validation (see ``meta_split_rows``).
+    """Tokenize and pack every input file not yet in the cache into its own shard
+    ``config.cache_dir/shards/<key>/``, in ``config.num_proc`` processes; then load the corpus (the
+    shards in file order, memory-mapped) and split its rows into training and meta-validation (see
+    ``meta_split_rows``).
 
-    The cache holds every packed row once. Its key covers what determines those rows: the resolved
-    files with their sizes and mtimes (and the paths that matched nothing), ``text_field``, the tokenizer
-    and its special ids, ``seq_len`` and ``max_examples`` (of the report), not ``seed`` nor
-    ``meta_sequences``. The cache appears by an atomic rename, so a concurrent reader sees it whole or
-    not at all; in multi-rank runs call this on rank 0 first, then on the others. Loading writes nothing.
+    A shard's key covers what determines its rows: the file's path, size and mtime, ``text_field``, the
+    tokenizer and its special ids, ``seq_len``, ``packing``, ``MIN_DOC_TOKENS``, ``max_examples`` (of its
+    report) and ``CACHE_FORMAT_VERSION``; not ``seed`` nor ``meta_sequences``. Adding a file builds only
+    its shard; a changed file rebuilds only its own. A shard appears by an atomic rename, so a concurrent
+    reader sees it whole or not at all; in multi-rank runs call this on rank 0 first, then on the others.
+    Loading an already prepared corpus writes nothing.
     """
-    pad_id, cls_id, sep_id = (required_token_id(tokenizer, role) for role in ("pad", "cls", "sep"))
+    special = tuple(required_token_id(tokenizer, role) for role in ("pad", "cls", "sep"))
     paths, missing = readers.resolve_files(config.train_files)
     backend = _plain_backend(tokenizer)
-    key = _cache_key(config, paths, missing, _tokenizer_fingerprint(tokenizer, backend), (pad_id, cls_id, sep_id))
-    cache_path = os.path.join(config.cache_dir, key)
-    if os.path.isfile(os.path.join(cache_path, REPORT_FILE)):
-        logger.info("reusing tokenized cache at %s", cache_path)
-        return _load_cache(cache_path, config, cache_hit=True)
-
-    os.makedirs(config.cache_dir, exist_ok=True)
-    work = tempfile.mkdtemp(prefix=f".tmp-{key}-", dir=config.cache_dir)
+    tokenizer_fingerprint = _tokenizer_fingerprint(tokenizer, backend)
+    root = os.path.join(config.cache_dir, SHARDS_DIR)
+    shards = []
+    for path in paths:
+        fingerprint = _path_fingerprint(path)
+        vanished = not os.path.isdir(path) and fingerprint[1] is None
+        key = None if vanished else _shard_key(config, fingerprint, tokenizer_fingerprint, special)
+        shards.append(_Shard(path, key))
+    todo = [shard for shard in shards if shard.key is not None and not _is_complete(os.path.join(root, shard.key))]
+    if todo:
+        os.makedirs(root, exist_ok=True)
+        _build_shards(todo, config, root, _tokenizer_spec(tokenizer, backend), special)
+        logger.info("wrote %d tokenized shard(s) in %s (reused %d)", len(todo), root, len(shards) - len(todo))
+    else:
+        logger.info("reusing tokenized cache at %s (%d shard(s), nothing to tokenize)", root, len(shards))
     try:
-        report = CorpusReport(max_examples=config.max_examples)
-        built = _build(config, tokenizer, backend, report, (pad_id, cls_id, sep_id), work, key)
-        with open(os.path.join(built, REPORT_FILE), "w") as f:
-            json.dump(_report_to_store(report), f, indent=1)
-        _publish(built, cache_path)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
-    logger.info("wrote tokenized cache at %s", cache_path)
-    return _load_cache(cache_path, config, cache_hit=False)
+        return _load(config, shards, missing, root, built=len(todo))
+    except DataError:
+        for shard in todo:  # all empty (no usable document): a failed preparation leaves nothing behind
+            shutil.rmtree(os.path.join(root, shard.key), ignore_errors=True)
+        with contextlib.suppress(OSError):
+            os.rmdir(root)
+        raise
 
 
-def _publish(built: str, cache_path: str) -> None:
-    """Move a finished cache into place with one rename (atomic on a POSIX file system)."""
+def _is_complete(shard_dir: str) -> bool:
+    return os.path.isfile(os.path.join(shard_dir, REPORT_FILE))
+
+
+def _publish(built: str, shard_dir: str) -> None:
+    """Move a finished shard into place with one rename (atomic on a POSIX file system)."""
     try:
-        os.rename(built, cache_path)
+        os.rename(built, shard_dir)
         return
     except OSError:
-        if os.path.isfile(os.path.join(cache_path, REPORT_FILE)):
+        if _is_complete(shard_dir):
             return  # another process published the same key first; its data is identical
-        if not os.path.isdir(cache_path):
+        if not os.path.isdir(shard_dir):
             raise
     # A directory without the report was damaged by hand (ours appear whole): replace it.
-    logger.warning("replacing incomplete tokenized cache at %s", cache_path)
-    shutil.rmtree(cache_path)
-    os.rename(built, cache_path)
+    logger.warning("replacing incomplete tokenized shard at %s", shard_dir)
+    shutil.rmtree(shard_dir)
+    os.rename(built, shard_dir)
 
 
 _SPLIT_FIELDS = ("train_sequences", "meta_sequences")  # of one run, so not in the shared report file
@@ -144,10 +175,35 @@ def _train_rows(packed: datasets.Dataset, meta_rows: np.ndarray) -> datasets.Dat
     return pieces[0] if len(pieces) == 1 else datasets.concatenate_datasets(pieces)
 
 
-def _load_cache(cache_path: str, config: DataConfig, cache_hit: bool) -> PreparedData:
-    packed = datasets.load_from_disk(cache_path)
-    with open(os.path.join(cache_path, REPORT_FILE)) as f:
-        report = CorpusReport.from_dict(json.load(f))
+def read_shard(shard_dir: str) -> Tuple[CorpusReport, int]:
+    """A shard's report and its number of rows."""
+    with open(os.path.join(shard_dir, REPORT_FILE)) as f:
+        stored = json.load(f)
+    return CorpusReport.from_dict(stored["report"]), int(stored["rows"])
+
+
+def _load(config: DataConfig, shards: List[_Shard], missing: List[str], root: str, built: int) -> PreparedData:
+    """The corpus: the shards' rows in file order (memory-mapped, no copy) and their reports merged."""
+    report = CorpusReport(max_examples=config.max_examples)
+    for entry in missing:
+        report.skip("missing_file", f"{entry}: {readers.missing_reason(entry)}")
+    parts, shard_paths = [], []
+    for shard in shards:
+        if shard.key is None:
+            report.skip("missing_file", f"{shard.path}: {readers.missing_reason(shard.path)}")
+            continue
+        shard_dir = os.path.join(root, shard.key)
+        shard_report, rows = read_shard(shard_dir)
+        report.merge(shard_report)
+        shard_paths.append(shard_dir)
+        if rows:
+            parts.append(datasets.Dataset.from_file(os.path.join(shard_dir, ROWS_FILE)))
+    if not parts:
+        short = report.skipped.get("too_short", 0)
+        why = (f"every document has fewer than {MIN_DOC_TOKENS} tokens" if short and not report.documents
+               else f"(--text_field {config.text_field!r})")
+        raise DataError(f"no usable document in --train_files {list(config.train_files)}: {why}\n{report.summary()}")
+    packed = parts[0] if len(parts) == 1 else datasets.concatenate_datasets(parts)
     num_rows = len(packed)
     if num_rows <= config.meta_sequences:
         raise DataError(
@@ -162,68 +218,196 @@ def _load_cache(cache_path: str, config: DataConfig, cache_hit: bool) -> Prepare
     # of every row is built on each load.
     train = _train_rows(packed, meta_rows)
     report.train_sequences, report.meta_sequences = len(train), len(meta)
-    return PreparedData(train=train, meta=meta, report=report, cache_hit=cache_hit, cache_path=cache_path)
+    return PreparedData(train=train, meta=meta, report=report, cache_hit=built == 0, cache_path=root,
+                        shard_paths=shard_paths, shards_built=built)
 
 
-def _build(config: DataConfig, tokenizer, backend, report: CorpusReport, special: Tuple[int, int, int],
-           work: str, key: str) -> str:
-    """Read, tokenize and pack into ``work``; return the directory to publish."""
-    found = readers.iter_documents(config.train_files, config.text_field, report)
-    first = next(found, None)  # datasets cannot build a dataset from an empty generator
-    if first is None:
-        raise DataError(f"no usable document in --train_files {list(config.train_files)} "
-                        f"(--text_field {config.text_field!r})\n{report.summary()}")
+# ------------------------------------------------------------------------------------------ building shards
 
-    def documents():
-        for text, source, line in itertools.chain([first], found):
-            yield {"text": text, "source": source, "line": line}
-
-    raw = datasets.Dataset.from_generator(
-        documents,
-        features=datasets.Features({"text": datasets.Value("string"), "source": datasets.Value("int32"),
-                                    "line": datasets.Value("int64")}),
-        cache_dir=os.path.join(work, "raw"),
-        fingerprint=f"{key}-raw",
-    )
-    if config.num_proc > 1:
-        # Tokenizer threads in forked workers deadlock or warn; the processes are the parallelism.
-        os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    tokenized = raw.map(
-        _TokenizeBatch(tokenizer, backend),
-        batched=True,
-        input_columns=["text"],
-        remove_columns=["text"],
-        features=datasets.Features({"source": datasets.Value("int32"), "line": datasets.Value("int64"),
-                                    "ids": datasets.List(datasets.Value("int32"))}),
-        num_proc=config.num_proc if config.num_proc > 1 else None,
-        new_fingerprint=f"{key}-tokenized",
-        desc="tokenizing",
-    )
-    packed_file = os.path.join(work, "packed.arrow")
-    num_rows = _pack(tokenized, config.seq_len, special, packed_file, report)
-    if num_rows == 0:
-        raise DataError(f"no usable document in --train_files {list(config.train_files)}: every document has "
-                        f"fewer than {MIN_DOC_TOKENS} tokens\n{report.summary()}")
-    out = os.path.join(work, "dataset")
-    datasets.Dataset.from_file(packed_file).save_to_disk(out)
-    return out
+@dataclass
+class _ShardJob:
+    path: str
+    shard_dir: str
+    text_field: str
+    seq_len: int
+    packing: str
+    special: Tuple[int, int, int]
+    max_examples: int
 
 
-class _TokenizeBatch:
-    """Batch function for ``Dataset.map``: document texts -> token ids without special tokens."""
+def _build_shards(todo: List[_Shard], config: DataConfig, root: str, spec: tuple, special) -> None:
+    jobs = [_ShardJob(shard.path, os.path.join(root, shard.key), config.text_field, config.seq_len, config.packing,
+                      special, config.max_examples) for shard in todo]
+    processes = min(config.num_proc, len(jobs))
+    if processes <= 1:
+        encode = _encoder(spec)
+        for job in jobs:
+            _build_shard(job, encode)
+        return
+    # spawn, not fork: the caller may hold threads (tokenizers', a process group's) that a fork would copy
+    # mid-state. Each worker builds whole shards, so the rows do not depend on the number of processes.
+    context = multiprocessing.get_context("spawn")
+    with context.Pool(processes, initializer=_init_worker, initargs=(spec,)) as pool:
+        for _ in pool.imap_unordered(_build_shard_in_worker, jobs, chunksize=1):
+            pass
 
-    def __init__(self, tokenizer, backend):
-        self.tokenizer = tokenizer
-        self.backend = backend
 
-    def __call__(self, texts: List[str]) -> dict:
-        if self.backend is not None:
-            ids = [encoding.ids for encoding in self.backend.encode_batch(texts, add_special_tokens=False)]
-        else:
-            # Best effort: transformers' own slow tokenizers may still keep special-token text whole.
-            ids = self.tokenizer(texts, add_special_tokens=False, truncation=False,
-                                 split_special_tokens=True)["input_ids"]
-        return {"ids": ids}
+_WORKER_ENCODE = None
+
+
+def _init_worker(spec: tuple) -> None:
+    global _WORKER_ENCODE
+    # Tokenizer threads in many processes oversubscribe the cores; the processes are the parallelism.
+    os.environ["TOKENIZERS_PARALLELISM"] = "false"
+    _WORKER_ENCODE = _encoder(spec)
+
+
+def _build_shard_in_worker(job: _ShardJob) -> None:
+    _build_shard(job, _WORKER_ENCODE)
+
+
+def _tokenizer_spec(tokenizer, backend) -> tuple:
+    """What a worker process needs to rebuild the encoder (a fast backend travels as its JSON)."""
+    if backend is not None:
+        return ("fast", backend.to_str(), getattr(backend, "encode_special_tokens", False))
+    return ("slow", tokenizer)
+
+
+def _encoder(spec: tuple):
+    """texts -> token ids without special tokens (the fast backend's encode_batch when there is one)."""
+    if spec[0] == "fast":
+        backend = tokenizers.Tokenizer.from_str(spec[1])
+        backend.no_truncation()
+        backend.no_padding()
+        if spec[2]:
+            backend.encode_special_tokens = True
+
+        def encode(texts: List[str]) -> List[List[int]]:
+            return [encoding.ids for encoding in backend.encode_batch(texts, add_special_tokens=False)]
+        return encode
+    tokenizer = spec[1]
+
+    def encode_slow(texts: List[str]) -> List[List[int]]:
+        # Best effort: transformers' own slow tokenizers may still keep special-token text whole.
+        return tokenizer(texts, add_special_tokens=False, truncation=False, split_special_tokens=True)["input_ids"]
+    return encode_slow
+
+
+def _build_shard(job: _ShardJob, encode) -> None:
+    """Read one input, tokenize it in bounded batches, pack its rows straight into one Arrow file, write its
+    report; publish the directory by one rename."""
+    parent = os.path.dirname(job.shard_dir)
+    work = tempfile.mkdtemp(prefix=f".tmp-{os.path.basename(job.shard_dir)}-", dir=parent)
+    try:
+        report = CorpusReport(max_examples=job.max_examples)
+        with _RowWriter(os.path.join(work, ROWS_FILE), job.seq_len, job.special, job.packing, report) as rows:
+            for batch in _batches(readers.iter_path(job.path, job.text_field, report)):
+                for (_, source, line), ids in zip(batch, encode([text for text, _, _ in batch])):
+                    if len(ids) < MIN_DOC_TOKENS:
+                        report.documents -= 1
+                        report.skip("too_short", f"{source}:{line}")
+                    else:
+                        rows.add(np.asarray(ids, dtype=np.int32))
+        with open(os.path.join(work, REPORT_FILE), "w") as f:
+            json.dump({"format": CACHE_FORMAT_VERSION, "source": job.path, "rows": rows.num_rows,
+                       "report": _report_to_store(report)}, f, indent=1)
+        _publish(work, job.shard_dir)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _batches(documents):
+    batch, chars = [], 0
+    for document in documents:
+        batch.append(document)
+        chars += len(document[0])
+        if len(batch) >= _DOCS_PER_BATCH or chars >= _CHARS_PER_BATCH:
+            yield batch
+            batch, chars = [], 0
+    if batch:
+        yield batch
+
+
+class _RowWriter:
+    """Packs documents' token ids into rows of ``seq_len`` (the rules are in the package's docstring) and
+    streams them to an Arrow file in record batches of ``_ROWS_PER_WRITE`` rows."""
+
+    def __init__(self, out_file: str, seq_len: int, special: Tuple[int, int, int], packing: str,
+                 report: CorpusReport):
+        self.pad_id, self.cls_id, self.sep_id = special
+        self.seq_len, self.inner, self.packing, self.report = seq_len, seq_len - 2, packing, report
+        self.schema = pa.schema([("input_ids", pa.list_(pa.int32(), seq_len)),
+                                 ("attention_mask", pa.list_(pa.int8(), seq_len))])
+        self.sink = pa.OSFile(out_file, "wb")
+        self.writer = pa.ipc.new_stream(self.sink, self.schema)
+        self.ids = np.empty((_ROWS_PER_WRITE, seq_len), dtype=np.int32)
+        self.lengths = np.empty(_ROWS_PER_WRITE, dtype=np.int64)  # real tokens per row, cls and sep included
+        self._reset()
+        self.fill = 0  # inner tokens in the open row (self.ids[self.n])
+        self.num_rows = 0
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        if exc_type is None and self.fill:
+            self._close_row()  # the shard's last row, padded
+        try:
+            if exc_type is None:
+                self._flush()
+            self.writer.close()
+        finally:
+            self.sink.close()
+
+    def _reset(self) -> None:
+        self.ids.fill(self.pad_id)
+        self.ids[:, 0] = self.cls_id
+        self.n = 0
+
+    def add(self, ids: np.ndarray) -> None:
+        self.report.tokens += int(ids.size)
+        if self.packing == "per_document":
+            if ids.size > self.inner:
+                self.report.truncated_documents += 1
+                self.report.truncated_tokens += int(ids.size) - self.inner
+                ids = ids[: self.inner]
+            self.ids[self.n, 1: 1 + ids.size] = ids
+            self.fill = int(ids.size)
+            self._close_row()
+            return
+        if self.fill:  # a document after another one in the open row
+            if self.inner - self.fill >= 2:
+                self.ids[self.n, 1 + self.fill] = self.sep_id
+                self.fill += 1
+            else:  # one free slot: a [SEP] there would double the row's closing [SEP]
+                self._close_row()
+        pos = 0
+        while pos < ids.size:
+            take = min(self.inner - self.fill, ids.size - pos)
+            self.ids[self.n, 1 + self.fill: 1 + self.fill + take] = ids[pos: pos + take]
+            self.fill += take
+            pos += take
+            if self.fill == self.inner:
+                self._close_row()
+
+    def _close_row(self) -> None:
+        self.ids[self.n, 1 + self.fill] = self.sep_id
+        self.lengths[self.n] = self.fill + 2
+        self.n += 1
+        self.fill = 0
+        self.num_rows += 1
+        if self.n == _ROWS_PER_WRITE:
+            self._flush()
+
+    def _flush(self) -> None:
+        if not self.n:
+            return
+        ids = self.ids[: self.n]
+        mask = (np.arange(self.seq_len)[None, :] < self.lengths[: self.n, None]).astype(np.int8)
+        self.writer.write_batch(pa.record_batch(
+            [pa.FixedSizeListArray.from_arrays(pa.array(ids.ravel()), self.seq_len),
+             pa.FixedSizeListArray.from_arrays(pa.array(mask.ravel()), self.seq_len)], schema=self.schema))
+        self._reset()
 
 
 def _plain_backend(tokenizer):
@@ -276,73 +460,17 @@ def _path_fingerprint(path: str) -> list:
     return [path, stat.st_mtime_ns, stat.st_size]
 
 
-def _cache_key(config: DataConfig, paths: List[str], missing: List[str], tokenizer_fingerprint: str,
+def _shard_key(config: DataConfig, fingerprint: list, tokenizer_fingerprint: str,
                special: Tuple[int, int, int]) -> str:
     payload = {
         "format": CACHE_FORMAT_VERSION,
-        "files": [_path_fingerprint(p) for p in paths],
-        "missing": missing,
+        "file": fingerprint,  # path, mtime, size (a directory: its files' too)
         "text_field": config.text_field,
         "tokenizer": tokenizer_fingerprint,
         "special": list(special),
         "seq_len": config.seq_len,
+        "packing": config.packing,
         "min_doc_tokens": MIN_DOC_TOKENS,
         "max_examples": config.max_examples,
     }
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode("utf-8")).hexdigest()[:24]
-
-
-def _pack(tokenized: datasets.Dataset, seq_len: int, special: Tuple[int, int, int], out_file: str,
-          report: CorpusReport) -> int:
-    """Concatenate the documents' ids and cut them into [CLS] chunk [SEP] rows (see module docstring);
-    stream the rows to an Arrow file. Returns the number of rows."""
-    pad_id, cls_id, sep_id = special
-    inner = seq_len - 2
-    schema = pa.schema([("input_ids", pa.list_(pa.int32(), seq_len)),
-                        ("attention_mask", pa.list_(pa.int8(), seq_len))])
-    carry = np.empty(0, dtype=np.int32)
-    num_rows = 0
-    with pa.OSFile(out_file, "wb") as sink, pa.ipc.new_stream(sink, schema) as writer:
-        def write(ids: np.ndarray, mask: np.ndarray) -> None:
-            writer.write_batch(pa.record_batch(
-                [pa.FixedSizeListArray.from_arrays(pa.array(ids.ravel()), seq_len),
-                 pa.FixedSizeListArray.from_arrays(pa.array(mask.ravel()), seq_len)], schema=schema))
-
-        for table in tokenized.with_format("arrow").iter(batch_size=4096):
-            ids_column = table.column("ids").combine_chunks()
-            lengths = pc.list_value_length(ids_column).to_numpy(zero_copy_only=False).astype(np.int64)
-            short = lengths < MIN_DOC_TOKENS
-            if short.any():
-                _report_short(table, np.flatnonzero(short), report)
-            flat = pc.list_flatten(ids_column).to_numpy(zero_copy_only=False).astype(np.int32, copy=False)
-            kept = flat[np.repeat(~short, lengths)]
-            report.tokens += int(kept.size)
-            tokens = np.concatenate([carry, kept])
-            full = tokens.size // inner
-            if full:
-                rows = np.empty((full, seq_len), dtype=np.int32)
-                rows[:, 0] = cls_id
-                rows[:, 1:-1] = tokens[: full * inner].reshape(full, inner)
-                rows[:, -1] = sep_id
-                write(rows, np.ones((full, seq_len), dtype=np.int8))
-                num_rows += full
-            carry = tokens[full * inner:]
-        if carry.size:
-            row = np.full((1, seq_len), pad_id, dtype=np.int32)
-            row[0, 0], row[0, 1: carry.size + 1], row[0, carry.size + 1] = cls_id, carry, sep_id
-            mask = np.zeros((1, seq_len), dtype=np.int8)
-            mask[0, : carry.size + 2] = 1
-            write(row, mask)
-            num_rows += 1
-    return num_rows
-
-
-def _report_short(table: pa.Table, rows: np.ndarray, report: CorpusReport) -> None:
-    report.documents -= int(rows.size)
-    sources = table.column("source").to_numpy()
-    lines = table.column("line").to_numpy()
-    room = max(report.max_examples - len(report.examples.get("too_short", [])), 0)
-    for i in rows[:room]:
-        report.skip("too_short", f"{report.sources[sources[i]]}:{lines[i]}")
-    if rows.size > room:
-        report.skip("too_short", None, count=int(rows.size) - room)
