@@ -688,3 +688,103 @@ def test_demo_corpus_is_deterministic_jsonl(tmp_path, tokenizer):
     prepared = prepare(tmp_path, tokenizer, [a], seq_len=64, meta_sequences=4)
     assert prepared.report.documents == 60 and prepared.report.skipped == {}
     assert len(prepared.meta) == 4
+
+
+# ------------------------------------------------------------------------------------ per-file shards
+
+def shard_stats(prepared):
+    """(inode, mtime_ns) of every file of every shard, by shard directory."""
+    stats = {}
+    for shard in prepared.shard_paths:
+        for name in sorted(os.listdir(shard)):
+            st = os.stat(os.path.join(shard, name))
+            stats[(shard, name)] = (st.st_ino, st.st_mtime_ns)
+    return stats
+
+
+def corpus_files(tmp_path, count, docs_each=30):
+    return [write_jsonl(tmp_path / f"part{i}.jsonl", [{"text": t} for t in generate_documents(docs_each, seed=20 + i)])
+            for i in range(count)]
+
+
+def test_adding_a_file_builds_only_its_shard_and_a_changed_file_only_its_own(tmp_path, tokenizer, monkeypatch):
+    import mometas_ds.data.shards as shards
+
+    files = corpus_files(tmp_path, 3)
+    first = prepare(tmp_path, tokenizer, files[:2])
+    assert first.shards_built == 2 and len(first.shard_paths) == 2
+    before = shard_stats(first)
+
+    built = []
+    real_build = shards._build_shard
+    monkeypatch.setattr(shards, "_build_shard", lambda job, encode: built.append(job.path) or real_build(job, encode))
+    added = prepare(tmp_path, tokenizer, files)
+    assert built == [str(files[2])] and added.shards_built == 1 and not added.cache_hit
+    assert added.shard_paths[:2] == first.shard_paths
+    assert {k: v for k, v in shard_stats(added).items() if k[0] in first.shard_paths} == before  # untouched
+    # The corpus is the files' shards in order: the old rows, then the new file's.
+    old_rows, new_rows = rows_of(first.train)[0], rows_of(added.train)[0]
+    assert new_rows[: len(old_rows)].tolist() == old_rows.tolist()
+    alone = prepare(tmp_path / "alone", tokenizer, [files[2]])
+    assert new_rows[len(old_rows):].tolist() == rows_of(alone.train)[0].tolist()
+    assert added.report.documents == first.report.documents + alone.report.documents
+
+    # A changed file: only its shard is rebuilt, the others are reused as they are.
+    built.clear()
+    files[1].write_text(files[1].read_text().replace("the", "a"))
+    changed = prepare(tmp_path, tokenizer, files)
+    assert built == [str(files[1])] and changed.shards_built == 1
+    assert changed.shard_paths[0] == added.shard_paths[0] and changed.shard_paths[2] == added.shard_paths[2]
+    assert changed.shard_paths[1] != added.shard_paths[1]
+    # Every file listed again: nothing built, nothing written.
+    built.clear()
+    again = prepare(tmp_path, tokenizer, files)
+    assert built == [] and again.cache_hit and again.shard_paths == changed.shard_paths
+
+
+def test_two_processes_build_the_same_shards_rows_and_report(tmp_path, tokenizer):
+    files = corpus_files(tmp_path, 3, docs_each=25)
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"text": "good text to keep for the run"}\nnot json\n{"body": 1}\n')
+    files.insert(1, bad)
+    one = prepare(tmp_path / "one", tokenizer, files, meta_sequences=4)
+    two = prepare(tmp_path / "two", tokenizer, files, meta_sequences=4, num_proc=2)
+    assert two.shards_built == 4
+    assert rows_of(one.train)[0].tolist() == rows_of(two.train)[0].tolist()
+    assert rows_of(one.meta)[0].tolist() == rows_of(two.meta)[0].tolist()
+    assert rows_of(one.train)[1].tolist() == rows_of(two.train)[1].tolist()
+    assert one.report == two.report
+    for a, b in zip(one.shard_paths, two.shard_paths):  # byte-identical shards, under the same keys
+        assert os.path.basename(a) == os.path.basename(b)
+        for name in ("rows.arrow", "shard.json"):
+            with open(os.path.join(a, name), "rb") as fa, open(os.path.join(b, name), "rb") as fb:
+                assert fa.read() == fb.read()
+
+
+def test_bad_lines_in_several_shards_merge_into_one_report_with_real_file_lines(tmp_path, tokenizer):
+    """Each shard counts its own bad lines; the corpus report sums them and keeps the first max_examples
+    "file:line" examples in corpus order (the missing entries first, as they are found first)."""
+    good = json.dumps({"text": GOOD_BEFORE})
+    a = tmp_path / "a.jsonl"
+    a.write_text("\n".join([good, "{broken", good, "", "{also broken", good]) + "\n")  # bad: lines 2 and 5
+    b = tmp_path / "b.jsonl"
+    b.write_text("\n".join(["{x", good, json.dumps({"text": "q"}), "{y", "{z"]) + "\n")  # bad 1, 4, 5; short 3
+    c = tmp_path / "c.txt"
+    c.write_bytes(b"one good line of text here\n\xff\xfe\n" + GOOD_AFTER.encode() + b"\n")  # bad: line 2
+    prepared = prepare(tmp_path, tokenizer, [a, tmp_path / "gone.jsonl", b, c], max_examples=3, num_proc=2)
+    report = prepared.report
+    assert report.skipped == {"missing_file": 1, "malformed_json": 5, "too_short": 1, "non_utf8": 1}
+    assert report.examples["malformed_json"] == [f"{a}:2", f"{a}:5", f"{b}:1"]
+    assert report.examples["too_short"] == [f"{b}:3"] and report.examples["non_utf8"] == [f"{c}:2"]
+    assert report.examples["missing_file"] == [f"{tmp_path / 'gone.jsonl'}: no such file"]
+    assert report.sources == [str(a), str(b), str(c)]
+    assert report.documents == 3 + 1 + 2
+    expected = token_ids(tokenizer, GOOD_BEFORE) * 4 + token_ids(tokenizer, "one good line of text here") + \
+        token_ids(tokenizer, GOOD_AFTER)
+    assert inner_tokens(prepared.train, tokenizer) == expected
+    # Each shard's own report, with its own examples (at most max_examples).
+    from mometas_ds.data import read_shard
+
+    b_report, _ = read_shard(prepared.shard_paths[1])
+    assert b_report.examples["malformed_json"] == [f"{b}:1", f"{b}:4", f"{b}:5"]
+    assert prepare(tmp_path, tokenizer, [a, tmp_path / "gone.jsonl", b, c], max_examples=3).report == report

@@ -41,16 +41,24 @@ Meta-validation split: of the ``N`` packed rows, the meta split is the rows
 in packed order (``meta_split_rows``). The split is drawn each time the cache is loaded, so runs that differ
 only in ``--seed`` or ``--meta_batch_size`` share one cache.
 """
-from ..errors import DataError
-from .batches import ShardedBatches, rows_as_tensors
-from .prefetch import PrefetchedBatches, prefetched
-from .cache import (CACHE_FORMAT_VERSION, PACKING_MODES, REPORT_FILE, ROWS_FILE, DataConfig, PreparedData,
-                    meta_split_rows, prepare_data, read_shard)
-from .readers import MIN_DOC_TOKENS, SKIP_REASONS, CorpusReport, iter_documents, iter_path, iter_texts, resolve_files
+import importlib
 
-__all__ = [
-    "DataError", "ShardedBatches", "PrefetchedBatches", "prefetched", "rows_as_tensors", "CACHE_FORMAT_VERSION",
-    "PACKING_MODES", "REPORT_FILE", "ROWS_FILE", "DataConfig", "PreparedData", "meta_split_rows", "prepare_data",
-    "read_shard", "MIN_DOC_TOKENS", "SKIP_REASONS", "CorpusReport", "iter_documents", "iter_path", "iter_texts",
-    "resolve_files",
-]
+from ..errors import DataError
+
+# Imported on first use (PEP 562), so that a shard-building worker (data.shards) imports neither torch
+# (batches, prefetch) nor transformers and HF datasets (cache).
+_LAZY = {
+    "ShardedBatches": "batches", "rows_as_tensors": "batches",
+    "PrefetchedBatches": "prefetch", "prefetched": "prefetch",
+    "CACHE_FORMAT_VERSION": "shards", "PACKING_MODES": "shards", "REPORT_FILE": "shards", "ROWS_FILE": "shards",
+    "DataConfig": "cache", "PreparedData": "cache", "meta_split_rows": "cache", "prepare_data": "cache",
+    "read_shard": "cache", "MIN_DOC_TOKENS": "readers", "SKIP_REASONS": "readers", "CorpusReport": "readers",
+    "iter_documents": "readers", "iter_path": "readers", "iter_texts": "readers", "resolve_files": "readers",
+}
+__all__ = ["DataError", *_LAZY]
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        return getattr(importlib.import_module(f"{__name__}.{_LAZY[name]}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

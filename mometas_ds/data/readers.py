@@ -11,7 +11,6 @@ import zlib
 from dataclasses import asdict, dataclass, field
 from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
-import datasets
 import pyarrow as pa
 import pyarrow.parquet as pq
 
@@ -347,6 +346,8 @@ def _read_saved_dataset(path: str, text_field: str, report: CorpusReport) -> Ite
     if not _is_saved_dataset(path):
         report.skip("unsupported_format", f"{path} (a directory not written by datasets.save_to_disk)")
         return
+    import datasets  # only for save_to_disk directories: a shard worker of plain files does without it
+
     try:
         loaded = datasets.load_from_disk(path)
     except Exception as err:  # datasets raises several types for damaged directories
