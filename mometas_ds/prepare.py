@@ -73,9 +73,9 @@ def _prepare(ns: argparse.Namespace) -> int:
                             cache_dir=ns.cache_dir, num_proc=ns.num_proc, packing=ns.packing)
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
+    check_writable_dir(config.cache_dir, "--cache_dir")
     tokenizer = (load_tokenizer(ns.tokenizer) if ns.tokenizer
                  else load_tokenizer(ns.model_name_or_path, flag="--model_name_or_path"))
-    check_writable_dir(config.cache_dir, "--cache_dir")
     with disk_errors("--cache_dir", config.cache_dir):
         prepared = prepare_data(config, tokenizer)
     report = prepared.report
