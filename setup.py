@@ -43,6 +43,7 @@ setup(
             "mometas-compare=mometas_ds.compare:main",
             "mometas-checkpoint=mometas_ds.checkpoint_cli:main",
             "mometas-study=mometas_ds.study:main",
+            "mometas-prepare=mometas_ds.prepare:main",
         ]
     },
 )

@@ -145,7 +145,7 @@ class Trainer:
         cfg = self.cfg
         cache_dir = cfg.cache_dir or os.path.join(cfg.output_dir, "cache")
         data_cfg = DataConfig(train_files=list(cfg.train_files), text_field=cfg.text_field, seq_len=cfg.seq_len,
-                              cache_dir=cache_dir, num_proc=cfg.num_proc,
+                              cache_dir=cache_dir, num_proc=cfg.num_proc, packing=cfg.packing,
                               meta_sequences=2 * cfg.meta_batch_size, seed=cfg.seed)
         def prepare_on_rank0():
             faults.sleep_in_setup()
@@ -157,6 +157,12 @@ class Trainer:
         if self.rank != 0:
             prepared = prepare_data(data_cfg, self.tokenizer)
         if self.rank == 0:
+            if prepared.cache_hit:
+                logger.info("corpus already prepared: %d shard(s) in %s, nothing to tokenize",
+                            len(prepared.shard_paths), prepared.cache_path)
+            else:
+                logger.info("corpus prepared: built %d of %d shard(s) in %s", prepared.shards_built,
+                            len(prepared.shard_paths), prepared.cache_path)
             if prepared.report.total_skipped:
                 logger.warning("corpus: %s", prepared.report.summary())
         return prepared

@@ -605,6 +605,56 @@ OTHER_CASES = [
 ]
 
 
+# ------------------------------------------------------------------------------------------ mometas-prepare
+# (id, argv builder over (case dir, assets), phrase): every row exits 2 with "mometas-prepare: error:".
+def _prepare_argv(d, assets, **changes):
+    flags = {"--train_files": assets["corpus"], "--tokenizer": assets["tokenizer"], "--seq_len": "32",
+             "--cache_dir": os.path.join(d, "cache")}
+    flags.update({f"--{k}": v for k, v in changes.items()})
+    return [item for flag, value in flags.items() if value is not None for item in (flag, value)]
+
+
+def _bad_corpus(d):
+    path = os.path.join(d, "bad.jsonl")
+    with open(path, "w", encoding="utf-8") as f:
+        f.write('not json\n{"body": "no text"}\n{"text": "a"}\n')
+    return path
+
+
+PREPARE_CASES = [
+    ("tokenizer_missing", lambda d, a: _prepare_argv(d, a, tokenizer=f"{d}/none"), "--tokenizer: directory"),
+    ("no_tokenizer", lambda d, a: _prepare_argv(d, a, tokenizer=None), "--tokenizer: give the tokenizer directory"),
+    ("model_without_tokenizer", lambda d, a: _prepare_argv(d, a, tokenizer=None, model_name_or_path=d),
+     "--model_name_or_path: "),
+    ("seq_len_too_small", lambda d, a: _prepare_argv(d, a, seq_len="2"), "--seq_len must be an int >= 3"),
+    ("seq_len_not_int", lambda d, a: _prepare_argv(d, a, seq_len="x"), "--seq_len: invalid int value"),
+    ("num_proc_zero", lambda d, a: _prepare_argv(d, a, num_proc="0"), "--num_proc must be an int >= 1"),
+    ("unknown_packing", lambda d, a: _prepare_argv(d, a, packing="docs"), "--packing: invalid choice: 'docs'"),
+    ("no_cache_dir", lambda d, a: _prepare_argv(d, a, cache_dir=None),
+     "the following arguments are required: --cache_dir"),
+    ("cache_dir_is_a_file", lambda d, a: _prepare_argv(d, a, cache_dir=f"{d}/notes.txt"), "--cache_dir:"),
+    ("no_usable_document", lambda d, a: _prepare_argv(d, a, train_files=_bad_corpus(d)), "no usable document"),
+    ("every_file_missing", lambda d, a: _prepare_argv(d, a, train_files=f"{d}/nothing*.jsonl"), "nothing*.jsonl"),
+]
+
+
+@pytest.mark.parametrize("case", PREPARE_CASES, ids=[c[0] for c in PREPARE_CASES])
+def test_prepare_bad_input_exits_2_naming_it(case, assets, tmp_path, capsys):
+    from mometas_ds.prepare import main
+
+    _, build, phrase = case
+    d = _other_dir(str(tmp_path))
+    argv = build(d, assets)
+    before, before_assets = snapshot(d), snapshot(assets["root"])
+    got, err = run_in_process(main, argv, capsys)
+    assert got == 2, err[-3000:]
+    assert re.search(r"^mometas-prepare: error:", err, re.M) and phrase in err and "Traceback" not in err, err[-3000:]
+    assert_untouched(before, d)
+    assert_untouched(before_assets, assets["root"])
+    cache = os.path.join(d, "cache")
+    assert not os.path.exists(cache) or not [n for _, _, names in os.walk(cache) for n in names], "nothing cached"
+
+
 @pytest.mark.parametrize("case", OTHER_CASES, ids=[c[0] for c in OTHER_CASES])
 def test_every_other_command_refuses_bad_input_with_exit_2_naming_it(case, tmp_path, capsys):
     import importlib

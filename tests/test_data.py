@@ -55,12 +55,13 @@ def rows_of(dataset):
 
 
 def inner_tokens(dataset, tokenizer):
-    """The tokens between [CLS] and [SEP] of every row, concatenated in row order."""
+    """The tokens between [CLS] and the closing [SEP] of every row, concatenated in row order, without the
+    [SEP]s between documents: the documents' own tokens (corpus text never yields a special id)."""
     ids, mask = rows_of(dataset)
     out = []
     for row, m in zip(ids, mask):
         length = int(m.sum())
-        out.extend(row[1: length - 1].tolist())
+        out.extend(t for t in row[1: length - 1].tolist() if t != tokenizer.sep_token_id)
     return out
 
 
@@ -301,17 +302,17 @@ def test_second_call_reuses_cache_and_file_changes_invalidate_it(tmp_path, token
     assert not first.cache_hit
     with caplog.at_level(logging.INFO, logger="mometas_ds.data"):
         second = prepare(tmp_path, tokenizer, [path], meta_sequences=2)
-    assert second.cache_hit and second.cache_path == first.cache_path
-    assert f"reusing tokenized cache at {first.cache_path}" in caplog.text
+    assert second.cache_hit and second.shard_paths == first.shard_paths and second.shards_built == 0
+    assert f"reusing tokenized cache at {first.cache_path} (1 shard(s), nothing to tokenize)" in caplog.text
     assert rows_of(second.train)[0].tolist() == rows_of(first.train)[0].tolist()
     assert rows_of(second.meta)[0].tolist() == rows_of(first.meta)[0].tolist()
     assert second.report == first.report
-    assert not [name for name in os.listdir(tmp_path / "cache") if name.startswith(".tmp")]
+    assert not [name for name in os.listdir(first.cache_path) if name.startswith(".tmp")]
 
     # Same size, new content and mtime.
     path.write_text(path.read_text().replace("fox", "cat"))
     third = prepare(tmp_path, tokenizer, [path], meta_sequences=2)
-    assert not third.cache_hit and third.cache_path != first.cache_path
+    assert not third.cache_hit and third.shard_paths != first.shard_paths and third.shards_built == 1
     # Only the mtime changes.
     os.utime(path, ns=(os.stat(path).st_atime_ns, os.stat(path).st_mtime_ns + 10**9))
     assert not prepare(tmp_path, tokenizer, [path], meta_sequences=2).cache_hit
@@ -324,16 +325,17 @@ def test_seed_and_meta_split_size_share_one_cache(tmp_path, tokenizer, caplog):
     path = write_jsonl(tmp_path / "c.jsonl", [{"text": t} for t in generate_documents(40, seed=3)])
     first = prepare(tmp_path, tokenizer, [path], meta_sequences=4, seed=1)
     assert not first.cache_hit
-    cached = sorted(os.listdir(first.cache_path))
+    cached = sorted(os.listdir(first.shard_paths[0]))
     with caplog.at_level(logging.INFO, logger="mometas_ds.data"):
         other_seed = prepare(tmp_path, tokenizer, [path], meta_sequences=4, seed=2)
         other_size = prepare(tmp_path, tokenizer, [path], meta_sequences=7, seed=1)
         no_meta = prepare(tmp_path, tokenizer, [path], meta_sequences=0, seed=1)
     assert caplog.text.count(f"reusing tokenized cache at {first.cache_path}") == 3
     for prepared in (other_seed, other_size, no_meta):
-        assert prepared.cache_hit and prepared.cache_path == first.cache_path
-    assert os.listdir(tmp_path / "cache") == [os.path.basename(first.cache_path)]  # one entry, no tmp dirs
-    assert sorted(os.listdir(first.cache_path)) == cached  # loading and splitting wrote nothing there
+        assert prepared.cache_hit and prepared.shard_paths == first.shard_paths
+    assert os.listdir(tmp_path / "cache") == ["shards"]
+    assert os.listdir(first.cache_path) == [os.path.basename(first.shard_paths[0])]  # one shard, no tmp dirs
+    assert sorted(os.listdir(first.shard_paths[0])) == cached  # loading and splitting wrote nothing there
 
     all_rows = rows_of(no_meta.train)[0]
     assert len(no_meta.meta) == 0 and (no_meta.report.train_sequences, no_meta.report.meta_sequences) == (len(all_rows), 0)
@@ -344,9 +346,9 @@ def test_seed_and_meta_split_size_share_one_cache(tmp_path, tokenizer, caplog):
         assert sorted(map(tuple, together.tolist())) == sorted(map(tuple, all_rows.tolist()))
     assert rows_of(first.meta)[0].tolist() != rows_of(other_seed.meta)[0].tolist()
     # The shared report file holds no split; each run's report has its own.
-    with open(os.path.join(first.cache_path, "corpus_report.json")) as f:
-        stored = json.load(f)
-    assert "train_sequences" not in stored and "meta_sequences" not in stored
+    with open(os.path.join(first.shard_paths[0], "shard.json")) as f:
+        stored = json.load(f)["report"]
+    assert "train_sequences" not in stored and "meta_sequences" not in stored and stored["documents"] == 40
     assert first.report.documents == other_size.report.documents == 40
 
 
@@ -372,9 +374,9 @@ def test_meta_split_rule(tmp_path, tokenizer):
 def test_a_damaged_cache_directory_is_rebuilt(tmp_path, tokenizer):
     path = write_jsonl(tmp_path / "c.jsonl", [{"text": d} for d in DOCS])
     first = prepare(tmp_path, tokenizer, [path])
-    os.remove(os.path.join(first.cache_path, "corpus_report.json"))
+    os.remove(os.path.join(first.shard_paths[0], "shard.json"))
     again = prepare(tmp_path, tokenizer, [path])
-    assert not again.cache_hit and again.cache_path == first.cache_path
+    assert not again.cache_hit and again.shard_paths == first.shard_paths
     assert rows_of(again.train)[0].tolist() == rows_of(first.train)[0].tolist()
 
 
@@ -388,7 +390,43 @@ def test_tokenizing_with_two_processes_gives_the_same_data(tmp_path, tokenizer):
 
 # ------------------------------------------------------------------------------------------- packing
 
+def reference_packed_rows(docs, seq_len, special):
+    """The documented ``packed`` rule, written as plainly as possible: [SEP] between documents in a row,
+    none as a row's first or last inner token (such a row closes one token early), [PAD] after."""
+    inner, rows, row = seq_len - 2, [], []
+    for doc in docs:
+        if row and inner - len(row) == 1:
+            rows.append(row)
+            row = []
+        if row:
+            row.append(special.sep_id)
+        for token in doc:
+            row.append(token)
+            if len(row) == inner:
+                rows.append(row)
+                row = []
+    if row:
+        rows.append(row)
+    return [[special.cls_id] + r + [special.sep_id] + [special.pad_id] * (inner - len(r)) for r in rows]
+
+
+def assert_row_invariants(ids, mask, special):
+    lengths = mask.sum(axis=1)
+    assert (ids[:, 0] == special.cls_id).all()
+    assert (ids[np.arange(len(ids)), lengths - 1] == special.sep_id).all()
+    for row, m, length in zip(ids, mask, lengths):
+        assert m[:length].all() and not m[length:].any()  # padding on the right only
+        assert (row[length:] == special.pad_id).all()
+        inner = row[1: length - 1]
+        assert not np.isin(inner, [special.pad_id, special.cls_id, special.mask_id]).any()
+        assert inner[0] != special.sep_id and inner[-1] != special.sep_id  # no [CLS][SEP], no [SEP][SEP]
+        assert not ((inner[1:] == special.sep_id) & (inner[:-1] == special.sep_id)).any()
+    return lengths
+
+
 def test_packing_invariants(tmp_path, tokenizer):
+    """Moved to the separator rule of cache format 4 (documents were concatenated with no boundary): the
+    same invariants plus the [SEP]s between documents; the documents' tokens all arrive, in order."""
     texts = generate_documents(25, seed=5) + ["x", " 7 "]  # the last two are under 2 tokens
     path = write_jsonl(tmp_path / "c.jsonl", [{"text": t} for t in texts])
     seq_len = 20
@@ -396,18 +434,17 @@ def test_packing_invariants(tmp_path, tokenizer):
     special = special_tokens_of(tokenizer)
     ids, mask = rows_of(prepared.train)
     assert ids.shape[1] == seq_len and mask.shape == ids.shape
-    lengths = mask.sum(axis=1)
-    assert (ids[:, 0] == special.cls_id).all()
-    assert (ids[np.arange(len(ids)), lengths - 1] == special.sep_id).all()
-    for row, m, length in zip(ids, mask, lengths):
-        assert m[:length].all() and not m[length:].any()  # padding on the right only
-        assert (row[length:] == special.pad_id).all()
-        assert not np.isin(row[1: length - 1], special.ids).any()
-    assert (lengths[:-1] == seq_len).all()  # only the final chunk is short
+    lengths = assert_row_invariants(ids, mask, special)
+    # Full rows but the last, and those closed one token early at a document boundary.
+    assert set(lengths[:-1].tolist()) <= {seq_len, seq_len - 1}
     kept = [t for t in texts if len(token_ids(tokenizer, t)) >= 2]
     assert len(kept) == len(texts) - 2
     assert inner_tokens(prepared.train, tokenizer) == [i for t in kept for i in token_ids(tokenizer, t)]
+    assert ids.tolist() == reference_packed_rows([token_ids(tokenizer, t) for t in kept], seq_len, special)
+    inner_seps = int(sum((row[1: n - 1] == special.sep_id).sum() for row, n in zip(ids, lengths)))
+    assert 0 < inner_seps < len(kept)  # separators inside rows; some boundaries fall on a row's end
     assert prepared.report.skipped == {"too_short": 2}
+    assert prepared.report.truncated_documents == 0
 
     # The meta split holds out whole rows of the same packing: disjoint from training, nothing lost.
     split = prepare(tmp_path, tokenizer, [path], seq_len=seq_len, meta_sequences=5)
@@ -415,6 +452,70 @@ def test_packing_invariants(tmp_path, tokenizer):
     together = np.concatenate([rows_of(split.train)[0], rows_of(split.meta)[0]])
     assert sorted(map(tuple, together.tolist())) == sorted(map(tuple, ids.tolist()))
     assert (split.report.train_sequences, split.report.meta_sequences) == (len(ids) - 5, 5)
+
+
+def test_packed_separator_edge_cases_at_the_row_level(tmp_path, tokenizer):
+    """Documents of chosen lengths (seq_len 10: 8 inner slots): a document ending on the row's last slot
+    (the next row starts right after [CLS]); one ending a slot before it (no [SEP] there: the row closes
+    early with one [PAD]); a document longer than a row (it goes on in the next)."""
+    special = special_tokens_of(tokenizer)
+    vocab = tokenizer.get_vocab()
+    words = sorted(w for w in vocab if w.isalpha() and len(w) >= 3 and token_ids(tokenizer, w) == [vocab[w]])[:8]
+    assert len(words) == 8
+    ids_of = [vocab[w] for w in words]
+
+    def doc(n):
+        return [ids_of[i % len(ids_of)] for i in range(n)]
+
+    lengths = [3, 4, 7, 2, 12, 5, 6]
+    path = write_jsonl(tmp_path / "c.jsonl", [{"text": " ".join(words[i % len(words)] for i in range(n))}
+                                              for n in lengths])
+    docs = [doc(n) for n in lengths]
+    assert [token_ids(tokenizer, " ".join(words[i % len(words)] for i in range(n))) for n in lengths] == docs
+    C, S, P = special.cls_id, special.sep_id, special.pad_id
+    d = docs
+    expected = [
+        [C] + d[0] + [S] + d[1] + [S],  # 3 + sep + 4 = 8: the row is full, the closing [SEP] is the boundary
+        [C] + d[2] + [S, P],  # 7 tokens, one slot left: no [SEP] there, one [PAD]
+        [C] + d[3] + [S] + d[4][:5] + [S],  # 2 + sep + 5
+        [C] + d[4][5:12] + [S, P],  # the rest, 7 tokens: closed early again
+        [C] + d[5] + [S] + d[6][:2] + [S],
+        [C] + d[6][2:] + [S] + [P] * 4,  # the file's last row
+    ]
+    prepared = prepare(tmp_path, tokenizer, [path], seq_len=10)
+    ids, mask = rows_of(prepared.train)
+    assert ids.tolist() == expected
+    assert mask.tolist() == [[int(t != P) for t in row] for row in expected]
+    assert_row_invariants(ids, mask, special)
+    assert reference_packed_rows(docs, 10, special) == expected
+
+
+def test_per_document_packing_one_truncated_padded_document_per_row(tmp_path, tokenizer):
+    special = special_tokens_of(tokenizer)
+    texts = generate_documents(12, seed=8) + ["the quick fox", "bread in oslo", "x"]  # "x": too short, skipped
+    path = write_jsonl(tmp_path / "c.jsonl", [{"text": t} for t in texts])
+    seq_len = 24
+    prepared = prepare(tmp_path, tokenizer, [path], seq_len=seq_len, packing="per_document")
+    ids, mask = rows_of(prepared.train)
+    kept = [token_ids(tokenizer, t) for t in texts[:-1]]
+    assert len(ids) == len(kept)
+    for row, m, doc in zip(ids.tolist(), mask.tolist(), kept):
+        body = doc[: seq_len - 2]
+        assert row == [special.cls_id] + body + [special.sep_id] + [special.pad_id] * (seq_len - 2 - len(body))
+        assert m == [1] * (len(body) + 2) + [0] * (seq_len - 2 - len(body))
+    long_docs = [doc for doc in kept if len(doc) > seq_len - 2]
+    assert long_docs and len(long_docs) < len(kept)  # both kinds are in the corpus
+    report = prepared.report
+    assert report.truncated_documents == len(long_docs)
+    assert report.truncated_tokens == sum(len(doc) - (seq_len - 2) for doc in long_docs)
+    assert report.tokens == sum(map(len, kept)) and report.skipped == {"too_short": 1}
+    assert "truncated" in report.summary()
+    # Its own shard: the packed rows of the same file are cached beside it.
+    packed = prepare(tmp_path, tokenizer, [path], seq_len=seq_len)
+    assert not packed.cache_hit and packed.shard_paths != prepared.shard_paths
+    assert inner_tokens(packed.train, tokenizer) == [t for doc in kept for t in doc]
+    with pytest.raises(ValueError, match="--packing must be one of packed, per_document"):
+        DataConfig(train_files=[str(path)], packing="documents", cache_dir=str(tmp_path))
 
 
 # ------------------------------------------------------------------------------------------- batches
@@ -565,7 +666,7 @@ def test_a_different_tokenizer_gets_its_own_cache(tmp_path, tokenizer):
     other = train_wordpiece_tokenizer(DOCS * 10, vocab_size=120, out_dir=str(tmp_path / "other"))
     first = prepare(tmp_path, tokenizer, [path])
     second = prepare(tmp_path, other, [path])
-    assert not second.cache_hit and second.cache_path != first.cache_path
+    assert not second.cache_hit and second.shard_paths != first.shard_paths
     assert inner_tokens(second.train, other) == [i for d in DOCS for i in token_ids(other, d)]
     # A tokenizer loaded from disk is the same tokenizer: the cache is reused.
     assert prepare(tmp_path, load_tokenizer(str(tmp_path / "other")), [path]).cache_hit
@@ -587,3 +688,103 @@ def test_demo_corpus_is_deterministic_jsonl(tmp_path, tokenizer):
     prepared = prepare(tmp_path, tokenizer, [a], seq_len=64, meta_sequences=4)
     assert prepared.report.documents == 60 and prepared.report.skipped == {}
     assert len(prepared.meta) == 4
+
+
+# ------------------------------------------------------------------------------------ per-file shards
+
+def shard_stats(prepared):
+    """(inode, mtime_ns) of every file of every shard, by shard directory."""
+    stats = {}
+    for shard in prepared.shard_paths:
+        for name in sorted(os.listdir(shard)):
+            st = os.stat(os.path.join(shard, name))
+            stats[(shard, name)] = (st.st_ino, st.st_mtime_ns)
+    return stats
+
+
+def corpus_files(tmp_path, count, docs_each=30):
+    return [write_jsonl(tmp_path / f"part{i}.jsonl", [{"text": t} for t in generate_documents(docs_each, seed=20 + i)])
+            for i in range(count)]
+
+
+def test_adding_a_file_builds_only_its_shard_and_a_changed_file_only_its_own(tmp_path, tokenizer, monkeypatch):
+    import mometas_ds.data.shards as shards
+
+    files = corpus_files(tmp_path, 3)
+    first = prepare(tmp_path, tokenizer, files[:2])
+    assert first.shards_built == 2 and len(first.shard_paths) == 2
+    before = shard_stats(first)
+
+    built = []
+    real_build = shards._build_shard
+    monkeypatch.setattr(shards, "_build_shard", lambda job, encode: built.append(job.path) or real_build(job, encode))
+    added = prepare(tmp_path, tokenizer, files)
+    assert built == [str(files[2])] and added.shards_built == 1 and not added.cache_hit
+    assert added.shard_paths[:2] == first.shard_paths
+    assert {k: v for k, v in shard_stats(added).items() if k[0] in first.shard_paths} == before  # untouched
+    # The corpus is the files' shards in order: the old rows, then the new file's.
+    old_rows, new_rows = rows_of(first.train)[0], rows_of(added.train)[0]
+    assert new_rows[: len(old_rows)].tolist() == old_rows.tolist()
+    alone = prepare(tmp_path / "alone", tokenizer, [files[2]])
+    assert new_rows[len(old_rows):].tolist() == rows_of(alone.train)[0].tolist()
+    assert added.report.documents == first.report.documents + alone.report.documents
+
+    # A changed file: only its shard is rebuilt, the others are reused as they are.
+    built.clear()
+    files[1].write_text(files[1].read_text().replace("the", "a"))
+    changed = prepare(tmp_path, tokenizer, files)
+    assert built == [str(files[1])] and changed.shards_built == 1
+    assert changed.shard_paths[0] == added.shard_paths[0] and changed.shard_paths[2] == added.shard_paths[2]
+    assert changed.shard_paths[1] != added.shard_paths[1]
+    # Every file listed again: nothing built, nothing written.
+    built.clear()
+    again = prepare(tmp_path, tokenizer, files)
+    assert built == [] and again.cache_hit and again.shard_paths == changed.shard_paths
+
+
+def test_two_processes_build_the_same_shards_rows_and_report(tmp_path, tokenizer):
+    files = corpus_files(tmp_path, 3, docs_each=25)
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"text": "good text to keep for the run"}\nnot json\n{"body": 1}\n')
+    files.insert(1, bad)
+    one = prepare(tmp_path / "one", tokenizer, files, meta_sequences=4)
+    two = prepare(tmp_path / "two", tokenizer, files, meta_sequences=4, num_proc=2)
+    assert two.shards_built == 4
+    assert rows_of(one.train)[0].tolist() == rows_of(two.train)[0].tolist()
+    assert rows_of(one.meta)[0].tolist() == rows_of(two.meta)[0].tolist()
+    assert rows_of(one.train)[1].tolist() == rows_of(two.train)[1].tolist()
+    assert one.report == two.report
+    for a, b in zip(one.shard_paths, two.shard_paths):  # byte-identical shards, under the same keys
+        assert os.path.basename(a) == os.path.basename(b)
+        for name in ("rows.arrow", "shard.json"):
+            with open(os.path.join(a, name), "rb") as fa, open(os.path.join(b, name), "rb") as fb:
+                assert fa.read() == fb.read()
+
+
+def test_bad_lines_in_several_shards_merge_into_one_report_with_real_file_lines(tmp_path, tokenizer):
+    """Each shard counts its own bad lines; the corpus report sums them and keeps the first max_examples
+    "file:line" examples in corpus order (the missing entries first, as they are found first)."""
+    good = json.dumps({"text": GOOD_BEFORE})
+    a = tmp_path / "a.jsonl"
+    a.write_text("\n".join([good, "{broken", good, "", "{also broken", good]) + "\n")  # bad: lines 2 and 5
+    b = tmp_path / "b.jsonl"
+    b.write_text("\n".join(["{x", good, json.dumps({"text": "q"}), "{y", "{z"]) + "\n")  # bad 1, 4, 5; short 3
+    c = tmp_path / "c.txt"
+    c.write_bytes(b"one good line of text here\n\xff\xfe\n" + GOOD_AFTER.encode() + b"\n")  # bad: line 2
+    prepared = prepare(tmp_path, tokenizer, [a, tmp_path / "gone.jsonl", b, c], max_examples=3, num_proc=2)
+    report = prepared.report
+    assert report.skipped == {"missing_file": 1, "malformed_json": 5, "too_short": 1, "non_utf8": 1}
+    assert report.examples["malformed_json"] == [f"{a}:2", f"{a}:5", f"{b}:1"]
+    assert report.examples["too_short"] == [f"{b}:3"] and report.examples["non_utf8"] == [f"{c}:2"]
+    assert report.examples["missing_file"] == [f"{tmp_path / 'gone.jsonl'}: no such file"]
+    assert report.sources == [str(a), str(b), str(c)]
+    assert report.documents == 3 + 1 + 2
+    expected = token_ids(tokenizer, GOOD_BEFORE) * 4 + token_ids(tokenizer, "one good line of text here") + \
+        token_ids(tokenizer, GOOD_AFTER)
+    assert inner_tokens(prepared.train, tokenizer) == expected
+    # Each shard's own report, with its own examples (at most max_examples).
+    from mometas_ds.data import read_shard
+
+    b_report, _ = read_shard(prepared.shard_paths[1])
+    assert b_report.examples["malformed_json"] == [f"{b}:1", f"{b}:4", f"{b}:5"]
+    assert prepare(tmp_path, tokenizer, [a, tmp_path / "gone.jsonl", b, c], max_examples=3).report == report

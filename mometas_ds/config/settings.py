@@ -67,6 +67,10 @@ class PretrainConfig:
         "every document. A corpus of at most N documents is read whole (docs/pretraining.md)",
         type=positive_int, metavar="N")
     seq_len: int = option(128, "tokens per packed sequence, cls and sep included", type=int)
+    packing: str = option(
+        "packed", "how documents become rows: 'packed' = documents fill every row, [SEP] between two in one row "
+        "(a file's last row padded); 'per_document' = one document per row, truncated to seq_len and padded, "
+        "as the paper's code did (docs/data.md)", choices=("packed", "per_document"))
     objectives: List[str] = option(help="comma-separated objective names (default: mlm,gmlm,atd,dtd,cse)",
                                    factory=lambda: list(DEFAULT_OBJECTIVES), type=_csv)
     whole_word_mask: bool = option(
@@ -103,8 +107,11 @@ class PretrainConfig:
     seed: int = option(1234, "seed of data order, corruption, dropout and the sampler", type=int)
     log_steps: int = option(10, "progress-bar refresh and console log interval", type=int)
     cache_dir: Optional[str] = option(
-        None, "tokenized-data cache (default: output_dir/cache); point runs on the same corpus at one to share it")
-    num_proc: int = option(1, "processes for tokenizing with HF datasets", type=int)
+        None, "tokenized-data cache, one shard per input file (default: output_dir/cache); point runs on the same "
+        "corpus at one to share it, e.g. the one mometas-prepare wrote")
+    num_proc: int = option(
+        1, "processes that tokenize the corpus's missing shards (one input file each) in parallel; the rows do "
+        "not depend on it", type=int)
     dist_timeout_minutes: float = option(
         30.0, "collective timeout: a rank that died or hangs ends the run after this long", type=float)
     setup_timeout_minutes: float = option(

@@ -1,21 +1,19 @@
-"""Tokenizing a corpus once into a cached, packed Arrow dataset, and the seeded meta-validation split of it
-(see the package's docstring for the packing and split rules)."""
+"""Tokenizing a corpus once into cached, packed Arrow shards (one per input file), loading them as one
+dataset, and the seeded meta-validation split of it (see the package's docstring for the packing and
+split rules)."""
 from __future__ import annotations
 
+import contextlib
 import hashlib
-import itertools
 import json
 import logging
 import os
 import shutil
-import tempfile
-from dataclasses import dataclass
-from typing import List, Sequence, Tuple
+from dataclasses import dataclass, field
+from typing import List, Optional, Sequence, Tuple
 
 import datasets
 import numpy as np
-import pyarrow as pa
-import pyarrow.compute as pc
 import tokenizers
 
 from mometas_ds.errors import DataError
@@ -23,13 +21,11 @@ from mometas_ds.tokenizer import required_token_id
 
 from . import readers
 from .readers import MIN_DOC_TOKENS, CorpusReport
+from .shards import CACHE_FORMAT_VERSION, PACKING_MODES, REPORT_FILE, ROWS_FILE, ShardJob, build_shards, is_complete
 
 logger = logging.getLogger(__name__)
 
-# Bump when the cached layout, tokenization or packing rule changes (2: special-token text split as text;
-# 3: unsplit rows, the meta split drawn on load).
-CACHE_FORMAT_VERSION = 3
-REPORT_FILE = "corpus_report.json"
+SHARDS_DIR = "shards"  # cache_dir/shards/<shard key>/{rows.arrow, shard.json}
 
 
 # -------------------------------------------------------------------------------- tokenize, pack, cache
@@ -40,10 +36,11 @@ class DataConfig:
     text_field: str = "text"
     seq_len: int = 128
     cache_dir: str = os.path.join("~", ".cache", "mometas_ds", "data")
-    num_proc: int = 1  # processes for tokenization
+    num_proc: int = 1  # processes that build missing shards
     meta_sequences: int = 0  # packed sequences held out for the sampler's meta-validation (not in the cache key)
     seed: int = 0  # picks the held-out sequences (not in the cache key)
     max_examples: int = 5  # "file:line" examples kept per skip reason
+    packing: str = "packed"  # one of PACKING_MODES (see the package's docstring)
 
     def __post_init__(self):
         if isinstance(self.train_files, (str, os.PathLike)):
@@ -59,6 +56,8 @@ class DataConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
                 raise ValueError(f"{flag} must be an int >= {minimum}, got {value!r}")
+        if self.packing not in PACKING_MODES:
+            raise ValueError(f"--packing must be one of {', '.join(PACKING_MODES)}, got {self.packing!r}")
         self.cache_dir = os.path.abspath(os.path.expanduser(str(self.cache_dir)))
 
 
@@ -67,64 +66,59 @@ class PreparedData:
     train: datasets.Dataset  # columns input_ids, attention_mask: int lists of length seq_len
     meta: datasets.Dataset  # held-out meta-validation sequences, same columns
     report: CorpusReport
-    cache_hit: bool
-    cache_path: str
+    cache_hit: bool  # True when every shard was already in the cache (nothing was tokenized)
+    cache_path: str  # cache_dir/shards: the directory holding the shards
+    shard_paths: List[str] = field(default_factory=list)  # the corpus's shard directories, in corpus order
+    shards_built: int = 0  # of them, built by this call (the others were reused)
+
+
+@dataclass
+class _Shard:
+    path: str  # a resolved input file or save_to_disk directory
+    key: Optional[str]  # None: the file vanished after the glob expanded (reported, nothing cached)
 
 
 def prepare_data(config: DataConfig, tokenizer) -> PreparedData:
-    """Tokenize and pack the corpus into ``config.cache_dir/<key>/``, or reuse that cache; then split
-    the packed rows into training and meta-validation (see ``meta_split_rows``).
+    """Tokenize and pack every input file not yet in the cache into its own shard
+    ``config.cache_dir/shards/<key>/``, in ``config.num_proc`` processes; then load the corpus (the
+    shards in file order, memory-mapped) and split its rows into training and meta-validation (see
+    ``meta_split_rows``).
 
-    The cache holds every packed row once. Its key covers what determines those rows: the resolved
-    files with their sizes and mtimes (and the paths that matched nothing), ``text_field``, the tokenizer
-    and its special ids, ``seq_len`` and ``max_examples`` (of the report), not ``seed`` nor
-    ``meta_sequences``. The cache appears by an atomic rename, so a concurrent reader sees it whole or
-    not at all; in multi-rank runs call this on rank 0 first, then on the others. Loading writes nothing.
+    A shard's key covers what determines its rows: the file's path, size and mtime, ``text_field``, the
+    tokenizer and its special ids, ``seq_len``, ``packing``, ``MIN_DOC_TOKENS``, ``max_examples`` (of its
+    report) and ``CACHE_FORMAT_VERSION``; not ``seed`` nor ``meta_sequences``. Adding a file builds only
+    its shard; a changed file rebuilds only its own. A shard appears by an atomic rename, so a concurrent
+    reader sees it whole or not at all; in multi-rank runs call this on rank 0 first, then on the others.
+    Loading an already prepared corpus writes nothing.
     """
-    pad_id, cls_id, sep_id = (required_token_id(tokenizer, role) for role in ("pad", "cls", "sep"))
+    special = tuple(required_token_id(tokenizer, role) for role in ("pad", "cls", "sep"))
     paths, missing = readers.resolve_files(config.train_files)
     backend = _plain_backend(tokenizer)
-    key = _cache_key(config, paths, missing, _tokenizer_fingerprint(tokenizer, backend), (pad_id, cls_id, sep_id))
-    cache_path = os.path.join(config.cache_dir, key)
-    if os.path.isfile(os.path.join(cache_path, REPORT_FILE)):
-        logger.info("reusing tokenized cache at %s", cache_path)
-        return _load_cache(cache_path, config, cache_hit=True)
-
-    os.makedirs(config.cache_dir, exist_ok=True)
-    work = tempfile.mkdtemp(prefix=f".tmp-{key}-", dir=config.cache_dir)
+    tokenizer_fingerprint = _tokenizer_fingerprint(tokenizer, backend)
+    root = os.path.join(config.cache_dir, SHARDS_DIR)
+    shards = []
+    for path in paths:
+        fingerprint = _path_fingerprint(path)
+        vanished = not os.path.isdir(path) and fingerprint[1] is None
+        key = None if vanished else _shard_key(config, fingerprint, tokenizer_fingerprint, special)
+        shards.append(_Shard(path, key))
+    todo = [shard for shard in shards if shard.key is not None and not is_complete(os.path.join(root, shard.key))]
+    if todo:
+        os.makedirs(root, exist_ok=True)
+        jobs = [ShardJob(shard.path, os.path.join(root, shard.key), config.text_field, config.seq_len,
+                         config.packing, special, config.max_examples) for shard in todo]
+        build_shards(jobs, config.num_proc, _tokenizer_spec(tokenizer, backend))
+        logger.info("wrote %d tokenized shard(s) in %s (reused %d)", len(todo), root, len(shards) - len(todo))
+    else:
+        logger.info("reusing tokenized cache at %s (%d shard(s), nothing to tokenize)", root, len(shards))
     try:
-        report = CorpusReport(max_examples=config.max_examples)
-        built = _build(config, tokenizer, backend, report, (pad_id, cls_id, sep_id), work, key)
-        with open(os.path.join(built, REPORT_FILE), "w") as f:
-            json.dump(_report_to_store(report), f, indent=1)
-        _publish(built, cache_path)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
-    logger.info("wrote tokenized cache at %s", cache_path)
-    return _load_cache(cache_path, config, cache_hit=False)
-
-
-def _publish(built: str, cache_path: str) -> None:
-    """Move a finished cache into place with one rename (atomic on a POSIX file system)."""
-    try:
-        os.rename(built, cache_path)
-        return
-    except OSError:
-        if os.path.isfile(os.path.join(cache_path, REPORT_FILE)):
-            return  # another process published the same key first; its data is identical
-        if not os.path.isdir(cache_path):
-            raise
-    # A directory without the report was damaged by hand (ours appear whole): replace it.
-    logger.warning("replacing incomplete tokenized cache at %s", cache_path)
-    shutil.rmtree(cache_path)
-    os.rename(built, cache_path)
-
-
-_SPLIT_FIELDS = ("train_sequences", "meta_sequences")  # of one run, so not in the shared report file
-
-
-def _report_to_store(report: CorpusReport) -> dict:
-    return {name: value for name, value in report.to_dict().items() if name not in _SPLIT_FIELDS}
+        return _load(config, shards, missing, root, built=len(todo))
+    except DataError:
+        for shard in todo:  # all empty (no usable document): a failed preparation leaves nothing behind
+            shutil.rmtree(os.path.join(root, shard.key), ignore_errors=True)
+        with contextlib.suppress(OSError):
+            os.rmdir(root)
+        raise
 
 
 def meta_split_rows(num_rows: int, meta_sequences: int, seed: int) -> np.ndarray:
@@ -144,10 +138,35 @@ def _train_rows(packed: datasets.Dataset, meta_rows: np.ndarray) -> datasets.Dat
     return pieces[0] if len(pieces) == 1 else datasets.concatenate_datasets(pieces)
 
 
-def _load_cache(cache_path: str, config: DataConfig, cache_hit: bool) -> PreparedData:
-    packed = datasets.load_from_disk(cache_path)
-    with open(os.path.join(cache_path, REPORT_FILE)) as f:
-        report = CorpusReport.from_dict(json.load(f))
+def read_shard(shard_dir: str) -> Tuple[CorpusReport, int]:
+    """A shard's report and its number of rows."""
+    with open(os.path.join(shard_dir, REPORT_FILE)) as f:
+        stored = json.load(f)
+    return CorpusReport.from_dict(stored["report"]), int(stored["rows"])
+
+
+def _load(config: DataConfig, shards: List[_Shard], missing: List[str], root: str, built: int) -> PreparedData:
+    """The corpus: the shards' rows in file order (memory-mapped, no copy) and their reports merged."""
+    report = CorpusReport(max_examples=config.max_examples)
+    for entry in missing:
+        report.skip("missing_file", f"{entry}: {readers.missing_reason(entry)}")
+    parts, shard_paths = [], []
+    for shard in shards:
+        if shard.key is None:
+            report.skip("missing_file", f"{shard.path}: {readers.missing_reason(shard.path)}")
+            continue
+        shard_dir = os.path.join(root, shard.key)
+        shard_report, rows = read_shard(shard_dir)
+        report.merge(shard_report)
+        shard_paths.append(shard_dir)
+        if rows:
+            parts.append(datasets.Dataset.from_file(os.path.join(shard_dir, ROWS_FILE)))
+    if not parts:
+        short = report.skipped.get("too_short", 0)
+        why = (f"every document has fewer than {MIN_DOC_TOKENS} tokens" if short and not report.documents
+               else f"(--text_field {config.text_field!r})")
+        raise DataError(f"no usable document in --train_files {list(config.train_files)}: {why}\n{report.summary()}")
+    packed = parts[0] if len(parts) == 1 else datasets.concatenate_datasets(parts)
     num_rows = len(packed)
     if num_rows <= config.meta_sequences:
         raise DataError(
@@ -162,68 +181,15 @@ def _load_cache(cache_path: str, config: DataConfig, cache_hit: bool) -> Prepare
     # of every row is built on each load.
     train = _train_rows(packed, meta_rows)
     report.train_sequences, report.meta_sequences = len(train), len(meta)
-    return PreparedData(train=train, meta=meta, report=report, cache_hit=cache_hit, cache_path=cache_path)
+    return PreparedData(train=train, meta=meta, report=report, cache_hit=built == 0, cache_path=root,
+                        shard_paths=shard_paths, shards_built=built)
 
 
-def _build(config: DataConfig, tokenizer, backend, report: CorpusReport, special: Tuple[int, int, int],
-           work: str, key: str) -> str:
-    """Read, tokenize and pack into ``work``; return the directory to publish."""
-    found = readers.iter_documents(config.train_files, config.text_field, report)
-    first = next(found, None)  # datasets cannot build a dataset from an empty generator
-    if first is None:
-        raise DataError(f"no usable document in --train_files {list(config.train_files)} "
-                        f"(--text_field {config.text_field!r})\n{report.summary()}")
-
-    def documents():
-        for text, source, line in itertools.chain([first], found):
-            yield {"text": text, "source": source, "line": line}
-
-    raw = datasets.Dataset.from_generator(
-        documents,
-        features=datasets.Features({"text": datasets.Value("string"), "source": datasets.Value("int32"),
-                                    "line": datasets.Value("int64")}),
-        cache_dir=os.path.join(work, "raw"),
-        fingerprint=f"{key}-raw",
-    )
-    if config.num_proc > 1:
-        # Tokenizer threads in forked workers deadlock or warn; the processes are the parallelism.
-        os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    tokenized = raw.map(
-        _TokenizeBatch(tokenizer, backend),
-        batched=True,
-        input_columns=["text"],
-        remove_columns=["text"],
-        features=datasets.Features({"source": datasets.Value("int32"), "line": datasets.Value("int64"),
-                                    "ids": datasets.List(datasets.Value("int32"))}),
-        num_proc=config.num_proc if config.num_proc > 1 else None,
-        new_fingerprint=f"{key}-tokenized",
-        desc="tokenizing",
-    )
-    packed_file = os.path.join(work, "packed.arrow")
-    num_rows = _pack(tokenized, config.seq_len, special, packed_file, report)
-    if num_rows == 0:
-        raise DataError(f"no usable document in --train_files {list(config.train_files)}: every document has "
-                        f"fewer than {MIN_DOC_TOKENS} tokens\n{report.summary()}")
-    out = os.path.join(work, "dataset")
-    datasets.Dataset.from_file(packed_file).save_to_disk(out)
-    return out
-
-
-class _TokenizeBatch:
-    """Batch function for ``Dataset.map``: document texts -> token ids without special tokens."""
-
-    def __init__(self, tokenizer, backend):
-        self.tokenizer = tokenizer
-        self.backend = backend
-
-    def __call__(self, texts: List[str]) -> dict:
-        if self.backend is not None:
-            ids = [encoding.ids for encoding in self.backend.encode_batch(texts, add_special_tokens=False)]
-        else:
-            # Best effort: transformers' own slow tokenizers may still keep special-token text whole.
-            ids = self.tokenizer(texts, add_special_tokens=False, truncation=False,
-                                 split_special_tokens=True)["input_ids"]
-        return {"ids": ids}
+def _tokenizer_spec(tokenizer, backend) -> tuple:
+    """What a worker process needs to rebuild the encoder (a fast backend travels as its JSON)."""
+    if backend is not None:
+        return ("fast", backend.to_str(), getattr(backend, "encode_special_tokens", False))
+    return ("slow", tokenizer)
 
 
 def _plain_backend(tokenizer):
@@ -276,73 +242,17 @@ def _path_fingerprint(path: str) -> list:
     return [path, stat.st_mtime_ns, stat.st_size]
 
 
-def _cache_key(config: DataConfig, paths: List[str], missing: List[str], tokenizer_fingerprint: str,
+def _shard_key(config: DataConfig, fingerprint: list, tokenizer_fingerprint: str,
                special: Tuple[int, int, int]) -> str:
     payload = {
         "format": CACHE_FORMAT_VERSION,
-        "files": [_path_fingerprint(p) for p in paths],
-        "missing": missing,
+        "file": fingerprint,  # path, mtime, size (a directory: its files' too)
         "text_field": config.text_field,
         "tokenizer": tokenizer_fingerprint,
         "special": list(special),
         "seq_len": config.seq_len,
+        "packing": config.packing,
         "min_doc_tokens": MIN_DOC_TOKENS,
         "max_examples": config.max_examples,
     }
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode("utf-8")).hexdigest()[:24]
-
-
-def _pack(tokenized: datasets.Dataset, seq_len: int, special: Tuple[int, int, int], out_file: str,
-          report: CorpusReport) -> int:
-    """Concatenate the documents' ids and cut them into [CLS] chunk [SEP] rows (see module docstring);
-    stream the rows to an Arrow file. Returns the number of rows."""
-    pad_id, cls_id, sep_id = special
-    inner = seq_len - 2
-    schema = pa.schema([("input_ids", pa.list_(pa.int32(), seq_len)),
-                        ("attention_mask", pa.list_(pa.int8(), seq_len))])
-    carry = np.empty(0, dtype=np.int32)
-    num_rows = 0
-    with pa.OSFile(out_file, "wb") as sink, pa.ipc.new_stream(sink, schema) as writer:
-        def write(ids: np.ndarray, mask: np.ndarray) -> None:
-            writer.write_batch(pa.record_batch(
-                [pa.FixedSizeListArray.from_arrays(pa.array(ids.ravel()), seq_len),
-                 pa.FixedSizeListArray.from_arrays(pa.array(mask.ravel()), seq_len)], schema=schema))
-
-        for table in tokenized.with_format("arrow").iter(batch_size=4096):
-            ids_column = table.column("ids").combine_chunks()
-            lengths = pc.list_value_length(ids_column).to_numpy(zero_copy_only=False).astype(np.int64)
-            short = lengths < MIN_DOC_TOKENS
-            if short.any():
-                _report_short(table, np.flatnonzero(short), report)
-            flat = pc.list_flatten(ids_column).to_numpy(zero_copy_only=False).astype(np.int32, copy=False)
-            kept = flat[np.repeat(~short, lengths)]
-            report.tokens += int(kept.size)
-            tokens = np.concatenate([carry, kept])
-            full = tokens.size // inner
-            if full:
-                rows = np.empty((full, seq_len), dtype=np.int32)
-                rows[:, 0] = cls_id
-                rows[:, 1:-1] = tokens[: full * inner].reshape(full, inner)
-                rows[:, -1] = sep_id
-                write(rows, np.ones((full, seq_len), dtype=np.int8))
-                num_rows += full
-            carry = tokens[full * inner:]
-        if carry.size:
-            row = np.full((1, seq_len), pad_id, dtype=np.int32)
-            row[0, 0], row[0, 1: carry.size + 1], row[0, carry.size + 1] = cls_id, carry, sep_id
-            mask = np.zeros((1, seq_len), dtype=np.int8)
-            mask[0, : carry.size + 2] = 1
-            write(row, mask)
-            num_rows += 1
-    return num_rows
-
-
-def _report_short(table: pa.Table, rows: np.ndarray, report: CorpusReport) -> None:
-    report.documents -= int(rows.size)
-    sources = table.column("source").to_numpy()
-    lines = table.column("line").to_numpy()
-    room = max(report.max_examples - len(report.examples.get("too_short", [])), 0)
-    for i in rows[:room]:
-        report.skip("too_short", f"{report.sources[sources[i]]}:{lines[i]}")
-    if rows.size > room:
-        report.skip("too_short", None, count=int(rows.size) - room)

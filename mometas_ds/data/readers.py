@@ -11,7 +11,6 @@ import zlib
 from dataclasses import asdict, dataclass, field
 from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
-import datasets
 import pyarrow as pa
 import pyarrow.parquet as pq
 
@@ -45,6 +44,8 @@ class CorpusReport:
     tokens: int = 0  # tokens of usable documents (before cls/sep/pad are added)
     train_sequences: int = 0
     meta_sequences: int = 0
+    truncated_documents: int = 0  # --packing per_document: documents longer than one row
+    truncated_tokens: int = 0  # --packing per_document: their tokens cut off (not trained on)
     skipped: Dict[str, int] = field(default_factory=dict)
     examples: Dict[str, List[str]] = field(default_factory=dict)
 
@@ -66,6 +67,9 @@ class CorpusReport:
             f"{len(self.sources)} source(s), {self.documents} document(s), {self.tokens} token(s) -> "
             f"{self.train_sequences} training + {self.meta_sequences} meta-validation sequence(s)"
         ]
+        if self.truncated_documents:
+            lines.append(f"truncated {self.truncated_documents} document(s) longer than one row "
+                         f"(--packing per_document): {self.truncated_tokens} token(s) dropped")
         if self.skipped:
             lines.append(f"skipped {self.total_skipped}:")
             for reason in SKIP_REASONS:
@@ -73,6 +77,19 @@ class CorpusReport:
                     shown = "; ".join(self.examples.get(reason, []))
                     lines.append(f"  {reason} ({SKIP_REASONS[reason]}): {self.skipped[reason]}, e.g. {shown}")
         return "\n".join(lines)
+
+    def merge(self, other: "CorpusReport") -> None:
+        """Add ``other`` (the report of what follows in corpus order): counts summed, sources appended,
+        examples appended while there is room (so they stay the first ``max_examples`` in corpus order)."""
+        self.sources.extend(other.sources)
+        for name in ("documents", "tokens", "train_sequences", "meta_sequences", "truncated_documents",
+                     "truncated_tokens"):
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+        for reason in SKIP_REASONS:  # in a fixed order, so merged reports compare equal
+            if reason in other.skipped:
+                self.skipped[reason] = self.skipped.get(reason, 0) + other.skipped[reason]
+                examples = self.examples.setdefault(reason, [])
+                examples.extend(other.examples.get(reason, [])[: max(self.max_examples - len(examples), 0)])
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -117,35 +134,42 @@ def iter_documents(
     once tokenized)."""
     paths, missing = resolve_files(train_files)
     for entry in missing:
-        report.skip("missing_file", f"{entry}: {_missing_reason(entry)}")
+        report.skip("missing_file", f"{entry}: {missing_reason(entry)}")
     for path in paths:
-        if os.path.isdir(path):
-            yield from _read_saved_dataset(path, text_field, report)
-            continue
-        kind = _file_kind(path)
-        if kind is None:
-            report.skip("unsupported_format", path)
-            continue
-        try:
-            size = os.path.getsize(path)
-        except FileNotFoundError:  # it vanished since the glob expanded
-            report.skip("missing_file", f"{path}: {_missing_reason(path)}")
-            continue
-        except OSError as err:
-            report.skip("unreadable_file", f"{path} ({type(err).__name__}: {err})")
-            continue
-        if size == 0:
-            report.skip("empty_file", path)
-            continue
-        source = len(report.sources)
-        report.sources.append(path)
-        reader = {"jsonl": _read_jsonl, "txt": _read_txt, "parquet": _read_parquet}[kind]
-        for text, line in reader(path, text_field, report):
-            report.documents += 1
-            yield text, source, line
+        for text, _, line in iter_path(path, text_field, report):
+            yield text, len(report.sources) - 1, line
 
 
-def _missing_reason(entry: str) -> str:
+def iter_path(path: str, text_field: str, report: CorpusReport) -> Iterator[Tuple[str, str, int]]:
+    """Yield ``(text, source, line)`` for every readable document of one resolved path (a file or a
+    save_to_disk directory); ``source`` is the label it appends to ``report.sources`` (``path``, or
+    ``path[split]`` for a DatasetDict) and ``report.documents`` counts the documents yielded."""
+    if os.path.isdir(path):
+        yield from _read_saved_dataset(path, text_field, report)
+        return
+    kind = _file_kind(path)
+    if kind is None:
+        report.skip("unsupported_format", path)
+        return
+    try:
+        size = os.path.getsize(path)
+    except FileNotFoundError:  # it vanished since the glob expanded
+        report.skip("missing_file", f"{path}: {missing_reason(path)}")
+        return
+    except OSError as err:
+        report.skip("unreadable_file", f"{path} ({type(err).__name__}: {err})")
+        return
+    if size == 0:
+        report.skip("empty_file", path)
+        return
+    report.sources.append(path)
+    reader = {"jsonl": _read_jsonl, "txt": _read_txt, "parquet": _read_parquet}[kind]
+    for text, line in reader(path, text_field, report):
+        report.documents += 1
+        yield text, path, line
+
+
+def missing_reason(entry: str) -> str:
     if os.path.islink(entry):
         return "dangling symlink"
     return "glob matched no file" if glob.has_magic(entry) else "no such file"
@@ -318,10 +342,12 @@ def _is_saved_dataset(path: str) -> bool:
     return any(os.path.isfile(os.path.join(path, name)) for name in ("dataset_dict.json", "state.json"))
 
 
-def _read_saved_dataset(path: str, text_field: str, report: CorpusReport) -> Iterator[Tuple[str, int, int]]:
+def _read_saved_dataset(path: str, text_field: str, report: CorpusReport) -> Iterator[Tuple[str, str, int]]:
     if not _is_saved_dataset(path):
         report.skip("unsupported_format", f"{path} (a directory not written by datasets.save_to_disk)")
         return
+    import datasets  # only for save_to_disk directories: a shard worker of plain files does without it
+
     try:
         loaded = datasets.load_from_disk(path)
     except Exception as err:  # datasets raises several types for damaged directories
@@ -341,7 +367,6 @@ def _read_saved_dataset(path: str, text_field: str, report: CorpusReport) -> Ite
                         f"{label}: no column {text_field!r} (columns: {', '.join(split.column_names)})",
                         count=len(split))
             continue
-        source = len(report.sources)
         report.sources.append(label)
         row = 0
         for table in split.select_columns([text_field]).with_format("arrow").iter(batch_size=1024):
@@ -350,7 +375,7 @@ def _read_saved_dataset(path: str, text_field: str, report: CorpusReport) -> Ite
                 text = _check_value(value, f"{label}:{row}", report)
                 if text is not None:
                     report.documents += 1
-                    yield text, source, row
+                    yield text, label, row
 
 
 def _encodable(text: str) -> bool:
