@@ -282,3 +282,106 @@ def test_resume_at_seq128_on_two_ranks_keeps_optimizer_scheduler_sampler_and_cou
     assert (identity["--seq_len"], identity["number of ranks"]) == (128, 2)
     state8 = safe_load(os.path.join(out, "checkpoints", "step8", "mometas_state.pt"))["mometas"]
     assert state8["step"] == 8 and len(state8["data"]) == 2 and len(state8["rng"]) == 2
+
+
+# ------------------------------------------------------------------------------------------- the two-phase script
+LARGE_SCRIPT = os.path.join(REPO_ROOT, "slurm", "pretrain_large.sh")
+
+
+def run_large_script(tmp_path, args=(), job_id=None, squeue_left="1-00:00:00", **env_extra):
+    """slurm/pretrain_large.sh outside SLURM, with stand-ins for sbatch/srun/squeue/scontrol that record their
+    arguments (and the PHASE they were given): the commands it builds, nothing else."""
+    import subprocess
+
+    from tests.slurm_cluster import clean_launch_env
+
+    bin_dir, calls = tmp_path / "bin", tmp_path / "calls.txt"
+    bin_dir.mkdir(exist_ok=True)
+    ids = tmp_path / "next_id"
+    ids.write_text("1001")
+    for name, body in {
+        # sbatch --parsable prints "id;cluster" on a federation: the script must keep the id only.
+        "sbatch": f'echo "PHASE=${{PHASE:-}} sbatch $*" >> {calls}\nid=$(cat {ids}); echo $((id + 1)) > {ids}\n'
+                  f'echo "$id;cluster0"',
+        "srun": f'echo "srun $*" >> {calls}',
+        "squeue": f'echo "{squeue_left}"',
+        "scontrol": f'echo "scontrol $*" >> {calls}',
+    }.items():
+        (bin_dir / name).write_text(f"#!/bin/bash\n{body}\n")
+        (bin_dir / name).chmod(0o755)
+    env = clean_launch_env(PATH=f"{bin_dir}{os.pathsep}{os.environ['PATH']}", TRAIN_FILES="data/*.jsonl",
+                           MASTER_ADDR="node001", OUTPUT_DIR=str(tmp_path / "run"), **env_extra)
+    if job_id is not None:
+        env["SLURM_JOB_ID"] = job_id
+    proc = subprocess.run(["bash", LARGE_SCRIPT, *args], env=env, cwd=tmp_path, capture_output=True, text=True,
+                          timeout=30)
+    return proc, calls.read_text().splitlines() if calls.exists() else []
+
+
+def test_two_phase_submission_chains_phase_2_after_phase_1(tmp_path):
+    proc, calls = run_large_script(tmp_path, args=["--meta_interval", "50"], PHASES="2", MAX_STEPS="1000",
+                                   SBATCH_ARGS="--nodes=2 --time=24:00:00")
+    assert proc.returncode == 0, proc.stderr
+    assert calls == [
+        f"PHASE=1 sbatch --parsable --nodes=2 --time=24:00:00 {LARGE_SCRIPT} --meta_interval 50",
+        f"PHASE=2 sbatch --parsable --kill-on-invalid-dep=yes --dependency=afterok:1001 --nodes=2 --time=24:00:00 "
+        f"{LARGE_SCRIPT} --meta_interval 50",
+    ]
+    assert "phase 1 as job 1001, phase 2 as job 1002" in proc.stdout
+    assert "phase 1: steps 1-900 at --seq_len 128" in proc.stdout and "steps 901-1000 at --seq_len 512" in proc.stdout
+
+    (tmp_path / "dry").mkdir()
+    dry, calls = run_large_script(tmp_path / "dry", PHASES="2", MAX_STEPS="1000", DRY_RUN="1")
+    assert dry.returncode == 0 and calls == []
+    assert f"PHASE=1 sbatch --parsable {LARGE_SCRIPT}\n" in dry.stdout
+    assert (f"PHASE=2 sbatch --parsable --kill-on-invalid-dep=yes --dependency=afterok:<phase-1 job id> "
+            f"{LARGE_SCRIPT}\n") in dry.stdout
+
+    (tmp_path / "bad").mkdir()
+    bad, _ = run_large_script(tmp_path / "bad", PHASES="2", MAX_STEPS="1000", PHASE1_STEPS="1000")
+    assert bad.returncode == 1 and "PHASE1_STEPS=1000 must be a whole number of steps between 1 and MAX_STEPS" in bad.stderr
+
+
+def test_phase_jobs_run_their_seq_len_config_and_end_step(tmp_path):
+    checkpoints = tmp_path / "run" / "checkpoints"
+    checkpoints.mkdir(parents=True)
+    common = dict(PHASES="2", MAX_STEPS="1000", job_id="4242")
+
+    proc, calls = run_large_script(tmp_path, PHASE="1", **common)
+    assert proc.returncode == 0, proc.stderr
+    flags = calls[0]
+    assert "--seq_len 128 " in flags and "--max_steps 1000 " in flags and "--steps_this_run 900" in flags
+    assert "--deepspeed_config ds_configs/bert_large_zero2.json " in flags and "--resume auto" in flags
+
+    # A requeued phase 1 at step 600 runs the 300 steps left to its end; little time left afterwards: requeued.
+    (checkpoints / "latest_complete").write_text("step600")
+    (tmp_path / "calls.txt").unlink()
+    proc, calls = run_large_script(tmp_path, PHASE="1", squeue_left="08:00", **common)
+    assert "--steps_this_run 300" in calls[0] and "scontrol requeue 4242" in calls
+    # Phase 1 done (its end step saved): nothing to run, exit 0 so that phase 2's afterok starts it.
+    (checkpoints / "latest_complete").write_text("step900")
+    (tmp_path / "calls.txt").unlink()
+    proc, calls = run_large_script(tmp_path, PHASE="1", squeue_left="08:00", **common)
+    assert proc.returncode == 0 and calls == [] and "nothing to run" in proc.stdout
+
+    proc, calls = run_large_script(tmp_path, PHASE="2", RESUME="", **common)
+    assert proc.returncode == 0, proc.stderr
+    flags = calls[0]
+    assert "--seq_len 512 " in flags and "--max_steps 1000 " in flags and "--steps_this_run" not in flags
+    assert "--deepspeed_config ds_configs/bert_large_zero2_phase2.json " in flags and "--resume auto" in flags
+
+    # Without PHASES the script runs as it always did: one run at SEQ_LEN (512).
+    (tmp_path / "calls.txt").unlink()
+    proc, calls = run_large_script(tmp_path, job_id="4242")
+    assert "--seq_len 512 " in calls[0] and "--steps_this_run" not in calls[0]
+
+
+def test_phase2_config_keeps_phase1_global_batch():
+    with open(os.path.join(REPO_ROOT, "ds_configs", "bert_large_zero2.json")) as f:
+        one = json.load(f)
+    with open(os.path.join(REPO_ROOT, "ds_configs", "bert_large_zero2_phase2.json")) as f:
+        two = json.load(f)
+    per_rank = [c["train_micro_batch_size_per_gpu"] * c["gradient_accumulation_steps"] for c in (one, two)]
+    assert per_rank[0] == per_rank[1] and two["train_micro_batch_size_per_gpu"] < one["train_micro_batch_size_per_gpu"]
+    assert {k: v for k, v in one.items() if k not in ("train_micro_batch_size_per_gpu", "gradient_accumulation_steps")} \
+        == {k: v for k, v in two.items() if k not in ("train_micro_batch_size_per_gpu", "gradient_accumulation_steps")}
