@@ -162,8 +162,8 @@ def test_resume_may_change_seq_len_batch_shape_and_ranks_but_not_the_experiment(
     with pytest.raises(ConfigError, match=r"bf16.json: precision \(bf16/fp16\) was 'fp32', now 'bf16'"):
         resume(deepspeed_config=_ds_config(tmp_path, "bf16", bf16={"enabled": True}))
     # Position embeddings follow --seq_len from scratch (max(512, seq_len)): past 512 the model would differ.
-    with pytest.raises(ConfigError, match=r"--seq_len: 1024 would build a model with 1024 position embeddings, "
-                                          r"but checkpoint .*step6 \(written at --seq_len 64\) holds 512.*--seq_len <= 512"):
+    with pytest.raises(ConfigError, match=r"--seq_len: 1024 would build a model with 1024 position embeddings, but "
+                                          r"checkpoint .*step6 \(written at --seq_len 64\) holds 512.*seq_len <= 512"):
         resume(seq_len=1024)
 
 
@@ -236,8 +236,9 @@ def test_resume_at_seq128_on_two_ranks_keeps_optimizer_scheduler_sampler_and_cou
             key: zero["base_optimizer_state"]["state"][group][key] for key in ("exp_avg", "exp_avg_sq")}}
         for name, fragment in mapping.items():
             saved[name] = {key: t.narrow(0, fragment.start, fragment.numel) for key, t in flat.items()}
-    assert all(bool(states["exp_avg_sq"].any()) for states in saved.values() if states["exp_avg_sq"].numel() > 64), \
-        "the saved moments are non-zero: equal to them means loaded, not freshly initialized"
+    # The encoder's moments are non-zero after 4 steps (a head whose objective was not drawn yet may hold zeros):
+    # equal to them means loaded, not freshly initialized.
+    assert all(bool(states["exp_avg_sq"].any()) for name, states in saved.items() if name.startswith("bert.encoder"))
     model_states = safe_load(os.path.join(tag_dir, "mp_rank_00_model_states.pt"))
     ours = safe_load(os.path.join(tag_dir, "mometas_state.pt"))["mometas"]
 
@@ -246,7 +247,8 @@ def test_resume_at_seq128_on_two_ranks_keeps_optimizer_scheduler_sampler_and_cou
     second = subprocess.run(
         [sys.executable, "-m", "deepspeed.launcher.runner", "--num_gpus", "2", "--master_port", str(free_port()),
          probe] + args(phase2, 128, "--resume", "auto"),
-        env={**subprocess_env(), "RESUME_PROBE_OUT": prefix}, cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
+        env={**subprocess_env(), "RESUME_PROBE_OUT": prefix}, cwd=REPO_ROOT, capture_output=True, text=True,
+        timeout=300)
     assert_ok(second)
     log = second.stdout + second.stderr
     assert "converting" in log and "universal checkpoint" in log
@@ -339,7 +341,8 @@ def test_two_phase_submission_chains_phase_2_after_phase_1(tmp_path):
 
     (tmp_path / "bad").mkdir()
     bad, _ = run_large_script(tmp_path / "bad", PHASES="2", MAX_STEPS="1000", PHASE1_STEPS="1000")
-    assert bad.returncode == 1 and "PHASE1_STEPS=1000 must be a whole number of steps between 1 and MAX_STEPS" in bad.stderr
+    assert bad.returncode == 1
+    assert "PHASE1_STEPS=1000 must be a whole number of steps between 1 and MAX_STEPS" in bad.stderr
 
 
 def test_phase_jobs_run_their_seq_len_config_and_end_step(tmp_path):
@@ -383,5 +386,44 @@ def test_phase2_config_keeps_phase1_global_batch():
         two = json.load(f)
     per_rank = [c["train_micro_batch_size_per_gpu"] * c["gradient_accumulation_steps"] for c in (one, two)]
     assert per_rank[0] == per_rank[1] and two["train_micro_batch_size_per_gpu"] < one["train_micro_batch_size_per_gpu"]
-    assert {k: v for k, v in one.items() if k not in ("train_micro_batch_size_per_gpu", "gradient_accumulation_steps")} \
-        == {k: v for k, v in two.items() if k not in ("train_micro_batch_size_per_gpu", "gradient_accumulation_steps")}
+    shape = ("train_micro_batch_size_per_gpu", "gradient_accumulation_steps")
+    assert {k: v for k, v in one.items() if k not in shape} == {k: v for k, v in two.items() if k not in shape}
+
+
+@pytest.mark.integration
+def test_without_zero_a_resume_on_more_ranks_loads_the_replicated_optimizer_state_as_it_is(assets, tmp_path):
+    """ZeRO stage 0 keeps one optimizer state (rank 0 saves it in the model-states file): 1 rank -> 2 ranks at
+    the same --seq_len loads it without a universal copy, and the data position carries in samples."""
+    import subprocess
+    import sys
+
+    from mometas_ds.checkpoint import universal_tag
+    from mometas_ds.checkpoint.loading import safe_load
+
+    config = _ds_config(tmp_path, "stage0", train_micro_batch_size_per_gpu=4, zero_optimization={"stage": 0})
+    out = str(tmp_path / "run")
+    args = pretrain_args(assets["corpus"], assets["tokenizer"], out, assets["cache"], max_steps=6, config=config,
+                         extra=["--meta_interval", "2"])
+    assert_ok(run_pretrain(args + ["--steps_this_run", "3"]))
+    saved = safe_load(os.path.join(out, "checkpoints", "step3", "mp_rank_00_model_states.pt"))
+    prefix = str(tmp_path / "resumed")
+    second = subprocess.run(
+        [sys.executable, "-m", "deepspeed.launcher.runner", "--num_gpus", "2", "--master_port", str(free_port()),
+         os.path.join(REPO_ROOT, "tests", "resume_state_probe.py")] + args + ["--resume", "auto"],
+        env={**subprocess_env(), "RESUME_PROBE_OUT": prefix}, cwd=REPO_ROOT, capture_output=True, text=True,
+        timeout=300)
+    assert_ok(second)
+    assert not os.path.exists(os.path.join(out, "checkpoints", universal_tag("step3")))
+    assert "holds no random state for rank 1 (saved by 1 rank(s)): seeded" in second.stdout + second.stderr
+    for rank in range(2):
+        resumed = torch.load(f"{prefix}.rank{rank}.pt", weights_only=True)
+        state, expected = resumed["optimizer"]["state"], saved["optimizer"]["state"]
+        assert set(state) == set(expected) and len(state) > 10
+        for index, moments in expected.items():
+            for key in ("exp_avg", "exp_avg_sq"):
+                assert torch.equal(state[index][key], moments[key]), (rank, index, key)
+        assert resumed["lr_scheduler"] == saved["lr_scheduler"] and resumed["train_state"]["step"] == 3
+        # 3 micro-steps x 4 rows = 12 samples -> 1 whole global batch of 2 ranks x 4 (rounded down, with a warning).
+        assert (resumed["data"]["epoch"], resumed["data"]["offset"]) == (0, 12 // 8)
+    metrics = read_jsonl(os.path.join(out, "metrics.jsonl"))
+    assert [m["step"] for m in metrics] == list(range(1, 7)) and all(np.isfinite(m["loss"]) for m in metrics)
