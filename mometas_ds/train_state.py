@@ -46,6 +46,17 @@ def set_rng_state(rng: dict) -> None:
         get_accelerator().set_rng_state(rng["accelerator"])
 
 
+def seeded_rng_state(seed: int, rank: int, step: int) -> None:
+    """Seed this rank's generators for a resume that has no saved state for it (more ranks than the run that
+    saved): python, numpy, torch and the device from ``seed_for(seed, 17, rank, step)``. Dropout on such a
+    rank is then reproducible for a given (--seed, rank, step) but is not a continuation of any saved stream."""
+    value = seed_for(seed, 17, rank, step)
+    random.seed(value)
+    np.random.seed(value % 2**32)
+    torch.manual_seed(value)
+    get_accelerator().manual_seed_all(value)
+
+
 def seed_for(*parts: int) -> int:
     """A 63-bit seed from integers, stable across processes (Python's hash() is salted)."""
     value = 0x9E3779B97F4A7C15

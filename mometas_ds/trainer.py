@@ -20,8 +20,8 @@ import torch.distributed as dist
 from . import checkpoint as ckpt
 from . import faults, stop_signals
 from .config import (
-    ConfigError, DataError, Preflight, PretrainConfig, check_tokenizer_fits_model, check_writable, preflight,
-    sampler_kwargs,
+    ConfigError, DataError, Preflight, PretrainConfig, check_tokenizer_fits_model, check_writable, elastic_changes,
+    preflight, sampler_kwargs,
 )
 from .data import CorpusReport, DataConfig, ShardedBatches, iter_texts, prefetched, prepare_data, rows_as_tensors
 from .engine import build_engine
@@ -32,7 +32,7 @@ from .run_logs import RunLogs, as_float
 from .samplers import build_sampler
 from .step import Corruption, NonFiniteLossError, StopRequest, TrainStep
 from .tokenizer import load_tokenizer, special_tokens_of, train_wordpiece_tokenizer
-from .train_state import TrainState, rng_state, set_rng_state
+from .train_state import TrainState, rng_state, seeded_rng_state, set_rng_state
 from .safe_io import disk_errors, export_retry_hint, write_dir_atomically
 
 logger = logging.getLogger("mometas_ds")
@@ -78,7 +78,8 @@ class Trainer:
         self.micro_batch = self.engine.train_micro_batch_size_per_gpu()
 
         self.batches = prefetched(ShardedBatches(self.data.train, batch_size=self.micro_batch, rank=self.rank,
-                                                 world_size=self.world_size, seed=cfg.seed), cfg.prefetch_batches, self.device)
+                                                 world_size=self.world_size, seed=cfg.seed, seq_len=cfg.seq_len),
+                                  cfg.prefetch_batches, self.device)
         self.sampler = build_sampler(cfg.sampler, num_objectives=len(self.objective_names), seed=cfg.seed,
                                      interval=cfg.meta_interval, **sampler_kwargs(cfg))
         corrupt = Corruption(self.objectives, self.device)
@@ -187,15 +188,42 @@ class Trainer:
             self.logs.rewind(self.state)
             return
         tags_dir, tag = found
-        client_state = ckpt.load(self.engine, tags_dir, tag)  # weights_only loads; a failure is a ConfigError
+        tag_dir = os.path.join(tags_dir, tag)
+        saved = ckpt.read_run_identity(tag_dir) or {}  # check_resume_matches read it already: not damaged
+        changes = elastic_changes(saved, self.run_identity)
+        if self.rank == 0 and changes:
+            logger.info("--resume: %s (docs/checkpoints.md, \"What a resume may change\")",
+                        "; ".join(f"{key} {now} (was {was})" for key, (was, now) in changes.items()))
+        # ZeRO 1/2 with another number of ranks: rank 0 converts the tag to DeepSpeed's universal checkpoint
+        # (once; a later resume reuses an intact copy) while the others wait in the setup group.
+        universal = ckpt.needs_universal(self.engine, tag_dir)
+        if universal:
+            self._on_rank0_first(lambda: _convert_to_universal(tags_dir, tag))
+        client_state = ckpt.load(self.engine, tags_dir, tag, universal)  # weights_only loads; failure: ConfigError
         state = client_state["mometas"]
         self.state.load_state_dict(state)
         self.sampler.load_state_dict(state["sampler"])
-        self.batches.load_state_dict(state["data"][self.rank] if isinstance(state["data"], list) else state["data"])
-        set_rng_state(state["rng"][self.rank])
+        # Every rank's data state holds the same global position: a rank the saving run did not have takes
+        # rank 0's. One saved before it recorded its seq_len gets the run identity's.
+        data = state["data"] if isinstance(state["data"], list) else [state["data"]]
+        position = dict(data[self.rank] if self.rank < len(data) else data[0])
+        if "seq_len" not in position and "--seq_len" in saved:
+            position["seq_len"] = saved["--seq_len"]
+        self.batches.load_state_dict(position)
+        rngs = state["rng"]
+        if self.rank < len(rngs):
+            set_rng_state(rngs[self.rank])
+        else:  # more ranks than the saving run: a documented seeded state (train_state.seeded_rng_state)
+            seeded_rng_state(self.cfg.seed, self.rank, self.state.step)
+            logger.warning("--resume: %s holds no random state for rank %d (saved by %d rank(s)): seeded from "
+                           "--seed, the rank and step %d", tag_dir, self.rank, len(rngs), self.state.step)
+        if self.rank == 0 and len(rngs) > self.world_size:
+            logger.info("--resume: the random state of rank(s) %d-%d of the saving run is not used (%d rank(s) now)",
+                        self.world_size, len(rngs) - 1, self.world_size)
         self.logs.rewind(self.state)
         if self.rank == 0:
-            logger.info("resumed from %s at step %d", os.path.join(tags_dir, tag), self.state.step)
+            logger.info("resumed from %s at step %d%s", tag_dir, self.state.step,
+                        " (through its universal checkpoint)" if universal else "")
 
     def _client_state(self) -> dict:
         # RNG and data positions differ per rank: gather them so every rank's can be restored.
@@ -327,6 +355,17 @@ class Trainer:
 
         with self.signals.saving():  # on the setup group: writing a large model may outlast --dist_timeout_minutes
             self._on_rank0_first(write)
+
+
+def _convert_to_universal(tags_dir: str, tag: str) -> None:
+    """Rank 0's conversion of a tag for a new ZeRO partitioning; a failure is a ConfigError every rank raises."""
+    try:
+        ckpt.convert_to_universal(tags_dir, tag, workers=1)
+    except Exception as exc:  # DeepSpeed's converter asserts and raises whatever its readers raise
+        raise ConfigError(
+            f"--resume: converting checkpoint {os.path.join(tags_dir, tag)} to DeepSpeed's universal checkpoint "
+            f"(needed: the number of ranks changed under ZeRO 1/2) failed: {type(exc).__name__}: {exc}. Resume "
+            f"on the number of ranks that saved it") from None
 
 
 def build_objectives(cfg: PretrainConfig, special) -> dict:

@@ -10,6 +10,24 @@ DIST_TIMEOUT_MINUTES=${DIST_TIMEOUT_MINUTES:-30}
 PYTHON=${PYTHON:-python}
 REQUEUE_ON_TIMEOUT=${REQUEUE_ON_TIMEOUT:-1}
 
+# The last step saved under OUTPUT_DIR (its latest_complete pointer, "step<N>"), 0 without one.
+saved_step() {
+    local tag
+    tag=$(cat "$OUTPUT_DIR/checkpoints/latest_complete" 2>/dev/null)
+    if [[ $tag =~ ^step([0-9]+)$ ]]; then echo $(( 10#${BASH_REMATCH[1]} )); else echo 0; fi
+}
+
+# PHASE_END_STEP (set by pretrain_large.sh's phase 1): stop at that absolute step of the --max_steps schedule,
+# whatever step a requeued job resumes at (--steps_this_run counts from the resume).
+steps_this_run=${STEPS_THIS_RUN:-}
+if [ -n "${PHASE_END_STEP:-}" ]; then
+    steps_this_run=$(( PHASE_END_STEP - $(saved_step) ))
+    if [ "$steps_this_run" -le 0 ]; then
+        echo "$OUTPUT_DIR is at step $(saved_step), the end of this phase (step $PHASE_END_STEP): nothing to run"
+        exit 0
+    fi
+fi
+
 export MASTER_ADDR=${MASTER_ADDR:-$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n1)}
 if [ -z "$MASTER_ADDR" ]; then
     echo "cannot resolve the first node of SLURM_JOB_NODELIST='${SLURM_JOB_NODELIST:-}'; set MASTER_ADDR" >&2
@@ -27,6 +45,7 @@ if [ -n "${TOKENIZER:-}" ]; then args+=(--tokenizer "$TOKENIZER"); fi
 if [ -n "${TRAIN_TOKENIZER:-}" ]; then args+=(--train_tokenizer "$TRAIN_TOKENIZER"); fi
 if [ -n "$RESUME" ]; then args+=(--resume "$RESUME"); fi
 if [ -n "${SAVE_TOTAL_LIMIT:-}" ]; then args+=(--save_total_limit "$SAVE_TOTAL_LIMIT"); fi
+if [ -n "$steps_this_run" ]; then args+=(--steps_this_run "$steps_this_run"); fi
 read -r -a extra_args <<< "${EXTRA_ARGS:-}"
 
 # One task per GPU; srun takes the task layout from the allocation. --kill-on-bad-exit ends the
@@ -63,6 +82,8 @@ seconds_left() {
 
 finished=0
 if [ "$OUTPUT_DIR/hf_model/config.json" -nt "$started" ]; then finished=1; fi
+# A phase that reached its end step is finished too: a requeue would only find nothing to run.
+if [ -n "${PHASE_END_STEP:-}" ] && [ "$(saved_step)" -ge "$PHASE_END_STEP" ]; then finished=1; fi
 rm -f "$started"
 if [ "$rc" -eq 0 ] && [ "$finished" = 0 ] && [ "$REQUEUE_ON_TIMEOUT" = 1 ] && [ -n "${SLURM_JOB_ID:-}" ]; then
     left=$(seconds_left)

@@ -31,6 +31,7 @@
 #   REQUEUE_WITHIN_SECONDS the run counts as stopped by the time limit when it ends with this little time left;
 #                          keep it above the --signal time plus 60 s (Slurm may signal up to 60 s early)  [600]
 #   DRY_RUN           1 = print the srun command and exit (checks the settings without running)
+#   STEPS_THIS_RUN    --steps_this_run (stop after this many steps, saved; a later job resumes)   [empty]
 #
 # Signals and requeue: `--signal=USR1@300` (no `B:` prefix) makes Slurm send USR1 to every task of the job's
 # steps -- the srun-started pretrain ranks, not this batch shell -- 300 s (up to 360 s) before the time limit.

@@ -17,7 +17,8 @@ and docs/security.md.
 
 The package, by job: ``layout`` (names, markers, checksums, finding complete tags), ``saving`` (save, publish,
 prune), ``verify`` (manifests, verify_tag, choosing the --resume tag), ``loading`` (safe_load, load) and
-``export`` (full fp32 weights for the HF export). Every name is re-exported here; code outside the package
+``export`` (full fp32 weights for the HF export) and ``universal`` (DeepSpeed's universal checkpoint, for a
+resume on another number of ranks under ZeRO 1/2). Every name is re-exported here; code outside the package
 imports from ``mometas_ds.checkpoint``. A test that monkeypatches a name must patch it in the submodule that
 reads it (e.g. ``mometas_ds.checkpoint.verify.FULL_VERIFY_MAX_BYTES``), not here.
 """
@@ -27,8 +28,10 @@ from .layout import (CLIENT_STATE_FILE, COMPLETE_MARKER, FULL_VERIFY_MAX_BYTES, 
                      _plain, _read_pointer, _record, _text_record, _unplain, complete_tags, file_digest,
                      find_resume_checkpoint, is_complete, latest_complete_tag, logger, read_run_identity, step_of,
                      tag_for)
-from .loading import _DEEPSPEED_TYPES, _allowed_types, load, safe_load
+from .loading import _DEEPSPEED_TYPES, _allowed_types, load, safe_load, weights_only_loads
 from .saving import file_records, prune, publish, save
+from .universal import (UNIVERSAL_SUFFIX, convert_to_universal, needs_universal, universal_intact, universal_tag,
+                        zero_partitions)
 from .verify import (Verdict, _choose, _describe, _newest_intact, read_manifest, resume_checkpoint, run_identity_of,
                      verify_tag)
 
@@ -41,6 +44,8 @@ __all__ = [
     "file_records", "prune", "publish", "save",
     "Verdict", "read_manifest", "resume_checkpoint", "run_identity_of", "verify_tag",
     "load", "safe_load",
+    "UNIVERSAL_SUFFIX", "convert_to_universal", "needs_universal", "universal_intact", "universal_tag",
+    "weights_only_loads", "zero_partitions",
     "consolidated_state_dict",
     # private names that checkpoint_cli and the tests use
     "_atomic_write", "_config_error", "_plain", "_read_pointer", "_record", "_text_record", "_unplain",

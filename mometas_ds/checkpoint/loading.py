@@ -2,6 +2,7 @@
 DeepSpeed types they hold, our client state as plain values."""
 from __future__ import annotations
 
+import contextlib
 import importlib
 import logging
 import os
@@ -44,6 +45,27 @@ def _allowed_types() -> list:
     return found
 
 
+_allowing = [False]  # weights_only_loads is active
+
+
+@contextlib.contextmanager
+def weights_only_loads():
+    """Every torch.load inside, DeepSpeed's own too (its universal converter and loader pass weights_only=False),
+    loads with weights_only=True and the allow-list of _DEEPSPEED_TYPES (docs/security.md). Torch >= 2.4."""
+    previous = os.environ.get("TORCH_FORCE_WEIGHTS_ONLY_LOAD")
+    os.environ["TORCH_FORCE_WEIGHTS_ONLY_LOAD"] = "1"  # torch.load: overrides an explicit weights_only=False
+    _allowing[0] = True
+    try:
+        with torch.serialization.safe_globals(_allowed_types()):
+            yield
+    finally:
+        _allowing[0] = False
+        if previous is None:
+            del os.environ["TORCH_FORCE_WEIGHTS_ONLY_LOAD"]
+        else:
+            os.environ["TORCH_FORCE_WEIGHTS_ONLY_LOAD"] = previous
+
+
 def safe_load(path: str, map_location=None):
     """torch.load(weights_only=True), allowing the DeepSpeed types of _DEEPSPEED_TYPES and nothing else.
 
@@ -52,6 +74,8 @@ def safe_load(path: str, map_location=None):
     with a warning (docs/security.md)."""
     serialization = torch.serialization
     try:
+        if _allowing[0]:  # inside weights_only_loads: the allow-list is in place (leaving safe_globals drops it)
+            return torch.load(path, map_location=map_location, weights_only=True)
         if hasattr(serialization, "safe_globals"):
             with serialization.safe_globals(_allowed_types()):
                 return torch.load(path, map_location=map_location, weights_only=True)
@@ -69,10 +93,14 @@ def safe_load(path: str, map_location=None):
             "so it is refused (see docs/security.md)") from None
 
 
-def load(engine, tags_dir: str, tag: str) -> dict:
+def load(engine, tags_dir: str, tag: str, universal: bool = False) -> dict:
     """engine.load_checkpoint of a chosen tag, its files read by safe_load; returns our client state.
 
+    ``universal``: load DeepSpeed's state from the tag's universal copy (checkpoint.universal; converted
+    beforehand on rank 0), for a new ZeRO partitioning; our client state is read from the tag itself.
     Any failure is a ConfigError naming the tag (exit 2), never a traceback out of torch.load."""
+    from .universal import load_universal  # here: universal imports this module
+
     tag_dir = os.path.join(tags_dir, tag)
     writer = engine.checkpoint_engine
 
@@ -81,7 +109,10 @@ def load(engine, tags_dir: str, tag: str) -> dict:
 
     writer.load = load_safely
     try:
-        load_path, ds_client_state = engine.load_checkpoint(tags_dir, tag=tag)
+        if universal:
+            load_path, ds_client_state = load_universal(engine, tags_dir, tag)
+        else:
+            load_path, ds_client_state = engine.load_checkpoint(tags_dir, tag=tag)
         own = os.path.join(tag_dir, CLIENT_STATE_FILE)
         client_state = _unplain(safe_load(own)) if os.path.isfile(own) else ds_client_state
     except ResumeRefused as exc:

@@ -14,6 +14,7 @@ from .. import faults
 from .layout import (CLIENT_STATE_FILE, COMPLETE_MARKER, HASH, LATEST_FILE, MANIFEST_FILE, RUN_IDENTITY_FILE,
                      CheckpointError, _atomic_write, _plain, _record, _text_record, is_complete, latest_complete_tag,
                      step_of, tag_for)
+from .universal import universal_tag
 
 # ---------------------------------------------------------------- saving
 def save(engine, root: str, step: int, client_state: dict, rank: int, barrier: Callable[[], None],
@@ -136,7 +137,8 @@ def _gather(obj) -> list:
 
 def prune(root: str, keep: int) -> list:
     """Delete all but the newest ``keep`` complete checkpoints (never the one ``latest_complete`` names)
-    and any unfinished tag older than the newest complete one; return the deleted tags."""
+    and any unfinished tag older than the newest complete one, each with its universal copy; return the
+    deleted tags."""
     latest = latest_complete_tag(root)
     if latest is None:
         return []
@@ -151,6 +153,7 @@ def prune(root: str, keep: int) -> list:
         if os.path.exists(marker):
             os.remove(marker)
         shutil.rmtree(os.path.join(root, name), ignore_errors=True)
+        shutil.rmtree(os.path.join(root, universal_tag(name)), ignore_errors=True)  # its universal copy, if any
     return doomed
 
 

@@ -305,12 +305,15 @@ def _check_with_deepspeed(ds_config: dict, path: str) -> None:
 
 
 def run_identity(cfg: PretrainConfig, ds_config: dict, world_size: int) -> dict:
-    """What a resumed run must share with the run that wrote its checkpoint, keyed by where it is set.
+    """The settings of a run that a checkpoint records, keyed by where they are set.
 
-    A different value would silently mix two experiments (a policy learned for other objectives,
-    another model's weights loaded over this one) or fail only deep inside DeepSpeed's load after
-    the corpus work. Flags a resume may change (--max_steps, --save_steps, --steps_this_run, logging,
-    timeouts, paths of the corpus and tokenizer) are left out.
+    A resume must match every one of them but those in ELASTIC (check_resume_matches): a different
+    value would silently mix two experiments (a policy learned for other objectives, another model's
+    weights loaded over this one) or fail only deep inside DeepSpeed's load after the corpus work.
+    The ELASTIC ones (--seq_len, the batch shape, the number of ranks) are recorded so a resume can say
+    what changed and carry the data position over. Flags a resume may change without notice
+    (--max_steps, --save_steps, --steps_this_run, logging, timeouts, paths of the corpus and tokenizer)
+    are left out.
     """
     micro = check_batch_fields(ds_config, cfg.deepspeed_config, world_size)
     total = ds_config.get("train_batch_size")
@@ -342,8 +345,38 @@ def run_identity(cfg: PretrainConfig, ds_config: dict, world_size: int) -> dict:
     return json.loads(json.dumps(identity))  # as it reads back from the checkpoint (tuples -> lists)
 
 
+# What a resume may change (docs/checkpoints.md, "What a resume may change"): the batch shape and the number
+# of ranks reshape only how the same global state is split (ZeRO partitions go through DeepSpeed's universal
+# checkpoint, checkpoint.universal), and --seq_len repacks the corpus (the data position carries in tokens).
+ELASTIC = ("--seq_len", "number of ranks", "train_micro_batch_size_per_gpu", "gradient_accumulation_steps")
+UNIVERSAL_STAGES = (1, 2)  # ZeRO stages whose change of rank count mometas_ds converts and tests (DeepSpeed 0.19.8)
+
+
+def elastic_changes(saved: Optional[dict], ours: dict) -> dict:
+    """{key: (saved, now)} for the ELASTIC settings a resume changes (none for a checkpoint without identity)."""
+    if not saved:
+        return {}
+    return {key: (saved[key], ours[key]) for key in ELASTIC if key in saved and key in ours and saved[key] != ours[key]}
+
+
+def _position_embeddings(cfg: PretrainConfig, seq_len: int) -> Optional[int]:
+    """The position embeddings a from-scratch model gets (Trainer._build_model), or None when they do not
+    follow --seq_len (a checkpoint's config, or a --model_config JSON that sets them)."""
+    if cfg.model_config is None:
+        return None
+    if cfg.model_config not in MODEL_PRESETS:
+        fields = read_json_object(cfg.model_config, "--model_config")
+        if "max_position_embeddings" in fields:
+            return None
+    elif "max_position_embeddings" in MODEL_PRESETS[cfg.model_config]:
+        return None
+    return max(512, seq_len)
+
+
 def check_resume_matches(cfg: PretrainConfig, ds_config: dict, world_size: int) -> None:
-    """With --resume, stop before any work if the checkpoint was written by a run set up differently."""
+    """With --resume, stop before any work if the checkpoint was written by a run set up differently.
+
+    The ELASTIC settings may differ; what else differs stops the run, naming each field."""
     # Rank 0 picks and verifies the checkpoint now, before any work (a damaged or foreign one: ConfigError).
     found = resume_checkpoint(os.path.join(cfg.output_dir, "checkpoints"), cfg.resume, cfg.verify_checkpoint,
                               wait_minutes=cfg.setup_timeout_minutes)
@@ -355,9 +388,28 @@ def check_resume_matches(cfg: PretrainConfig, ds_config: dict, world_size: int) 
         check_resume_objectives(read_client_state(tag_dir) or {}, cfg.objectives, tag_dir)
         return
     ours = run_identity(cfg, ds_config, world_size)
-    differs = [key for key in ours if key in saved and saved[key] != ours[key]]
+    differs = [key for key in ours if key in saved and saved[key] != ours[key] and key not in ELASTIC]
     if differs:
         where = {key: f"{cfg.deepspeed_config}: {key}" for key in ours if not key.startswith("-") and key != "number of ranks"}
         details = "; ".join(f"{where.get(key, key)} was {saved[key]!r}, now {ours[key]!r}" for key in differs)
         raise ConfigError(f"--resume {cfg.resume}: checkpoint {tag_dir} was written by a run with other settings: "
                           f"{details}. Resume with the same settings, or give a new --output_dir to start afresh")
+    changes = elastic_changes(saved, ours)
+    stage = ours["zero_optimization.stage"]
+    if "number of ranks" in changes and stage and stage not in UNIVERSAL_STAGES:
+        was, now = changes["number of ranks"]
+        raise ConfigError(
+            f"--resume {cfg.resume}: checkpoint {tag_dir} was written by {was} rank(s), this run has {now}: with "
+            f"{cfg.deepspeed_config}: zero_optimization.stage {stage} the optimizer partitions would have to be "
+            f"re-split through DeepSpeed's universal checkpoint, which mometas_ds supports for stages "
+            f"{', '.join(map(str, UNIVERSAL_STAGES))} only (DeepSpeed 0.19.8). Resume on {was} rank(s), or save "
+            f"with zero_optimization.stage 1 or 2")
+    if "--seq_len" in changes:
+        was, now = changes["--seq_len"]
+        saved_positions, positions = _position_embeddings(cfg, was), _position_embeddings(cfg, now)
+        if saved_positions != positions:
+            raise ConfigError(
+                f"--seq_len: {now} would build a model with {positions} position embeddings, but checkpoint "
+                f"{tag_dir} (written at --seq_len {was}) holds {saved_positions} (from scratch they are "
+                f"max(512, --seq_len)): resume with --seq_len {'<= 512' if was <= 512 else was}, or set "
+                f"max_position_embeddings in a --model_config JSON from the first run on")

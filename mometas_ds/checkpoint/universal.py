@@ -1,0 +1,131 @@
+"""DeepSpeed's universal checkpoint, for a resume on another number of ranks under ZeRO 1/2.
+
+ZeRO stages 1 and 2 save each rank's partition of the fp32 master weights and Adam moments; DeepSpeed's own
+load refuses another data-parallel size. Its converter (``deepspeed.checkpoint.ds_to_universal``) rewrites a
+tag as one file per parameter and state (``zero/<param>/{fp32,exp_avg,exp_avg_sq}.pt``), which its engine
+loads into any partitioning (``checkpoint.load_universal``). We convert a verified tag once, on rank 0, into
+``<tag>.universal`` beside it: written in a temporary directory, given a manifest and a COMPLETE marker of
+its own, then renamed into place, so a kill mid-conversion leaves no half copy that looks finished. Its name
+is not a tag (``step<N>``): listing, ``--resume auto`` and the tag verification never take it for one;
+``prune`` deletes it with its tag. Stage 0 (one optimizer state, replicated) loads on any number of ranks as
+it is; stage 3 is refused before any work (config.checks.UNIVERSAL_STAGES).
+"""
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import logging
+import os
+import shutil
+from typing import Optional
+
+from .layout import COMPLETE_MARKER, HASH, MANIFEST_FILE, _atomic_write, _record, _text_record
+from .loading import weights_only_loads
+
+logger = logging.getLogger(__package__)
+
+UNIVERSAL_SUFFIX = ".universal"
+_TMP_PREFIX = ".universal-tmp-"  # <root>/.universal-tmp-<tag>-<pid>/<tag>.universal while converting
+
+
+def universal_tag(tag: str) -> str:
+    """The name of a tag's universal copy, beside it in the same directory (``step400.universal``)."""
+    return tag + UNIVERSAL_SUFFIX
+
+
+def zero_partitions(tag_dir: str) -> int:
+    """How many ZeRO 1/2 optimizer partitions a tag holds (the data-parallel size that saved it); 0 without ZeRO
+    partition files (stage 0, or stage 3's other layout)."""
+    return len(glob.glob(os.path.join(tag_dir, "*zero_pp_rank_*_mp_rank_00_optim_states.pt")))
+
+
+def needs_universal(engine, tag_dir: str) -> bool:
+    """True when this engine's ZeRO 1/2 partitioning differs from the one the tag was saved with."""
+    if engine.zero_optimization_stage() not in (1, 2):
+        return False
+    saved = zero_partitions(tag_dir)
+    return bool(saved) and saved != engine.dp_world_size
+
+
+def _files_under(path: str) -> dict:
+    records = {}
+    for base, _, names in os.walk(path):
+        for name in names:
+            full = os.path.join(base, name)
+            rel = os.path.relpath(full, path)
+            if rel not in (COMPLETE_MARKER, MANIFEST_FILE):
+                records[rel] = _record(full)
+    return records
+
+
+def universal_intact(path: str) -> bool:
+    """A universal copy whose COMPLETE marker and manifest match every file it lists (sizes and checksums)."""
+    try:
+        with open(os.path.join(path, COMPLETE_MARKER), encoding="utf-8") as f:
+            marker = json.load(f)
+        with open(os.path.join(path, MANIFEST_FILE), "rb") as f:
+            data = f.read()
+        if _text_record(data.decode("utf-8")) != {"size": marker["size"], HASH: marker[HASH]}:
+            return False
+        files = json.loads(data)["files"]
+        return all(_record(os.path.join(path, name)) == record for name, record in files.items())
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+
+
+def convert_to_universal(tags_dir: str, tag: str, workers: int = 1) -> str:
+    """Rank 0: the universal copy of ``tags_dir/tag`` (made now unless an intact one is there); returns its path.
+
+    Disk: about the size of the tag's optimizer files again (fp32 weights and both Adam moments, unpartitioned),
+    plus a copy of its model-states file; the converter's intermediate fragments live inside the temporary
+    directory and are deleted before the rename."""
+    from deepspeed.checkpoint import ds_to_universal  # heavy; --help imports this package
+
+    final = os.path.join(tags_dir, universal_tag(tag))
+    if os.path.isdir(final):
+        if universal_intact(final):
+            logger.info("--resume: using the universal checkpoint %s", final)
+            return final
+        logger.warning("--resume: %s is incomplete or damaged: converting %s again", final, tag)
+        shutil.rmtree(final)
+    for stale in glob.glob(os.path.join(tags_dir, f"{_TMP_PREFIX}{tag}-*")):
+        shutil.rmtree(stale, ignore_errors=True)  # a conversion a kill interrupted
+    tmp_root = os.path.join(tags_dir, f"{_TMP_PREFIX}{tag}-{os.getpid()}")
+    # The converter writes `latest_universal` beside its output folder: inside tmp_root, not in tags_dir.
+    out = os.path.join(tmp_root, universal_tag(tag))
+    os.makedirs(tmp_root)
+    args = argparse.Namespace(input_folder=os.path.join(tags_dir, tag), output_folder=out,
+                              num_extract_workers=workers, num_merge_workers=max(1, workers // 2),
+                              keep_temp_folder=False, strict=True,
+                              # Our engine saves no universal_checkpoint_info (no tensor/pipeline parallelism):
+                              # the converter adds its version record, as its --inject_missing_state does.
+                              inject_missing_state=True)
+    logger.info("--resume: converting %s to DeepSpeed's universal checkpoint in %s (the ZeRO partitioning "
+                "changed)", os.path.join(tags_dir, tag), final)
+    try:
+        with weights_only_loads():
+            ds_to_universal.main(args)
+        files = _files_under(out)
+        manifest = json.dumps({"format": 1, "source": tag, "hash": HASH, "files": files}, indent=1, sort_keys=True)
+        _atomic_write(os.path.join(out, MANIFEST_FILE), manifest)
+        _atomic_write(os.path.join(out, COMPLETE_MARKER), json.dumps({"manifest": MANIFEST_FILE,
+                                                                       **_text_record(manifest)}))
+        os.replace(out, final)
+    finally:
+        shutil.rmtree(tmp_root, ignore_errors=True)
+    logger.info("--resume: wrote %s (%.1f MB)", final, sum(r["size"] for r in files.values()) / 1e6)
+    return final
+
+
+def load_universal(engine, tags_dir: str, tag: str) -> tuple:
+    """engine.load_checkpoint of the universal copy of ``tag`` (DeepSpeed's ``checkpoint.load_universal``,
+    set on the engine's config for this load only); returns what load_checkpoint returns."""
+    config = engine._config  # the attribute engine.load_universal_checkpoint() reads
+    previous: Optional[bool] = config.load_universal_checkpoint
+    config.load_universal_checkpoint = True
+    try:
+        with weights_only_loads():
+            return engine.load_checkpoint(tags_dir, tag=universal_tag(tag))
+    finally:
+        config.load_universal_checkpoint = previous
