@@ -233,6 +233,8 @@ PRETRAIN_CASES = [
     ("max_steps_not_int", _flags(max_steps="ten"), 2, "--max_steps: invalid int value"),
     ("tokenizer_sample_zero", _flags(tokenizer_sample="0"), 2, "--tokenizer_sample: must be >= 1, got 0"),
     ("tokenizer_sample_not_int", _flags(tokenizer_sample="10%"), 2, "--tokenizer_sample: invalid positive_int value"),
+    ("tokenizer_sample_without_training", _flags(tokenizer_sample="100"), 2,
+     "--tokenizer_sample: samples the corpus for --train_tokenizer"),
 ]
 
 

@@ -157,6 +157,8 @@ def test_resume_may_change_seq_len_batch_shape_and_ranks_but_not_the_experiment(
         resume(seed=7, seq_len=128)
     with pytest.raises(ConfigError, match="--whole_word_mask was False, now True"):
         resume(whole_word_mask=True)
+    with pytest.raises(ConfigError, match="--packing was 'packed', now 'per_document'"):
+        resume(packing="per_document")
     with pytest.raises(ConfigError, match=r"stage3.json: zero_optimization.stage was 2, now 3"):
         resume(deepspeed_config=_ds_config(tmp_path, "stage3", zero_optimization={"stage": 3}))
     with pytest.raises(ConfigError, match=r"bf16.json: precision \(bf16/fp16\) was 'fp32', now 'bf16'"):

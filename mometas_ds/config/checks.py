@@ -134,6 +134,9 @@ def validate_config(cfg: PretrainConfig) -> dict:
         fail("tokenizer", f"{cfg.tokenizer} is not a directory")
     if cfg.train_tokenizer is not None and cfg.train_tokenizer < 50:
         fail("train_tokenizer", f"vocabulary size must be >= 50, got {cfg.train_tokenizer}")
+    if cfg.tokenizer_sample is not None and cfg.train_tokenizer is None:
+        fail("tokenizer_sample", "samples the corpus for --train_tokenizer; give --train_tokenizer VOCAB_SIZE too "
+                                 "(a given --tokenizer is used as it is)")
     if cfg.seq_len < 8:
         fail("seq_len", f"must be >= 8, got {cfg.seq_len}")
     if cfg.model_name_or_path is not None:
@@ -334,6 +337,8 @@ def run_identity(cfg: PretrainConfig, ds_config: dict, world_size: int) -> dict:
         "--seq_len": cfg.seq_len,
         "--train_tokenizer": cfg.train_tokenizer,
         "--whole_word_mask": cfg.whole_word_mask,  # checkpoints from before the flag lack it: not compared
+        "--tokenizer_sample": cfg.tokenizer_sample,  # likewise (and --packing)
+        "--packing": cfg.packing,
         "number of ranks": world_size,
         "train_micro_batch_size_per_gpu": micro,
         "gradient_accumulation_steps": accumulation,
