@@ -211,17 +211,15 @@ def test_a_sample_needs_a_corpus_it_can_read_twice_and_batches_hold_strings(tmp_
 
 
 def test_the_run_trains_its_tokenizer_on_the_sample_and_records_it(tmp_path):
-    """Trainer._load_tokenizer passes --tokenizer_sample on (rank 0's part, without a process group)."""
-    from types import SimpleNamespace
-
+    """The run's tokenizer set-up (data.pretrain_data) passes --tokenizer_sample on (one rank: no process group)."""
     from mometas_ds.config import PretrainConfig
-    from mometas_ds.trainer import Trainer
+    from mometas_ds.data.pretrain_data import load_run_tokenizer
+    from mometas_ds.ranks import Ranks
 
     paths = _files(tmp_path)
     cfg = PretrainConfig(deepspeed_config="ds.json", train_files=paths, model_config="tiny", train_tokenizer=300,
                          tokenizer_sample=12, output_dir=str(tmp_path / "run"))
-    fake = SimpleNamespace(cfg=cfg, _on_rank0_first=lambda work: work())
-    tokenizer = Trainer._load_tokenizer(fake)
+    tokenizer = load_run_tokenizer(cfg, Ranks(rank=0, world_size=1))
     record = json.loads((tmp_path / "run" / "tokenizer" / TRAINING_RECORD).read_text())
     assert (record["tokenizer_sample"], record["documents_in_corpus"], record["documents_trained_on"]) == (12, 180, 12)
     assert len(tokenizer) == record["trained_vocab_size"]
