@@ -9,6 +9,7 @@ import torch
 from torch import nn
 from transformers import BertConfig, BertForMaskedLM, BertModel
 
+from .config.choices import MODEL_PRESETS
 from .errors import ConfigError, read_json_object
 from .objectives import Objective
 
@@ -21,14 +22,6 @@ HF_MLM_HEAD_KEYS = {
     "heads.mlm.layer_norm.weight": "cls.predictions.transform.LayerNorm.weight",
     "heads.mlm.layer_norm.bias": "cls.predictions.transform.LayerNorm.bias",
     "heads.mlm.bias": "cls.predictions.bias",
-}
-
-# Sizes of the presets; vocab_size and max_position_embeddings come from the tokenizer and seq_len.
-MODEL_PRESETS: Dict[str, dict] = {
-    "tiny": dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=2, intermediate_size=256),
-    "mini": dict(hidden_size=256, num_hidden_layers=4, num_attention_heads=4, intermediate_size=1024),
-    "base": dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072),
-    "large": dict(hidden_size=1024, num_hidden_layers=24, num_attention_heads=16, intermediate_size=4096),
 }
 
 

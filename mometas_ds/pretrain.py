@@ -5,10 +5,8 @@ from __future__ import annotations
 import os
 import sys
 
-import torch.distributed as dist
-
-from mometas_ds.checkpoint import CheckpointError, tag_for
-from mometas_ds.config import ConfigError, DataError, parse_args, preflight
+# Light: parsing the flags imports no torch, transformers or DeepSpeed, so --help and a bad flag answer at once.
+from mometas_ds.config import ConfigError, DataError, parse_args
 from mometas_ds.stop_signals import ignore_from_now
 
 
@@ -22,7 +20,10 @@ def main(argv=None) -> int:
 
 def _main(argv=None) -> int:
     cfg = parse_args(argv)
-    from mometas_ds.trainer import NonFiniteLossError, Trainer  # heavy (DeepSpeed, datasets): not for --help
+    # Heavy (torch, DeepSpeed, transformers, datasets): not for --help.
+    from mometas_ds.checkpoint import CheckpointError, tag_for
+    from mometas_ds.config import preflight
+    from mometas_ds.trainer import NonFiniteLossError, Trainer
 
     try:
         trainer = Trainer(cfg, preflight(cfg))  # every check, once, before the trainer builds anything
@@ -63,6 +64,8 @@ def _main(argv=None) -> int:
 def _destroy_process_group() -> None:
     # Gloo's threads outliving the interpreter abort the process at exit now and then
     # (SIGABRT, "terminate called without an active exception"): destroy the group first.
+    import torch.distributed as dist
+
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
 

@@ -3,11 +3,13 @@ file, before any work starts."""
 import glob
 import json
 import os
+import subprocess
+import sys
 
 import pytest
 
 from tests.pretrain_helpers import (
-    CPU_CONFIG, REPO_ROOT, pretrain_args, run_pretrain,
+    CPU_CONFIG, REPO_ROOT, pretrain_args, run_pretrain, subprocess_env,
 )
 
 
@@ -185,3 +187,42 @@ def test_tokenizer_that_cannot_serve_ends_like_a_bad_flag(assets, tmp_path):
         assert "mometas-pretrain: error: --tokenizer: " in result.stderr and cause in result.stderr, \
             result.stderr[-3000:]
         assert "Traceback" not in result.stderr
+
+
+# A fresh interpreter: mometas-pretrain's command line answers --help and a bad flag, then says which of the heavy
+# libraries it had imported by then (the parser is built from config.settings and config.cli only).
+_LIGHT_PARSER_PROBE = r"""
+import contextlib, io, json, sys
+from mometas_ds.pretrain import main
+codes, errors = [], []
+for argv in (["--help"], ["--deepspeed_config", "x.json", "--train_files", "a.jsonl", "--max_steps", "x"]):
+    err = io.StringIO()
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(err):
+        try:
+            main(argv)
+        except SystemExit as exc:
+            codes.append(exc.code)
+    errors.append(err.getvalue().strip().splitlines()[-1:])
+heavy = sorted({m.split(".")[0] for m in sys.modules} & {"torch", "transformers", "deepspeed", "datasets", "numpy"})
+checks = "mometas_ds.config.checks" in sys.modules
+print(json.dumps({"codes": codes, "errors": errors, "heavy": heavy, "checks": checks}))
+"""
+
+
+def test_help_and_a_bad_flag_import_no_torch_transformers_or_deepspeed():
+    done = subprocess.run([sys.executable, "-c", _LIGHT_PARSER_PROBE], env=subprocess_env(), cwd=REPO_ROOT,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    found = json.loads(done.stdout)
+    assert found["codes"] == [0, 2]
+    assert found["errors"][1] == ["mometas-pretrain: error: argument --max_steps: invalid int value: 'x'"]
+    assert found["heavy"] == [] and found["checks"] is False, found
+
+
+def test_the_light_copies_of_the_flag_choices_match_the_code_that_uses_them():
+    from mometas_ds import checkpoint, model, objectives
+    from mometas_ds.config import choices
+
+    assert choices.VERIFY_LEVELS == checkpoint.VERIFY_LEVELS  # defined twice: checkpoint.layout is not light
+    assert model.MODEL_PRESETS is choices.MODEL_PRESETS
+    assert objectives.DEFAULT_OBJECTIVES == tuple(objectives.available_objectives()[:5])

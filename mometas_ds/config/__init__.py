@@ -1,18 +1,28 @@
 """The pre-training run's settings (settings.py), its command line (cli.py) and the checks that run before
-any work (checks.py). Every name is importable from here, the error types too (defined in mometas_ds.errors)."""
+any work (checks.py). Every name is importable from here, the error types too (defined in mometas_ds.errors).
+
+The checks' names are imported on first use (PEP 562): they need torch, DeepSpeed and the model code, and
+building the command line (``--help``, a bad flag) must not wait for those."""
+import importlib
+
 from ..errors import ConfigError, DataError, read_json_object
-from .checks import (
-    ELASTIC, Preflight, check_batch_fields, check_resume_matches, check_tokenizer_fits_model, check_world_size,
-    check_writable, elastic_changes, import_user_module, objective_names_problem, preflight, read_model_config, run_identity,
-    validate_config,
-)
 from .cli import build_arg_parser, markdown_table, parse_args
 from .settings import PretrainConfig, bundled_ds_config, option, sampler_kwargs
 
+_CHECKS = (
+    "ELASTIC", "Preflight", "check_batch_fields", "check_resume_matches", "check_tokenizer_fits_model",
+    "check_world_size", "check_writable", "elastic_changes", "import_user_module", "objective_names_problem",
+    "preflight", "read_model_config", "run_identity", "validate_config",
+)
+
 __all__ = [
-    "ConfigError", "DataError", "read_json_object", "ELASTIC", "Preflight", "elastic_changes", "check_batch_fields", "check_resume_matches",
-    "check_tokenizer_fits_model", "check_world_size", "check_writable", "import_user_module",
-    "objective_names_problem", "preflight", "read_model_config", "run_identity", "validate_config",
+    "ConfigError", "DataError", "read_json_object", *_CHECKS,
     "build_arg_parser", "markdown_table", "parse_args", "PretrainConfig", "bundled_ds_config", "option",
     "sampler_kwargs",
 ]
+
+
+def __getattr__(name):
+    if name in _CHECKS:
+        return getattr(importlib.import_module(f"{__name__}.checks"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -11,9 +11,8 @@ import os
 from dataclasses import asdict, dataclass, field
 from typing import List, Optional
 
-from ..checkpoint import VERIFY_LEVELS
-from ..model import MODEL_PRESETS
-from ..objectives import DEFAULT_OBJECTIVES
+# The flags' choices from the model, objective and checkpoint code, without importing it (torch): see choices.py.
+from .choices import DEFAULT_OBJECTIVES, MODEL_PRESETS, VERIFY_LEVELS
 
 
 def _csv(value: str) -> List[str]:

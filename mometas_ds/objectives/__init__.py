@@ -5,7 +5,7 @@ from .registry import available_objectives, build_objective, objective_class, re
 # Built-ins register in this order; available_objectives() keeps it.
 from . import mlm, gmlm, atd, dtd, cse  # noqa: E402,F401
 
-DEFAULT_OBJECTIVES = ("mlm", "gmlm", "atd", "dtd", "cse")
+from ..config.choices import DEFAULT_OBJECTIVES  # defined there: --help reads it without importing torch
 
 __all__ = [
     "IGNORE_INDEX", "Objective", "SpecialTokens", "available_objectives", "build_objective",
