@@ -60,7 +60,7 @@ def compare(root: str, a: str, b: str) -> int:
         da, db = os.path.join(root, a, name), os.path.join(root, b, name)
         ma = [json.loads(line) for line in _lines(os.path.join(da, "metrics.jsonl"))]
         mb = [json.loads(line) for line in _lines(os.path.join(db, "metrics.jsonl"))]
-        strip = [{k: v for k, v in r.items() if k not in TIMING} for r in ma], [{k: v for k, v in r.items() if k not in TIMING} for r in mb]
+        strip = [[{k: v for k, v in r.items() if k not in TIMING} for r in rows] for rows in (ma, mb)]
         if strip[0] != strip[1]:
             problems.append(f"{name}: metrics.jsonl differs")
         files = ["sampler.jsonl"] + [os.path.join("trace", f"rank{r}.txt") for r in range(ranks)]

@@ -22,7 +22,8 @@ def build_engine(model, ds_config: dict, max_steps: int, rank: int = 0):
     client_optimizer = None
     if opt_cfg.get("type", "").lower() == "lamb" and get_accelerator().device_name() == "cpu":
         # DeepSpeed's FusedLamb has no CPU kernel: same hyper-parameters, torch implementation.
-        params = {k: v for k, v in opt_cfg.get("params", {}).items() if k in ("lr", "betas", "eps", "weight_decay", "max_coeff", "min_coeff", "bias_correction")}
+        lamb_keys = ("lr", "betas", "eps", "weight_decay", "max_coeff", "min_coeff", "bias_correction")
+        params = {k: v for k, v in opt_cfg.get("params", {}).items() if k in lamb_keys}
         client_optimizer = Lamb(groups, **params)
         del ds_config["optimizer"]
         # ZeRO accepts optimizers outside its tested list only when told to; ours is a plain torch.optim one.

@@ -78,7 +78,8 @@ class MultiObjectiveBert(nn.Module):
     @classmethod
     def from_pretrained(cls, path: str, objectives: Mapping[str, Objective]) -> "MultiObjectiveBert":
         """Continual pre-training from a local HF checkpoint: the encoder, and the mlm head too when the
-        checkpoint has one (a BertForMaskedLM / BertForPreTraining one, e.g. bert-large-uncased); other heads start fresh."""
+        checkpoint has one (a BertForMaskedLM / BertForPreTraining one, e.g. bert-large-uncased); other heads start
+        fresh."""
         if not os.path.isdir(path):
             raise ValueError(f"--model_name_or_path {path}: not a local directory (no model hub here)")
         # BertForMaskedLM loads an encoder-only checkpoint too, reporting its cls.* weights as missing.

@@ -1,5 +1,6 @@
-"""Entry point (absolute imports, so the file also runs as a script path, as DeepSpeed's slurm launcher needs): ``deepspeed --module mometas_ds.pretrain --deepspeed_config ds_configs/X.json ...``,
-``mometas-pretrain ...``, or ``python -m mometas_ds.pretrain ...`` in a single process."""
+"""Entry point (absolute imports, so the file also runs as a script path, as DeepSpeed's slurm launcher needs):
+``deepspeed --module mometas_ds.pretrain --deepspeed_config ds_configs/X.json ...``, ``mometas-pretrain ...``,
+or ``python -m mometas_ds.pretrain ...`` in a single process."""
 from __future__ import annotations
 
 import os

@@ -17,7 +17,8 @@ CPU_CONFIG = bundled_ds_config("cpu_demo.json")
 GPU_CONFIG = bundled_ds_config("bert_base_zero2.json")
 ARMS = ["single", "uniform", "mometas"]
 # --quick: sized to finish in a few minutes on a 2-core CPU with 1 or 2 ranks.
-# Its ratio of meta-validation forwards to training steps is the paper's: (8 / 8) x 5 per 25 steps = (128 / 32) x 5 per 100.
+# Its ratio of meta-validation forwards to training steps is the paper's:
+# (8 / 8) x 5 per 25 steps = (128 / 32) x 5 per 100.
 QUICK = dict(model="tiny", seq_len=32, interval=25, meta_batch_size=8, rounds=4, warmup_steps=3, probe_reps=3)
 DEFAULTS = dict(model="tiny", seq_len=128, interval=100, meta_batch_size=128, rounds=5, warmup_steps=10, probe_reps=5)
 
@@ -68,9 +69,11 @@ def build_arg_parser() -> argparse.ArgumentParser:
     p.add_argument("--seq_len", type=int, default=None,
                    help=f"tokens per sequence (default {DEFAULTS['seq_len']}; --quick: {QUICK['seq_len']})")
     p.add_argument("--micro_batch", type=int, default=None,
-                   help="sequences per micro-batch per rank; overrides the DeepSpeed config's train_micro_batch_size_per_gpu")
+                   help="sequences per micro-batch per rank; overrides the DeepSpeed config's "
+                   "train_micro_batch_size_per_gpu")
     p.add_argument("--interval", type=int, default=None,
-                   help=f"optimizer steps between MOMETAS updates (default {DEFAULTS['interval']}; --quick: {QUICK['interval']})")
+                   help=f"optimizer steps between MOMETAS updates (default {DEFAULTS['interval']}; "
+                   f"--quick: {QUICK['interval']})")
     p.add_argument("--meta_batch_size", type=int, default=None,
                    help="meta-validation sequences per objective per update, split across ranks "
                    f"(default {DEFAULTS['meta_batch_size']}; --quick: {QUICK['meta_batch_size']})")
@@ -82,7 +85,8 @@ def build_arg_parser() -> argparse.ArgumentParser:
                    help="DeepSpeed JSON config (default: ds_configs/cpu_demo.json on the CPU, "
                    "ds_configs/bert_base_zero2.json on a GPU)")
     p.add_argument("--rounds", type=int, default=None,
-                   help=f"interleaved rounds; figures are medians over them (default {DEFAULTS['rounds']}; --quick: {QUICK['rounds']})")
+                   help=f"interleaved rounds; figures are medians over them (default {DEFAULTS['rounds']}; "
+                   f"--quick: {QUICK['rounds']})")
     p.add_argument("--block_steps", type=int, default=None,
                    help="optimizer steps per arm per round (the arms take turns within it), a multiple of --interval "
                    "(default: --interval)")
@@ -91,17 +95,20 @@ def build_arg_parser() -> argparse.ArgumentParser:
     p.add_argument("--warmup_steps", type=int, default=None, help="untimed steps of each arm before the rounds")
     p.add_argument("--probe_reps", type=int, default=None,
                    help="eval forwards of each objective per round in the forward-cost probe")
-    p.add_argument("--vocab_size", type=int, default=30522, help="vocabulary of the synthetic tokens and the model (BERT: 30522)")
+    p.add_argument("--vocab_size", type=int, default=30522,
+                   help="vocabulary of the synthetic tokens and the model (BERT: 30522)")
     p.add_argument("--meta_lr", type=float, default=0.1, help="MOMETAS policy learning rate")
     p.add_argument("--meta_gamma", type=float, default=2.0, help="MOMETAS entropy weight")
     p.add_argument("--seed", type=int, default=1234)
     p.add_argument("--torch_adam", action="store_true",
-                   help="set the config's AdamW to torch.optim.AdamW (\"torch_adam\": true): no JIT build of DeepSpeed's "
-                   "FusedAdam, which needs nvcc; the same optimizer in every arm")
+                   help="set the config's AdamW to torch.optim.AdamW (\"torch_adam\": true): no JIT build of "
+                   "DeepSpeed's FusedAdam, which needs nvcc; the same optimizer in every arm")
     p.add_argument("--quick", action="store_true",
-                   help="small settings that finish in a few minutes on a 2-core CPU (flags given explicitly still win)")
+                   help="small settings that finish in a few minutes on a 2-core CPU "
+                   "(flags given explicitly still win)")
     p.add_argument("--ranks", type=int, default=None,
-                   help="run on N ranks: re-launches this command through the deepspeed launcher (default: as launched)")
+                   help="run on N ranks: re-launches this command through the deepspeed launcher "
+                   "(default: as launched)")
     p.add_argument("--json", default=None, metavar="PATH", help="write every figure to this JSON file")
     p.add_argument("--local_rank", "--local-rank", type=int, default=-1, help="set by the deepspeed launcher")
     return p
@@ -121,7 +128,8 @@ def parse_args(argv=None) -> BenchConfig:
         objectives = values.get("objectives", list(DEFAULT_OBJECTIVES))
         values["single_objective"] = "mlm" if "mlm" in objectives else (objectives[0] if objectives else "mlm")
     cfg = BenchConfig(**values)
-    cfg.argv = [a for a in (argv if argv is not None else sys.argv[1:]) if not a.startswith(("--local_rank", "--local-rank"))]
+    given = argv if argv is not None else sys.argv[1:]
+    cfg.argv = [a for a in given if not a.startswith(("--local_rank", "--local-rank"))]
     if cfg.block_steps is None:
         cfg.block_steps = cfg.interval
     validate(cfg)
@@ -144,7 +152,8 @@ def validate(cfg: BenchConfig) -> None:
     if cfg.ranks is not None and cfg.ranks < 1:
         fail("ranks", f"must be >= 1, got {cfg.ranks}")
     if cfg.ranks is not None and cfg.meta_batch_size % cfg.ranks:
-        fail("meta_batch_size", f"{cfg.meta_batch_size} sequences per objective do not divide across --ranks {cfg.ranks}")
+        fail("meta_batch_size",
+             f"{cfg.meta_batch_size} sequences per objective do not divide across --ranks {cfg.ranks}")
     if cfg.block_steps % cfg.interval:
         fail("block_steps", f"{cfg.block_steps} is not a multiple of --interval {cfg.interval}: every MOMETAS block "
              "must hold whole update intervals, or its cost depends on where the block falls")

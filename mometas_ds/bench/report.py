@@ -137,7 +137,8 @@ def summarize(bench, blocks: List[Block], probes, warmup_s: float, elapsed_s: fl
         "elapsed_s": elapsed_s,
         "method": (
             "rounds of block_steps steps per arm, arms taking turns of turn_steps steps in a random order per turn; an "
-            "arm's time = sum of its timed steps and sampler-update calls; medians over rounds; overhead_pct = median over rounds of "
+            "arm's time = sum of its timed steps and sampler-update calls; medians over rounds; "
+            "overhead_pct = median over rounds of "
             "T(mometas block) / U* - 1, U* = MOMETAS's drawn micro-steps priced at the uniform arm's mean "
             "micro-step cost per objective in the same round; uniform and MOMETAS share the sampler seed "
             "(draw_agreement = fraction of steps with the same objective); train_step_s = U* / steps; "
@@ -207,11 +208,14 @@ def format_report(result: dict) -> str:
         f"  MOMETAS overhead vs uniform at MOMETAS's objective mix (median of {c['rounds']} rounds): "
         f"{result['overhead_pct']:+.2f} %",
         f"    per round: {', '.join(f'{x:+.2f}' for x in result['overhead_pct_rounds'])} %;  raw samples/s ratio, "
-        f"not mix-adjusted: {result['raw_overhead_pct']:+.2f} %;  same draw as uniform at {100 * result['draw_agreement']:.0f} % of steps",
+        f"not mix-adjusted: {result['raw_overhead_pct']:+.2f} %;  "
+        f"same draw as uniform at {100 * result['draw_agreement']:.0f} % of steps",
         f"  breakdown per sampler update (timed directly), as % of {c['interval']} steps x "
         f"{1e3 * result['train_step_s']:.2f} ms:",
-        f"    meta-validation forward      {1e3 * b['meta_forward_s_per_update']:9.1f} ms  {b['meta_forward_pct']:6.2f} %",
-        f"    meta-validation corruption   {1e3 * b['meta_corrupt_s_per_update']:9.1f} ms  {b['meta_corrupt_pct']:6.2f} %",
+        f"    meta-validation forward      {1e3 * b['meta_forward_s_per_update']:9.1f} ms  "
+        f"{b['meta_forward_pct']:6.2f} %",
+        f"    meta-validation corruption   {1e3 * b['meta_corrupt_s_per_update']:9.1f} ms  "
+        f"{b['meta_corrupt_pct']:6.2f} %",
         f"    {update_label:<28} {1e3 * b['sampler_update_s_per_update']:9.1f} ms  {b['sampler_update_pct']:6.2f} %",
         f"    sum of the above                            {b['direct_overhead_pct']:6.2f} %",
         f"    rest (slower training steps, noise)         {b['rest_pct']:6.2f} %",

@@ -115,7 +115,8 @@ class Bench:
 
     # -------------------------------------------------------------- running
     def _meta_update(self, arm: TrainStep) -> None:
-        # Every sampler gets its update call at the interval, as in Trainer.train (rule-based ones only clear the rollout).
+        # Every sampler gets its update call at the interval, as in Trainer.train (rule-based ones only clear the
+        # rollout).
         self.timer.phase = "meta"
         try:
             with self.timer.measure("meta_update"):
@@ -145,7 +146,8 @@ class Bench:
             self._optimizer_step(self._train_step(sampler, single.batches, dataclasses.replace(single.state)), [])
 
     def timed_step(self, arm: str, block: Block) -> None:
-        """One optimizer step of ``arm``, preceded by the sampler update that its last step made due; booked to ``block``.
+        """One optimizer step of ``arm``, preceded by the sampler update that its last step made due; booked to
+        ``block``.
 
         The update runs at the start of the arm's next step rather than at the end of the step that
         completed the interval: the same order of work as in Trainer.train, and whatever the update

@@ -26,7 +26,8 @@ def build_arg_parser() -> argparse.ArgumentParser:
     for f in fields(PretrainConfig):
         meta = f.metadata
         default = None if meta["argparse"].get("required") else _default(f)
-        p.add_argument(f"--{f.name}", *meta["flags"], dest=f.name, default=default, help=meta["help"], **meta["argparse"])
+        p.add_argument(f"--{f.name}", *meta["flags"], dest=f.name, default=default, help=meta["help"],
+                       **meta["argparse"])
         if f.name == "deepspeed_config":
             p.add_argument(LAUNCHER_FLAG[0], action="store_true", help=LAUNCHER_FLAG[1])
     return p
@@ -61,7 +62,8 @@ def markdown_table() -> str:
 def main(argv: List[str] = None) -> int:
     p = argparse.ArgumentParser(prog="python -m mometas_ds.config",
                                 description="Print the options of mometas-pretrain for the docs.")
-    p.add_argument("--markdown", action="store_true", help="print every option as a markdown table (flag, type, default, help)")
+    p.add_argument("--markdown", action="store_true",
+                   help="print every option as a markdown table (flag, type, default, help)")
     ns = p.parse_args(argv)
     if not ns.markdown:
         p.print_help()

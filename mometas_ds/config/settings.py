@@ -45,7 +45,8 @@ def option(default=None, help: str = "", *, flags: tuple = (), factory=None, **a
 @dataclass
 class PretrainConfig:
     deepspeed_config: Optional[str] = option(
-        None, "DeepSpeed JSON config (batch sizes, optimizer, scheduler, ZeRO stage, bf16/fp16), e.g. ds_configs/cpu_demo.json",
+        None, "DeepSpeed JSON config (batch sizes, optimizer, scheduler, ZeRO stage, bf16/fp16), "
+        "e.g. ds_configs/cpu_demo.json",
         flags=("--deepspeed-config",), required=True)
     train_files: List[str] = option(
         help="corpus files or globs: .jsonl, .jsonl.gz, .txt, .parquet, or datasets.save_to_disk directories",
@@ -79,14 +80,16 @@ class PretrainConfig:
         help="Python files or modules to import first: they register your own objectives or samplers",
         factory=list, nargs="+", metavar="FILE_OR_MODULE")
     sampler: str = option("mometas", "objective sampler: mometas (default, as in the paper), mometas_credit "
-                          "(per-objective credit: docs/sampler_study.md), uniform, round_robin, fixed, temperature, exp3")
+                          "(per-objective credit: docs/sampler_study.md), uniform, round_robin, fixed, temperature, "
+                          "exp3")
     sampler_args: dict = option(
         help='extra sampler keyword arguments as JSON, e.g. \'{"weights": [2,1,1,1,1]}\' or \'{"prob_floor": 0.05}\'',
         factory=dict, type=json.loads)
     meta_interval: int = option(100, "optimizer steps between sampler updates (K)", type=int)
     meta_lr: float = option(0.1, "SGD learning rate of the sampler's policy", type=float)
     meta_gamma: float = option(2.0, "entropy weight of the sampler's policy loss", type=float)
-    meta_batch_size: int = option(128, "meta-validation sequences per objective per update, split across ranks", type=int)
+    meta_batch_size: int = option(
+        128, "meta-validation sequences per objective per update, split across ranks", type=int)
     max_steps: int = option(1000, "optimizer steps of the whole schedule", type=int)
     steps_this_run: Optional[int] = option(
         None, "stop after this many steps with a checkpoint, without changing the schedule (resume later)", type=int)

@@ -151,6 +151,7 @@ def fused_linear_cross_entropy(hidden, weight, target, bias=None, ignore_index=-
     target_1d = target.reshape(-1).long()
     needs_grad = any(t is not None and t.requires_grad for t in (hidden, weight, bias))
     if torch.is_grad_enabled() and needs_grad:
-        return FusedLinearCrossEntropyFunction.apply(hidden_2d, weight, bias, target_1d, ignore_index, reduction, module)
+        return FusedLinearCrossEntropyFunction.apply(hidden_2d, weight, bias, target_1d, ignore_index, reduction,
+                                                     module)
     loss, *_ = linear_cross_entropy_chunked(hidden_2d, weight, bias, target_1d, ignore_index, reduction, module)
     return loss
