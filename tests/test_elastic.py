@@ -207,6 +207,44 @@ def test_prune_deletes_a_tags_universal_copy_and_a_damaged_copy_is_not_intact(tm
 
 
 # ------------------------------------------------------------------------------------------- a real phase change
+def saved_zero_states(tag_dir):
+    """{parameter name: {"fp32", "exp_avg", "exp_avg_sq": flat tensor}} and Adam's step, read from a tag's ZeRO
+    partition files (stages 1-3, any number of ranks), independently of DeepSpeed's converter."""
+    import glob
+
+    from mometas_ds.checkpoint.loading import safe_load
+
+    def rank_of(path):
+        return int(os.path.basename(path).split("zero_pp_rank_")[1].split("_")[0])
+
+    files = sorted(glob.glob(os.path.join(tag_dir, "*zero_pp_rank_*_optim_states.pt")), key=rank_of)
+    parts = [safe_load(path)["optimizer_state_dict"] for path in files]
+    if "fp32_flat_groups" not in parts[0]:  # ZeRO 1/2, saved on one rank: the slice mappings name each parameter
+        assert len(parts) == 1, "a ZeRO 1/2 tag of one rank"
+        zero, saved = parts[0], {}
+        for group, mapping in enumerate(zero["param_slice_mappings"]):
+            flat = {"fp32": zero["single_partition_of_fp32_groups"][group], **{
+                key: zero["base_optimizer_state"]["state"][group][key] for key in ("exp_avg", "exp_avg_sq")}}
+            for name, fragment in mapping.items():
+                saved[name] = {key: t.narrow(0, fragment.start, fragment.numel) for key, t in flat.items()}
+        return saved, float(zero["base_optimizer_state"]["state"][0]["step"])
+    # ZeRO-3: rank R holds ceil(numel / ranks) elements of every parameter (the last zero-padded), one flat
+    # tensor per sub-group, in the order of the model-states file's param_shapes.
+    shapes = safe_load(glob.glob(os.path.join(tag_dir, "zero_pp_rank_0_*model_states.pt"))[0])["param_shapes"]
+    saved = {}
+    for group, group_shapes in enumerate(shapes):
+        flats = [{"fp32": part["fp32_flat_groups"][group], **{
+            key: part["optimizer_state_dict"]["state"][group][key] for key in ("exp_avg", "exp_avg_sq")}}
+            for part in parts]
+        offset = 0
+        for name, shape in group_shapes.items():
+            numel, width = shape.numel(), -(-shape.numel() // len(parts))
+            saved[name] = {key: torch.cat([flat[key].narrow(0, offset, width) for flat in flats])[:numel]
+                           for key in ("fp32", "exp_avg", "exp_avg_sq")}
+            offset += width
+    return saved, float(parts[0]["optimizer_state_dict"]["state"][0]["step"])
+
+
 @pytest.mark.integration
 def test_resume_at_seq128_on_two_ranks_keeps_optimizer_scheduler_sampler_and_counters(assets, tmp_path):
     """Saved at seq 64 on 1 rank (micro-batch 4, ZeRO 2), resumed at seq 128 on 2 ranks (micro-batch 2) through
