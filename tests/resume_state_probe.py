@@ -38,7 +38,8 @@ def main() -> None:
     base = getattr(engine.optimizer, "optimizer", engine.optimizer)
     groups = [{k: v for k, v in group.items() if k != "params"} for group in base.param_groups]
     steps = sorted({float(state["step"]) for state in base.state.values() if "step" in state})
-    torch.save({"params": params, "optimizer": optimizer, "param_groups": groups, "adam_steps": steps, "lr_scheduler": engine.lr_scheduler.state_dict(),
+    torch.save({"params": params, "optimizer": optimizer, "param_groups": groups, "adam_steps": steps,
+                "lr_scheduler": engine.lr_scheduler.state_dict(),
                 "global_steps": engine.global_steps, "sampler": trainer.sampler.state_dict(),
                 "train_state": trainer.state.state_dict(), "data": trainer.batches.state_dict(),
                 "world_size": trainer.world_size, "micro_batch": trainer.micro_batch},

@@ -354,8 +354,8 @@ def run_identity(cfg: PretrainConfig, ds_config: dict, world_size: int) -> dict:
 # of ranks reshape only how the same global state is split (ZeRO partitions go through DeepSpeed's universal
 # checkpoint, checkpoint.universal), and --seq_len repacks the corpus (the data position carries in tokens).
 ELASTIC = ("--seq_len", "number of ranks", "train_micro_batch_size_per_gpu", "gradient_accumulation_steps")
-# May change too, but only between ZeRO stages 1-3 (the optimizer state is re-split through the universal copy,
-# which holds fp32 master weights and moments whatever the run's precision) and only between fp32 and bf16.
+# May change too, through the universal copy (checkpoint.universal; it holds fp32 master weights and moments
+# whatever the run's precision): the stage between 1 and 2, the precision between fp32 and bf16 under ZeRO 1-3.
 THROUGH_UNIVERSAL = ("zero_optimization.stage", "precision (bf16/fp16)")
 UNIVERSAL_PRECISIONS = ("fp32", "bf16")
 
@@ -364,9 +364,15 @@ def universal_refusal(saved: dict, ours: dict) -> Optional[str]:
     """Why a change of ZeRO stage or precision between a checkpoint (``saved``) and this run (``ours``: both
     run_identity dicts) cannot go through DeepSpeed's universal checkpoint, or None when it can."""
     stages = (saved["zero_optimization.stage"], ours["zero_optimization.stage"])
+    if stages[0] != stages[1] and not set(stages) <= {1, 2}:
+        return ("the stage may change between 1 and 2 only: stage 0 keeps one replicated optimizer state (in the "
+                "model-states file) that DeepSpeed's universal checkpoint neither converts nor loads, and DeepSpeed "
+                "0.19.8 converts a stage-3 tag and a stage-1/2 tag into different layouts that only the same kind of "
+                "stage loads (per-rank stage-3 model-states files, the optimizer's global state, per-parameter "
+                "files): resume with the stage that saved it")
     if 0 in stages:
-        return ("ZeRO stage 0 keeps one replicated optimizer state (in the model-states file), which DeepSpeed's "
-                "universal checkpoint neither converts nor loads: the stage may change among 1, 2 and 3 only")
+        return ("ZeRO stage 0 keeps one replicated optimizer state that DeepSpeed's universal checkpoint neither "
+                "converts nor loads, so the precision of a stage-0 run cannot change")
     precisions = (saved["precision (bf16/fp16)"], ours["precision (bf16/fp16)"])
     if precisions[0] != precisions[1] and "fp16" in precisions:
         return ("fp16 keeps a dynamic loss scale that a change of precision would drop or invent: the precision may "
