@@ -1,6 +1,7 @@
-"""DeepSpeed's universal checkpoint, for a resume on another number of ranks under ZeRO 1/2.
+"""DeepSpeed's universal checkpoint, for a resume under ZeRO 1-3 on another number of ranks, another stage (1 <-> 2)
+or another precision (fp32 <-> bf16).
 
-ZeRO stages 1 and 2 save each rank's partition of the fp32 master weights and Adam moments; DeepSpeed's own
+ZeRO stages 1-3 save each rank's partition of the fp32 master weights and Adam moments; DeepSpeed's own
 load refuses another data-parallel size. Its converter (``deepspeed.checkpoint.ds_to_universal``) rewrites a
 tag as one file per parameter and state (``zero/<param>/{fp32,exp_avg,exp_avg_sq}.pt``), which its engine
 loads into any partitioning (``checkpoint.load_universal``). We convert a verified tag once, on rank 0, into
@@ -8,7 +9,7 @@ loads into any partitioning (``checkpoint.load_universal``). We convert a verifi
 its own, then renamed into place, so a kill mid-conversion leaves no half copy that looks finished. Its name
 is not a tag (``step<N>``): listing, ``--resume auto`` and the tag verification never take it for one;
 ``prune`` deletes it with its tag. Stage 0 (one optimizer state, replicated) loads on any number of ranks as
-it is; stage 3 is refused before any work (config.checks.UNIVERSAL_STAGES).
+it is; which stage and precision changes are allowed is decided before any work (config.checks.universal_refusal).
 """
 from __future__ import annotations
 
