@@ -33,7 +33,13 @@ def main() -> None:
                         "exp_avg_sq": safe_get_full_optimizer_state(param, "exp_avg_sq").clone()}
     # Without ZeRO the optimizer is the torch one, its state replicated: its state_dict is comparable as it is.
     optimizer = engine.optimizer.state_dict() if engine.zero_optimization_stage() == 0 else None
-    torch.save({"params": params, "optimizer": optimizer, "lr_scheduler": engine.lr_scheduler.state_dict(),
+    # The torch optimizer under ZeRO's wrapper: its groups' hyperparameters (weight decay per group) and Adam's
+    # step count, which DeepSpeed's universal load sets apart from the moments.
+    base = getattr(engine.optimizer, "optimizer", engine.optimizer)
+    groups = [{k: v for k, v in group.items() if k != "params"} for group in base.param_groups]
+    steps = sorted({float(state["step"]) for state in base.state.values() if "step" in state})
+    torch.save({"params": params, "optimizer": optimizer, "param_groups": groups, "adam_steps": steps,
+                "lr_scheduler": engine.lr_scheduler.state_dict(),
                 "global_steps": engine.global_steps, "sampler": trainer.sampler.state_dict(),
                 "train_state": trainer.state.state_dict(), "data": trainer.batches.state_dict(),
                 "world_size": trainer.world_size, "micro_batch": trainer.micro_batch},

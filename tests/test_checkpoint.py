@@ -164,12 +164,15 @@ def test_resume_refuses_a_checkpoint_written_by_a_run_with_other_settings(tmp_pa
         resume(meta_lr=0.5)
     with pytest.raises(ConfigError, match="--seed was 1234, now 1"):
         resume(seed=1)
-    resume(world_size=1)  # another number of ranks resumes (issue 19: ZeRO 1/2 through the universal checkpoint)
-    bf16 = tmp_path / "bf16.json"
+    resume(world_size=1)  # another number of ranks resumes (issue 19: ZeRO 1-3 through the universal checkpoint)
+    bf16, fp16 = tmp_path / "bf16.json", tmp_path / "fp16.json"
     with open(CPU_CONFIG) as f:
-        bf16.write_text(json.dumps({**json.load(f), "bf16": {"enabled": True}}))
-    with pytest.raises(ConfigError, match=r"bf16.json: precision \(bf16/fp16\) was 'fp32', now 'bf16'"):
-        resume(deepspeed_config=str(bf16))
+        base = json.load(f)
+    bf16.write_text(json.dumps({**base, "bf16": {"enabled": True}}))
+    fp16.write_text(json.dumps({**base, "fp16": {"enabled": True}}))
+    resume(deepspeed_config=str(bf16))  # fp32 -> bf16 under ZeRO-2: through the universal checkpoint
+    with pytest.raises(ConfigError, match=r"fp16.json: precision \(bf16/fp16\) was 'fp32', now 'fp16'"):
+        resume(deepspeed_config=str(fp16))
 
 
 def test_checkpoints_that_would_load_random_or_half_precision_weights(assets, tmp_path):

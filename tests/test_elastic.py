@@ -159,26 +159,82 @@ def test_resume_may_change_seq_len_batch_shape_and_ranks_but_not_the_experiment(
         resume(whole_word_mask=True)
     with pytest.raises(ConfigError, match="--packing was 'packed', now 'per_document'"):
         resume(packing="per_document")
-    with pytest.raises(ConfigError, match=r"stage3.json: zero_optimization.stage was 2, now 3"):
+    # ZeRO stage 1 <-> 2 and fp32 <-> bf16 go through the universal copy (with more ranks too) ...
+    resume(deepspeed_config=_ds_config(tmp_path, "stage1", zero_optimization={"stage": 1}), world_size=2)
+    resume(deepspeed_config=_ds_config(tmp_path, "bf16", bf16={"enabled": True}))
+    # ... to or from stage 0 or 3 (another converted layout) and to fp16 (a loss scale) they do not.
+    with pytest.raises(ConfigError, match=r"stage3.json: zero_optimization.stage was 2, now 3 \(the stage may change "
+                                          r"between 1 and 2 only: .*resume with the stage that saved it\)"):
         resume(deepspeed_config=_ds_config(tmp_path, "stage3", zero_optimization={"stage": 3}))
-    with pytest.raises(ConfigError, match=r"bf16.json: precision \(bf16/fp16\) was 'fp32', now 'bf16'"):
-        resume(deepspeed_config=_ds_config(tmp_path, "bf16", bf16={"enabled": True}))
+    with pytest.raises(ConfigError, match=r"stage0.json: zero_optimization.stage was 2, now 0 \(.*stage 0 keeps one "
+                                          r"replicated optimizer state"):
+        resume(deepspeed_config=_ds_config(tmp_path, "stage0", zero_optimization={"stage": 0}))
+    with pytest.raises(ConfigError, match=r"fp16.json: precision \(bf16/fp16\) was 'fp32', now 'fp16' \(fp16 keeps "
+                                          r"a dynamic loss scale.*between fp32 and bf16 only\)"):
+        resume(deepspeed_config=_ds_config(tmp_path, "fp16", fp16={"enabled": True}))
+    # Both at once: each is named.
+    with pytest.raises(ConfigError, match=r"stage was 2, now 3; .*precision \(bf16/fp16\) was 'fp32', now 'bf16'"):
+        resume(deepspeed_config=_ds_config(tmp_path, "stage3bf16", zero_optimization={"stage": 3},
+                                           bf16={"enabled": True}))
     # Position embeddings follow --seq_len from scratch (max(512, seq_len)): past 512 the model would differ.
     with pytest.raises(ConfigError, match=r"--seq_len: 1024 would build a model with 1024 position embeddings, but "
                                           r"checkpoint .*step6 \(written at --seq_len 64\) holds 512.*seq_len <= 512"):
         resume(seq_len=1024)
 
 
-def test_a_rank_count_change_under_zero3_stops_before_any_work(tmp_path):
+def test_zero3_may_change_its_rank_count_and_precision_but_stage0_only_its_rank_count(tmp_path):
     from mometas_ds.config import ConfigError, PretrainConfig, check_world_size, validate_config
 
     stage3 = _ds_config(tmp_path, "z3", zero_optimization={"stage": 3})
     written = _write_identity(tmp_path, world_size=2, ds_config=stage3)
     cfg = PretrainConfig(**{**written.__dict__, "resume": "auto", "seq_len": 128})
-    check_world_size(cfg, validate_config(cfg), 2)  # same ranks, longer rows: allowed
-    with pytest.raises(ConfigError, match=r"written by 2 rank\(s\), this run has 4: with .*z3.json: "
-                                          r"zero_optimization.stage 3 .*universal checkpoint.*stages 1, 2 only"):
-        check_world_size(cfg, validate_config(cfg), 4)
+    check_world_size(cfg, validate_config(cfg), 2)  # same ranks, longer rows
+    check_world_size(cfg, validate_config(cfg), 4)  # a requeue onto more GPUs: the universal copy re-splits it
+    check_world_size(cfg, validate_config(cfg), 1)
+    bf16 = PretrainConfig(**{**cfg.__dict__, "deepspeed_config": _ds_config(
+        tmp_path, "z3bf16", zero_optimization={"stage": 3}, bf16={"enabled": True})})
+    check_world_size(bf16, validate_config(bf16), 4)
+    with pytest.raises(ConfigError, match=r"z2.json: zero_optimization.stage was 3, now 2 \(the stage may change "
+                                          r"between 1 and 2 only"):
+        two = PretrainConfig(**{**cfg.__dict__, "deepspeed_config": _ds_config(tmp_path, "z2")})
+        check_world_size(two, validate_config(two), 2)
+
+
+def test_stage0_may_not_change_its_precision(tmp_path):
+    from mometas_ds.config import ConfigError, PretrainConfig, check_world_size, validate_config
+
+    written = _write_identity(tmp_path, ds_config=_ds_config(tmp_path, "z0", zero_optimization={"stage": 0}))
+    cfg = PretrainConfig(**{**written.__dict__, "resume": "auto"})
+    check_world_size(cfg, validate_config(cfg), 2)
+    bf16 = PretrainConfig(**{**cfg.__dict__, "deepspeed_config": _ds_config(
+        tmp_path, "z0bf16", zero_optimization={"stage": 0}, bf16={"enabled": True})})
+    with pytest.raises(ConfigError, match=r"precision \(bf16/fp16\) was 'fp32', now 'bf16' \(ZeRO stage 0 keeps one "
+                                          r"replicated optimizer state.*precision of a stage-0 run cannot change\)"):
+        check_world_size(bf16, validate_config(bf16), 1)
+
+
+def test_needs_universal_for_another_rank_count_stage_or_precision(tmp_path):
+    import types
+
+    from mometas_ds.checkpoint import RUN_IDENTITY_FILE, needs_universal
+
+    def engine(stage, ranks, precision="fp32"):
+        return types.SimpleNamespace(zero_optimization_stage=lambda: stage, dp_world_size=ranks,
+                                     bfloat16_enabled=lambda: precision == "bf16",
+                                     fp16_enabled=lambda: precision == "fp16")
+
+    tag = tmp_path / "step4"
+    tag.mkdir()
+    (tag / RUN_IDENTITY_FILE).write_text(json.dumps({"zero_optimization.stage": 2, "precision (bf16/fp16)": "fp32"}))
+    assert not needs_universal(engine(2, 2), str(tag))  # a stage-0 tag (no partition files) loads as it is
+    for rank in range(2):
+        (tag / f"zero_pp_rank_{rank}_mp_rank_00_optim_states.pt").write_bytes(b"")
+    assert not needs_universal(engine(2, 2), str(tag))  # the same shape: DeepSpeed's plain load
+    assert not needs_universal(engine(0, 4), str(tag))  # stage 0 never loads a universal copy
+    assert needs_universal(engine(2, 4), str(tag)) and needs_universal(engine(3, 1), str(tag))
+    assert needs_universal(engine(1, 2), str(tag)) and needs_universal(engine(2, 2, "bf16"), str(tag))
+    (tag / RUN_IDENTITY_FILE).unlink()  # a tag without identity: only the partition count is known
+    assert not needs_universal(engine(1, 2, "bf16"), str(tag)) and needs_universal(engine(1, 3), str(tag))
 
 
 # ------------------------------------------------------------------------------------------- the universal copy
@@ -207,85 +263,160 @@ def test_prune_deletes_a_tags_universal_copy_and_a_damaged_copy_is_not_intact(tm
 
 
 # ------------------------------------------------------------------------------------------- a real phase change
-@pytest.mark.integration
-def test_resume_at_seq128_on_two_ranks_keeps_optimizer_scheduler_sampler_and_counters(assets, tmp_path):
-    """Saved at seq 64 on 1 rank (micro-batch 4, ZeRO 2), resumed at seq 128 on 2 ranks (micro-batch 2) through
-    the deepspeed launcher: every fp32 master weight and Adam moment loaded equals the saved one, and so do the
-    scheduler step, the sampler state and the counters; it trains on to --max_steps with finite losses."""
+def saved_zero_states(tag_dir):
+    """{parameter name: {"fp32", "exp_avg", "exp_avg_sq": flat tensor}} and Adam's step, read from a tag's ZeRO
+    partition files (stages 1-3, any number of ranks), independently of DeepSpeed's converter."""
+    import glob
+
+    from mometas_ds.checkpoint.loading import safe_load
+
+    def rank_of(path):
+        return int(os.path.basename(path).split("zero_pp_rank_")[1].split("_")[0])
+
+    files = sorted(glob.glob(os.path.join(tag_dir, "*zero_pp_rank_*_optim_states.pt")), key=rank_of)
+    parts = [safe_load(path)["optimizer_state_dict"] for path in files]
+    if "fp32_flat_groups" not in parts[0]:  # ZeRO 1/2: each rank's slice mappings name its parameter fragments
+        pieces = {}
+        for zero in parts:  # in rank order: a parameter's fragments follow one another across the ranks
+            for group, mapping in enumerate(zero["param_slice_mappings"]):
+                flat = {"fp32": zero["single_partition_of_fp32_groups"][group], **{
+                    key: zero["base_optimizer_state"]["state"][group][key] for key in ("exp_avg", "exp_avg_sq")}}
+                for name, fragment in mapping.items():
+                    pieces.setdefault(name, []).append(
+                        {key: t.narrow(0, fragment.start, fragment.numel) for key, t in flat.items()})
+        saved = {name: {key: torch.cat([piece[key] for piece in parts_of]) for key in parts_of[0]}
+                 for name, parts_of in pieces.items()}
+        return saved, float(parts[0]["base_optimizer_state"]["state"][0]["step"])
+    # ZeRO-3: rank R holds ceil(numel / ranks) elements of every parameter (the last zero-padded), one flat
+    # tensor per sub-group, in the order of the model-states file's param_shapes.
+    shapes = safe_load(glob.glob(os.path.join(tag_dir, "zero_pp_rank_0_*model_states.pt"))[0])["param_shapes"]
+    saved = {}
+    for group, group_shapes in enumerate(shapes):
+        flats = [{"fp32": part["fp32_flat_groups"][group], **{
+            key: part["optimizer_state_dict"]["state"][group][key] for key in ("exp_avg", "exp_avg_sq")}}
+            for part in parts]
+        offset = 0
+        for name, shape in group_shapes.items():
+            numel, width = shape.numel(), -(-shape.numel() // len(parts))
+            saved[name] = {key: torch.cat([flat[key].narrow(0, offset, width) for flat in flats])[:numel]
+                           for key in ("fp32", "exp_avg", "exp_avg_sq")}
+            offset += width
+    return saved, float(parts[0]["optimizer_state_dict"]["state"][0]["step"])
+
+
+def _probe(args, ranks, prefix):
+    """tests/resume_state_probe.py on ``ranks`` ranks (the deepspeed launcher for more than one)."""
     import subprocess
     import sys
 
-    from mometas_ds.checkpoint import COMPLETE_MARKER, universal_tag
-    from mometas_ds.checkpoint.loading import safe_load
-
-    phase1 = _ds_config(tmp_path, "phase1", train_micro_batch_size_per_gpu=4)
-    phase2 = _ds_config(tmp_path, "phase2", train_micro_batch_size_per_gpu=2)
-    out = str(tmp_path / "run")
-
-    def args(config, seq_len, *extra):
-        flags = pretrain_args(assets["corpus"], assets["tokenizer"], out, assets["cache"], max_steps=8, config=config,
-                              extra=["--meta_interval", "2"] + list(extra))
-        flags[flags.index("--seq_len") + 1] = str(seq_len)
-        return flags
-
-    assert_ok(run_pretrain(args(phase1, 64, "--steps_this_run", "4")))
-    tag_dir = os.path.join(out, "checkpoints", "step4")
-    # What was saved: the 1-rank ZeRO-2 partition is the whole flat group; the slice mappings name each parameter.
-    zero = safe_load(os.path.join(tag_dir, "zero_pp_rank_0_mp_rank_00_optim_states.pt"))["optimizer_state_dict"]
-    saved = {}
-    for group, mapping in enumerate(zero["param_slice_mappings"]):
-        flat = {"fp32": zero["single_partition_of_fp32_groups"][group], **{
-            key: zero["base_optimizer_state"]["state"][group][key] for key in ("exp_avg", "exp_avg_sq")}}
-        for name, fragment in mapping.items():
-            saved[name] = {key: t.narrow(0, fragment.start, fragment.numel) for key, t in flat.items()}
-    # The encoder's moments are non-zero after 4 steps (a head whose objective was not drawn yet may hold zeros):
-    # equal to them means loaded, not freshly initialized.
-    assert all(bool(states["exp_avg_sq"].any()) for name, states in saved.items() if name.startswith("bert.encoder"))
-    model_states = safe_load(os.path.join(tag_dir, "mp_rank_00_model_states.pt"))
-    ours = safe_load(os.path.join(tag_dir, "mometas_state.pt"))["mometas"]
-
     probe = os.path.join(REPO_ROOT, "tests", "resume_state_probe.py")
-    prefix = str(tmp_path / "resumed")
-    second = subprocess.run(
-        [sys.executable, "-m", "deepspeed.launcher.runner", "--num_gpus", "2", "--master_port", str(free_port()),
-         probe] + args(phase2, 128, "--resume", "auto"),
-        env={**subprocess_env(), "RESUME_PROBE_OUT": prefix}, cwd=REPO_ROOT, capture_output=True, text=True,
-        timeout=300)
-    assert_ok(second)
-    log = second.stdout + second.stderr
-    assert "converting" in log and "universal checkpoint" in log
-    assert "--seq_len changed from 64 to 128" in log and "carried in tokens" in log
-    assert os.path.isfile(os.path.join(out, "checkpoints", universal_tag("step4"), COMPLETE_MARKER))
+    launcher = [sys.executable, "-m", "deepspeed.launcher.runner", "--num_gpus", str(ranks), "--master_port",
+                str(free_port())] if ranks > 1 else [sys.executable]
+    return subprocess.run(launcher + [probe] + args, env={**subprocess_env(), "RESUME_PROBE_OUT": prefix},
+                          cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
 
-    for rank in range(2):
+
+def _assert_resumed_state(prefix, ranks, micro_batch, saved, adam_step, model_states, ours, step):
+    """Every rank of a resumed run loaded exactly the saved fp32 master weights and Adam moments (and step),
+    each group's weight decay, the scheduler, the counters and the sampler."""
+    for rank in range(ranks):
         resumed = torch.load(f"{prefix}.rank{rank}.pt", weights_only=True)
-        assert (resumed["world_size"], resumed["micro_batch"]) == (2, 2)
+        assert (resumed["world_size"], resumed["micro_batch"]) == (ranks, micro_batch)
         assert set(resumed["params"]) == set(saved)
         for name, states in saved.items():
             for key, value in states.items():
                 loaded = resumed["params"][name][key]
                 assert torch.equal(loaded.reshape(-1), value), f"rank {rank}: {name} {key} differs from the saved one"
+        assert resumed["adam_steps"] == [adam_step]
+        assert [group["weight_decay"] for group in resumed["param_groups"]] == [0.01, 0.0]  # decay, no-decay
         assert resumed["lr_scheduler"] == model_states["lr_scheduler"]
-        assert resumed["global_steps"] == model_states["global_steps"] == 4
+        assert resumed["global_steps"] == model_states["global_steps"] == step
         assert resumed["sampler"] == ours["sampler"]
         assert resumed["train_state"] == {k: ours[k] for k in resumed["train_state"]}
-        assert resumed["train_state"]["step"] == 4
+        assert resumed["train_state"]["step"] == step
+    return [torch.load(f"{prefix}.rank{rank}.pt", weights_only=True)["data"] for rank in range(ranks)]
+
+
+def _model_states(tag_dir):
+    import glob
+
+    from mometas_ds.checkpoint.loading import safe_load
+
+    return safe_load(sorted(glob.glob(os.path.join(tag_dir, "*model_states.pt")))[0])
+
+
+PHASES = {  # name: (phase 1's DeepSpeed config changes, phase 2's), micro-batch 4 then 2
+    "zero2": ({}, {}),
+    "zero3": ({"zero_optimization": {"stage": 3}}, {"zero_optimization": {"stage": 3}}),
+    "zero1_to_zero2_bf16": ({"zero_optimization": {"stage": 1}}, {"bf16": {"enabled": True}}),
+}
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("phases", list(PHASES))
+def test_resume_at_seq128_on_two_ranks_keeps_optimizer_scheduler_sampler_and_counters(assets, tmp_path, phases):
+    """Saved at seq 64 on 1 rank (micro-batch 4), resumed at seq 128 on 2 ranks (micro-batch 2) through the
+    deepspeed launcher and DeepSpeed's universal checkpoint: ZeRO-2; ZeRO-3 (then back onto 1 rank); ZeRO-1 fp32
+    resumed as ZeRO-2 bf16. Every fp32 master weight and Adam moment loaded equals the saved one, and so do Adam's
+    step, each group's weight decay, the scheduler step, the sampler state and the counters; it trains on to
+    --max_steps with finite losses."""
+    from mometas_ds.checkpoint import COMPLETE_MARKER, universal_tag
+    from mometas_ds.checkpoint.loading import safe_load
+
+    first, second = PHASES[phases]
+    phase1 = _ds_config(tmp_path, "phase1", train_micro_batch_size_per_gpu=4, **first)
+    phase2 = _ds_config(tmp_path, "phase2", train_micro_batch_size_per_gpu=2, **second)
+    out = str(tmp_path / "run")
+
+    def args(config, seq_len, *extra, max_steps=8):
+        flags = pretrain_args(assets["corpus"], assets["tokenizer"], out, assets["cache"], max_steps=max_steps,
+                              config=config, extra=["--meta_interval", "2"] + list(extra))
+        flags[flags.index("--seq_len") + 1] = str(seq_len)
+        return flags
+
+    assert_ok(run_pretrain(args(phase1, 64, "--steps_this_run", "4")))
+    tag_dir = os.path.join(out, "checkpoints", "step4")
+    saved, adam_step = saved_zero_states(tag_dir)  # read from the partition files, not through the converter
+    assert adam_step == 4
+    # The encoder's moments are non-zero after 4 steps (a head whose objective was not drawn yet may hold zeros):
+    # equal to them means loaded, not freshly initialized.
+    assert all(bool(states["exp_avg_sq"].any()) for name, states in saved.items() if name.startswith("bert.encoder"))
+    model_states = _model_states(tag_dir)
+    ours = safe_load(os.path.join(tag_dir, "mometas_state.pt"))["mometas"]
+
+    prefix = str(tmp_path / "resumed")
+    resumed = _probe(args(phase2, 128, "--resume", "auto"), 2, prefix)
+    assert_ok(resumed)
+    log = resumed.stdout + resumed.stderr
+    assert "converting" in log and "universal checkpoint" in log
+    assert "--seq_len changed from 64 to 128" in log and "carried in tokens" in log
+    assert os.path.isfile(os.path.join(out, "checkpoints", universal_tag("step4"), COMPLETE_MARKER))
+    for data in _assert_resumed_state(prefix, 2, 2, saved, adam_step, model_states, ours, step=4):
         # 4 steps x 4 rows of 64 tokens = 1024 tokens: the same share of the new packing's epoch, in global
         # batches of 2 ranks x 2 rows.
-        old_rows, new_rows = ours["data"][0]["num_rows"], resumed["data"]["num_rows"]
-        assert new_rows < old_rows and resumed["data"]["seq_len"] == 128
-        assert resumed["data"]["offset"] == 1024 * new_rows // (old_rows * 64) // 4
+        old_rows, new_rows = ours["data"][0]["num_rows"], data["num_rows"]
+        assert new_rows < old_rows and data["seq_len"] == 128
+        assert data["offset"] == 1024 * new_rows // (old_rows * 64) // 4
 
     metrics = read_jsonl(os.path.join(out, "metrics.jsonl"))
     assert [m["step"] for m in metrics] == list(range(1, 9))
     assert all(np.isfinite(m["loss"]) for m in metrics)
     assert [round(m["tokens_per_s"] / m["samples_per_s"]) for m in metrics] == [64] * 4 + [128] * 4
-    assert os.path.isfile(os.path.join(out, "checkpoints", "step8", COMPLETE_MARKER))
-    with open(os.path.join(out, "checkpoints", "step8", "run_identity.json")) as f:
+    step8 = os.path.join(out, "checkpoints", "step8")
+    assert os.path.isfile(os.path.join(step8, COMPLETE_MARKER))
+    with open(os.path.join(step8, "run_identity.json")) as f:
         identity = json.load(f)
     assert (identity["--seq_len"], identity["number of ranks"]) == (128, 2)
-    state8 = safe_load(os.path.join(out, "checkpoints", "step8", "mometas_state.pt"))["mometas"]
+    state8 = safe_load(os.path.join(step8, "mometas_state.pt"))["mometas"]
     assert state8["step"] == 8 and len(state8["data"]) == 2 and len(state8["rng"]) == 2
+    saved8, adam_step8 = saved_zero_states(step8)
+    assert adam_step8 == 8  # one Adam step per optimizer step after the resume (no shared step tensor)
+
+    if phases == "zero3":  # and back from 2 ranks onto 1, with micro-batch 4 again
+        back = _probe(args(phase1, 128, "--resume", "auto", max_steps=10), 1, prefix)
+        assert_ok(back)
+        _assert_resumed_state(prefix, 1, 4, saved8, 8, _model_states(step8), state8, step=8)
+        assert [m["step"] for m in read_jsonl(os.path.join(out, "metrics.jsonl"))] == list(range(1, 11))
 
 
 # ------------------------------------------------------------------------------------------- the two-phase script

@@ -1,6 +1,7 @@
-"""DeepSpeed's universal checkpoint, for a resume on another number of ranks under ZeRO 1/2.
+"""DeepSpeed's universal checkpoint, for a resume under ZeRO 1-3 on another number of ranks, another stage (1 <-> 2)
+or another precision (fp32 <-> bf16).
 
-ZeRO stages 1 and 2 save each rank's partition of the fp32 master weights and Adam moments; DeepSpeed's own
+ZeRO stages 1-3 save each rank's partition of the fp32 master weights and Adam moments; DeepSpeed's own
 load refuses another data-parallel size. Its converter (``deepspeed.checkpoint.ds_to_universal``) rewrites a
 tag as one file per parameter and state (``zero/<param>/{fp32,exp_avg,exp_avg_sq}.pt``), which its engine
 loads into any partitioning (``checkpoint.load_universal``). We convert a verified tag once, on rank 0, into
@@ -8,7 +9,7 @@ loads into any partitioning (``checkpoint.load_universal``). We convert a verifi
 its own, then renamed into place, so a kill mid-conversion leaves no half copy that looks finished. Its name
 is not a tag (``step<N>``): listing, ``--resume auto`` and the tag verification never take it for one;
 ``prune`` deletes it with its tag. Stage 0 (one optimizer state, replicated) loads on any number of ranks as
-it is; stage 3 is refused before any work (config.checks.UNIVERSAL_STAGES).
+it is; which stage and precision changes are allowed is decided before any work (config.checks.universal_refusal).
 """
 from __future__ import annotations
 
@@ -20,12 +21,16 @@ import os
 import shutil
 from typing import Optional
 
-from .layout import COMPLETE_MARKER, HASH, MANIFEST_FILE, _atomic_write, _record, _text_record
+import torch
+
+from .layout import COMPLETE_MARKER, HASH, MANIFEST_FILE, _atomic_write, _record, _text_record, read_run_identity
 from .loading import weights_only_loads
 
 logger = logging.getLogger(__package__)
 
 UNIVERSAL_SUFFIX = ".universal"
+UNIVERSAL_STAGES = (1, 2, 3)  # ZeRO stages DeepSpeed's converter and universal load handle (0.19.8)
+STAGE_KEY, PRECISION_KEY = "zero_optimization.stage", "precision (bf16/fp16)"  # run_identity's keys
 _TMP_PREFIX = ".universal-tmp-"  # <root>/.universal-tmp-<tag>-<pid>/<tag>.universal while converting
 
 
@@ -35,17 +40,29 @@ def universal_tag(tag: str) -> str:
 
 
 def zero_partitions(tag_dir: str) -> int:
-    """How many ZeRO 1/2 optimizer partitions a tag holds (the data-parallel size that saved it); 0 without ZeRO
-    partition files (stage 0, or stage 3's other layout)."""
+    """How many ZeRO optimizer partitions a tag holds (the data-parallel size that saved it; stages 1-3 name their
+    files alike); 0 without ZeRO partition files (stage 0)."""
     return len(glob.glob(os.path.join(tag_dir, "*zero_pp_rank_*_mp_rank_00_optim_states.pt")))
 
 
+def engine_precision(engine) -> str:
+    """"bf16", "fp16" or "fp32", as run_identity records it (key "precision (bf16/fp16)")."""
+    return "bf16" if engine.bfloat16_enabled() else "fp16" if engine.fp16_enabled() else "fp32"
+
+
 def needs_universal(engine, tag_dir: str) -> bool:
-    """True when this engine's ZeRO 1/2 partitioning differs from the one the tag was saved with."""
-    if engine.zero_optimization_stage() not in (1, 2):
-        return False
+    """True when the tag's ZeRO optimizer state must go through the universal copy for this engine: another
+    number of partitions, another ZeRO stage (1-3) or another precision than the tag was saved with.
+
+    Stage 0 keeps one replicated optimizer state and loads as it is; a stage-0 tag has no partition files
+    (a change to or from stage 0 is refused before any work: config.checks.check_resume_matches)."""
+    stage = engine.zero_optimization_stage()
     saved = zero_partitions(tag_dir)
-    return bool(saved) and saved != engine.dp_world_size
+    if stage not in UNIVERSAL_STAGES or not saved:
+        return False
+    identity = read_run_identity(tag_dir) or {}
+    return (saved != engine.dp_world_size or identity.get(STAGE_KEY, stage) != stage
+            or identity.get(PRECISION_KEY, engine_precision(engine)) != engine_precision(engine))
 
 
 def _files_under(path: str) -> dict:
@@ -126,6 +143,32 @@ def load_universal(engine, tags_dir: str, tag: str) -> tuple:
     config.load_universal_checkpoint = True
     try:
         with weights_only_loads():
-            return engine.load_checkpoint(tags_dir, tag=universal_tag(tag))
+            loaded = engine.load_checkpoint(tags_dir, tag=universal_tag(tag))
+            _repair_universal_load(engine, os.path.join(tags_dir, universal_tag(tag)))
+            return loaded
     finally:
         config.load_universal_checkpoint = previous
+
+
+def _repair_universal_load(engine, universal_dir: str) -> None:
+    """Undo two things DeepSpeed 0.19.8's ZeRO-3 universal load (load_hp_checkpoint_state_from_checkpoint_dir_stage3)
+    gets wrong for us; hand-written because no DeepSpeed option does it:
+
+    * it copies group 0's hyperparameters into every parameter group, so our no-decay group (biases, LayerNorm)
+      would get group 0's weight decay: each group gets the ones it was saved with (its ZeRO 1/2 load does this
+      already; doing it for every stage costs nothing);
+    * it gives every sub-group the same Adam ``step`` tensor, which torch's AdamW increments in place once per
+      sub-group and step, so the bias correction would run ahead (4 + 2 x 4 = 12 after 4 more steps with two
+      sub-groups): each state gets its own copy."""
+    from .loading import safe_load
+
+    saved = safe_load(os.path.join(universal_dir, "zero", "optimizer_state.pt"))["param_groups"]
+    base = getattr(engine.optimizer, "optimizer", engine.optimizer)  # the torch optimizer under ZeRO's wrapper
+    if len(saved) != len(base.param_groups):
+        raise ValueError(f"{universal_dir} holds {len(saved)} optimizer parameter groups, this run has "
+                         f"{len(base.param_groups)}")
+    for group, hyper in zip(base.param_groups, saved):
+        group.update({key: value for key, value in hyper.items() if key != "params"})
+    for state in base.state.values():
+        if torch.is_tensor(state.get("step")):
+            state["step"] = state["step"].clone()

@@ -354,7 +354,30 @@ def run_identity(cfg: PretrainConfig, ds_config: dict, world_size: int) -> dict:
 # of ranks reshape only how the same global state is split (ZeRO partitions go through DeepSpeed's universal
 # checkpoint, checkpoint.universal), and --seq_len repacks the corpus (the data position carries in tokens).
 ELASTIC = ("--seq_len", "number of ranks", "train_micro_batch_size_per_gpu", "gradient_accumulation_steps")
-UNIVERSAL_STAGES = (1, 2)  # ZeRO stages whose change of rank count mometas_ds converts and tests (DeepSpeed 0.19.8)
+# May change too, through the universal copy (checkpoint.universal; it holds fp32 master weights and moments
+# whatever the run's precision): the stage between 1 and 2, the precision between fp32 and bf16 under ZeRO 1-3.
+THROUGH_UNIVERSAL = ("zero_optimization.stage", "precision (bf16/fp16)")
+UNIVERSAL_PRECISIONS = ("fp32", "bf16")
+
+
+def universal_refusal(saved: dict, ours: dict) -> Optional[str]:
+    """Why a change of ZeRO stage or precision between a checkpoint (``saved``) and this run (``ours``: both
+    run_identity dicts) cannot go through DeepSpeed's universal checkpoint, or None when it can."""
+    stages = (saved["zero_optimization.stage"], ours["zero_optimization.stage"])
+    if stages[0] != stages[1] and not set(stages) <= {1, 2}:
+        return ("the stage may change between 1 and 2 only: stage 0 keeps one replicated optimizer state (in the "
+                "model-states file) that DeepSpeed's universal checkpoint neither converts nor loads, and DeepSpeed "
+                "0.19.8 converts a stage-3 tag and a stage-1/2 tag into different layouts that only the same kind of "
+                "stage loads (per-rank stage-3 model-states files, the optimizer's global state, per-parameter "
+                "files): resume with the stage that saved it")
+    if 0 in stages:
+        return ("ZeRO stage 0 keeps one replicated optimizer state that DeepSpeed's universal checkpoint neither "
+                "converts nor loads, so the precision of a stage-0 run cannot change")
+    precisions = (saved["precision (bf16/fp16)"], ours["precision (bf16/fp16)"])
+    if precisions[0] != precisions[1] and "fp16" in precisions:
+        return ("fp16 keeps a dynamic loss scale that a change of precision would drop or invent: the precision may "
+                "change between fp32 and bf16 only")
+    return None
 
 
 def elastic_changes(saved: Optional[dict], ours: dict) -> dict:
@@ -394,21 +417,16 @@ def check_resume_matches(cfg: PretrainConfig, ds_config: dict, world_size: int) 
         return
     ours = run_identity(cfg, ds_config, world_size)
     differs = [key for key in ours if key in saved and saved[key] != ours[key] and key not in ELASTIC]
+    refusal = universal_refusal(saved, ours) if set(differs) & set(THROUGH_UNIVERSAL) else None
+    if refusal is None:
+        differs = [key for key in differs if key not in THROUGH_UNIVERSAL]
     if differs:
         where = {key: f"{cfg.deepspeed_config}: {key}" for key in ours if not key.startswith("-") and key != "number of ranks"}
         details = "; ".join(f"{where.get(key, key)} was {saved[key]!r}, now {ours[key]!r}" for key in differs)
         raise ConfigError(f"--resume {cfg.resume}: checkpoint {tag_dir} was written by a run with other settings: "
-                          f"{details}. Resume with the same settings, or give a new --output_dir to start afresh")
+                          f"{details}{f' ({refusal})' if refusal else ''}. Resume with the same settings, or give a "
+                          "new --output_dir to start afresh")
     changes = elastic_changes(saved, ours)
-    stage = ours["zero_optimization.stage"]
-    if "number of ranks" in changes and stage and stage not in UNIVERSAL_STAGES:
-        was, now = changes["number of ranks"]
-        raise ConfigError(
-            f"--resume {cfg.resume}: checkpoint {tag_dir} was written by {was} rank(s), this run has {now}: with "
-            f"{cfg.deepspeed_config}: zero_optimization.stage {stage} the optimizer partitions would have to be "
-            f"re-split through DeepSpeed's universal checkpoint, which mometas_ds supports for stages "
-            f"{', '.join(map(str, UNIVERSAL_STAGES))} only (DeepSpeed 0.19.8). Resume on {was} rank(s), or save "
-            f"with zero_optimization.stage 1 or 2")
     if "--seq_len" in changes:
         was, now = changes["--seq_len"]
         saved_positions, positions = _position_embeddings(cfg, was), _position_embeddings(cfg, now)
