@@ -223,6 +223,6 @@ def test_the_light_copies_of_the_flag_choices_match_the_code_that_uses_them():
     from mometas_ds import checkpoint, model, objectives
     from mometas_ds.config import choices
 
-    assert choices.VERIFY_LEVELS == checkpoint.VERIFY_LEVELS  # defined twice: checkpoint.layout is not light
+    assert choices.VERIFY_LEVELS is checkpoint.VERIFY_LEVELS
     assert model.MODEL_PRESETS is choices.MODEL_PRESETS
     assert objectives.DEFAULT_OBJECTIVES == tuple(objectives.available_objectives()[:5])

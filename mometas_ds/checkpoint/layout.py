@@ -11,6 +11,7 @@ from typing import List, Optional, Tuple
 import numpy as np
 import xxhash
 
+from ..config.choices import VERIFY_LEVELS  # noqa: F401  (re-exported: the --verify_checkpoint choices)
 from ..errors import ConfigError
 
 COMPLETE_MARKER = "COMPLETE"
@@ -20,7 +21,6 @@ MANIFEST_FILE = "manifest.json"  # every file of the tag: size and checksum (COM
 CLIENT_STATE_FILE = "mometas_state.pt"  # step, sampler, data positions, RNG: plain values, weights_only-loadable
 HASH = "xxh3_64"
 FULL_VERIFY_MAX_BYTES = 4 << 30  # --verify_checkpoint auto hashes a tag of up to 4 GiB (docs/checkpoints.md)
-VERIFY_LEVELS = ("auto", "size", "full")
 _BLOCK = 1 << 20
 _TAG_RE = re.compile(r"step(\d+)")  # always fullmatch: "step4\n" or "../x/step4" are not tags
 logger = logging.getLogger(__package__)  # one logger for the package: "mometas_ds.checkpoint", as before the split

@@ -19,7 +19,7 @@ from ..checkpoint import find_resume_checkpoint, latest_complete_tag, resume_che
 from ..ds_config_check import check_ds_config
 from ..errors import ConfigError, read_json_object
 from ..launch import LaunchInfo, init_distributed
-from ..model import MODEL_PRESETS
+from .choices import MODEL_PRESETS
 from ..model_config_check import check_model_config_fields
 from ..safe_io import check_resume_objectives, check_writable_dir, read_client_state
 from ..objectives import available_objectives, objective_class

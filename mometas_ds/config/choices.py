@@ -14,6 +14,5 @@ MODEL_PRESETS: Dict[str, dict] = {
 
 DEFAULT_OBJECTIVES = ("mlm", "gmlm", "atd", "dtd", "cse")  # the built-in objectives, in registration order
 
-# How --resume checks a checkpoint against its manifest; checkpoint.layout.VERIFY_LEVELS holds the same (a test
-# compares them).
+# How --resume checks a checkpoint against its manifest (checkpoint.layout re-exports it).
 VERIFY_LEVELS = ("auto", "size", "full")
