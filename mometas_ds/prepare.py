@@ -20,12 +20,21 @@ from mometas_ds.errors import ConfigError, DataError
 
 PROG = "mometas-prepare"
 # The PretrainConfig fields that decide the cached rows (and where they go), in mometas-pretrain's spelling.
-FLAGS = ("train_files", "text_field", "tokenizer", "model_name_or_path", "seq_len", "packing", "cache_dir", "num_proc")
+FLAGS = ("train_files", "text_field", "tokenizer", "model_name_or_path", "seq_len", "packing", "cache_dir", "num_proc",
+         "shard_size_mb")
 REQUIRED = ("train_files", "cache_dir")
 _EXTRA_HELP = {
     "model_name_or_path": " (mometas-prepare reads only its tokenizer, when --tokenizer is not given)",
     "cache_dir": " (required here)",
 }
+
+
+def usable_cores() -> int:
+    """The cores this process may run on (a SLURM task's --cpus-per-task, a taskset), else all of them."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
 
 
 def build_arg_parser() -> argparse.ArgumentParser:
@@ -36,7 +45,8 @@ def build_arg_parser() -> argparse.ArgumentParser:
     from mometas_ds.config.settings import PretrainConfig
 
     p = argparse.ArgumentParser(
-        prog=PROG, description="Tokenize and pack a pre-training corpus into a cache of per-file shards, in parallel "
+        prog=PROG, description="Tokenize and pack a pre-training corpus into a cache of shards (a file each, or a part "
+        "of a large one), in parallel "
         "and in bounded memory, for mometas-pretrain --cache_dir (docs/data.md).")
     by_name = {f.name: f for f in fields(PretrainConfig)}
     for name in FLAGS:
@@ -44,8 +54,11 @@ def build_arg_parser() -> argparse.ArgumentParser:
         kwargs = dict(f.metadata["argparse"])
         kwargs["required"] = name in REQUIRED
         default = None if kwargs["required"] else _default(f)
+        extra = _EXTRA_HELP.get(name, "")
+        if name == "num_proc":  # a preparation job has the node's cores to itself; training keeps them for ranks
+            default, extra = usable_cores(), " (mometas-prepare's default: every core it may use, here %(default)s)"
         p.add_argument(f"--{name}", *f.metadata["flags"], dest=name, default=default,
-                       help=f.metadata["help"] + _EXTRA_HELP.get(name, ""), **kwargs)
+                       help=f.metadata["help"] + extra, **kwargs)
     return p
 
 
@@ -57,7 +70,8 @@ def pretrain_flags(ns: argparse.Namespace) -> List[str]:
         flags += ["--tokenizer", os.path.abspath(ns.tokenizer)]
     else:
         flags += ["--model_name_or_path", os.path.abspath(ns.model_name_or_path)]
-    flags += ["--seq_len", str(ns.seq_len), "--packing", ns.packing, "--cache_dir", os.path.abspath(ns.cache_dir)]
+    flags += ["--seq_len", str(ns.seq_len), "--packing", ns.packing, "--shard_size_mb", repr(ns.shard_size_mb),
+              "--cache_dir", os.path.abspath(ns.cache_dir)]
     return flags
 
 
@@ -70,7 +84,8 @@ def _prepare(ns: argparse.Namespace) -> int:
         raise ConfigError("--tokenizer: give the tokenizer directory (or --model_name_or_path, to use its tokenizer)")
     try:
         config = DataConfig(train_files=list(ns.train_files), text_field=ns.text_field, seq_len=ns.seq_len,
-                            cache_dir=ns.cache_dir, num_proc=ns.num_proc, packing=ns.packing)
+                            cache_dir=ns.cache_dir, num_proc=ns.num_proc, packing=ns.packing,
+                            shard_size_mb=ns.shard_size_mb)
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
     check_writable_dir(config.cache_dir, "--cache_dir")

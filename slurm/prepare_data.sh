@@ -6,7 +6,8 @@
 #       sbatch slurm/prepare_data.sh [more mometas-prepare flags]
 #
 # One task; mometas-prepare runs one process per core of it (--num_proc $SLURM_CPUS_PER_TASK), each building
-# whole per-file shards, so a corpus of many files uses every core (one big file uses one: split it).
+# one shard: a file, or a --shard_size_mb part of a larger file or save_to_disk dataset, so one big input uses
+# every core too (a .gz file stays one shard: many .gz files, as C4 ships, use every core).
 # Files already in CACHE_DIR are reused: resubmitting after adding files processes only the new ones, and a
 # job that hit its time limit keeps the shards it finished. Then point the training job at the same corpus
 # flags and --cache_dir (the script prints them): it starts without tokenizing.
@@ -19,6 +20,7 @@
 #   TOKENIZER    local HF tokenizer dir; or MODEL, a local HF BERT checkpoint dir whose tokenizer is used
 #   SEQ_LEN      tokens per row (--seq_len; must match the training run's)               [128]
 #   PACKING      packed | per_document (--packing)                                        [packed]
+#   SHARD_SIZE_MB  inputs larger than this are split into shards this size (--shard_size_mb) [64]
 #   TEXT_FIELD   JSON/parquet field holding the text (--text_field)                       [text]
 #   NUM_PROC     processes                                              [$SLURM_CPUS_PER_TASK, else nproc]
 #   PYTHON       the interpreter that has mometas_ds installed                             [python]
@@ -52,7 +54,8 @@ fi
 # Globs stay unexpanded: mometas-prepare expands them itself (sorted), as mometas-pretrain does.
 read -r -a files <<< "$TRAIN_FILES"
 cmd=("$PYTHON" -m mometas_ds.prepare --train_files "${files[@]}" "${source_flags[@]}"
-     --seq_len "${SEQ_LEN:-128}" --packing "${PACKING:-packed}" --text_field "${TEXT_FIELD:-text}"
+     --seq_len "${SEQ_LEN:-128}" --packing "${PACKING:-packed}" --shard_size_mb "${SHARD_SIZE_MB:-64}"
+     --text_field "${TEXT_FIELD:-text}"
      --cache_dir "$CACHE_DIR" --num_proc "$NUM_PROC" "$@")
 
 export TOKENIZERS_PARALLELISM=false  # the processes are the parallelism

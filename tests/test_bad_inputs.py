@@ -631,6 +631,8 @@ PREPARE_CASES = [
     ("seq_len_too_small", lambda d, a: _prepare_argv(d, a, seq_len="2"), "--seq_len must be an int >= 3"),
     ("seq_len_not_int", lambda d, a: _prepare_argv(d, a, seq_len="x"), "--seq_len: invalid int value"),
     ("num_proc_zero", lambda d, a: _prepare_argv(d, a, num_proc="0"), "--num_proc must be an int >= 1"),
+    ("shard_size_zero", lambda d, a: _prepare_argv(d, a, shard_size_mb="0"), "--shard_size_mb must be a number > 0"),
+    ("shard_size_nan", lambda d, a: _prepare_argv(d, a, shard_size_mb="nan"), "--shard_size_mb must be a number > 0"),
     ("unknown_packing", lambda d, a: _prepare_argv(d, a, packing="docs"), "--packing: invalid choice: 'docs'"),
     ("no_cache_dir", lambda d, a: _prepare_argv(d, a, cache_dir=None),
      "the following arguments are required: --cache_dir"),

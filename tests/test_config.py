@@ -122,6 +122,8 @@ def test_batch_keys_optimizer_sampler_args_and_objective_rows_are_checked_before
         check({**micro8, "zero_optimization": {"stage": 4}})
     with pytest.raises(ConfigError, match="--setup_timeout_minutes: must be a finite number > 0"):
         check(micro8, setup_timeout_minutes=float("nan"))
+    with pytest.raises(ConfigError, match="--shard_size_mb: must be a finite number > 0, got 0"):
+        check(micro8, shard_size_mb=0.0)
     with pytest.raises(ConfigError, match="--save_total_limit: must be >= 1, got 0"):
         check(micro8, save_total_limit=0)
     with pytest.raises(ConfigError, match="ds.json: checkpoint.writer / datastates_ckpt .* not supported"):
@@ -135,7 +137,7 @@ def test_batch_keys_optimizer_sampler_args_and_objective_rows_are_checked_before
         check(micro8, world_size=2, meta_batch_size=2)
 
 
-@pytest.mark.parametrize("flag", ["meta_lr", "meta_gamma", "dist_timeout_minutes"])
+@pytest.mark.parametrize("flag", ["meta_lr", "meta_gamma", "dist_timeout_minutes", "shard_size_mb"])
 @pytest.mark.parametrize("value", [float("nan"), float("inf"), float("-inf")])
 def test_float_flags_must_be_finite_and_the_message_names_the_flag(flag, value):
     from mometas_ds.config import ConfigError, PretrainConfig, validate_config

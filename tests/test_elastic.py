@@ -159,6 +159,8 @@ def test_resume_may_change_seq_len_batch_shape_and_ranks_but_not_the_experiment(
         resume(whole_word_mask=True)
     with pytest.raises(ConfigError, match="--packing was 'packed', now 'per_document'"):
         resume(packing="per_document")
+    with pytest.raises(ConfigError, match="--shard_size_mb was 64.0, now 8.0"):
+        resume(shard_size_mb=8.0)
     # ZeRO stage 1 <-> 2 and fp32 <-> bf16 go through the universal copy (with more ranks too) ...
     resume(deepspeed_config=_ds_config(tmp_path, "stage1", zero_optimization={"stage": 1}), world_size=2)
     resume(deepspeed_config=_ds_config(tmp_path, "bf16", bf16={"enabled": True}))

@@ -12,7 +12,7 @@ import pytest
 from mometas_ds.config import parse_args
 from mometas_ds.config.settings import PretrainConfig
 from mometas_ds.data import DataConfig, ShardedBatches, prepare_data
-from mometas_ds.prepare import FLAGS, build_arg_parser, main
+from mometas_ds.prepare import FLAGS, build_arg_parser, main, usable_cores
 from mometas_ds.tokenizer import load_tokenizer
 from tests.pretrain_helpers import (CPU_CONFIG, REPO_ROOT, assert_ok, make_corpus_and_tokenizer, pretrain_args,
                                     read_jsonl, run_pretrain, subprocess_env)
@@ -47,6 +47,9 @@ def test_prepare_flags_are_the_pretrain_ones_with_their_help():
         assert action.help.startswith(by_name[name].metadata["help"])
     assert actions["packing"].choices == ("packed", "per_document") and actions["packing"].default == "packed"
     assert actions["cache_dir"].required and actions["train_files"].required
+    # A preparation job uses every core it may; training keeps mometas-pretrain's default of one.
+    assert actions["num_proc"].default == usable_cores() == len(os.sched_getaffinity(0))
+    assert actions["shard_size_mb"].default == 64.0
 
 
 def test_prepare_then_the_printed_pretrain_flags_find_the_cache(assets, tmp_path, capsys):
@@ -64,7 +67,8 @@ def test_prepare_then_the_printed_pretrain_flags_find_the_cache(assets, tmp_path
     cfg = parse_args(["--deepspeed_config", CPU_CONFIG] + suggested_flags(out))
     assert (cfg.seq_len, cfg.packing, cfg.cache_dir) == (32, "packed", cache)
     data_cfg = DataConfig(train_files=cfg.train_files, text_field=cfg.text_field, seq_len=cfg.seq_len,
-                          cache_dir=cfg.cache_dir, packing=cfg.packing, meta_sequences=16)
+                          cache_dir=cfg.cache_dir, packing=cfg.packing, shard_size_mb=cfg.shard_size_mb,
+                          meta_sequences=16)
     prepared = prepare_data(data_cfg, load_tokenizer(cfg.tokenizer))
     assert prepared.cache_hit and prepared.shards_built == 0 and len(prepared.shard_paths) == 2
     assert prepared.report.documents == 450
@@ -84,6 +88,20 @@ def test_prepare_then_the_printed_pretrain_flags_find_the_cache(assets, tmp_path
     assert "3 shard(s), 1 built, 2 reused" in capsys.readouterr().out
 
 
+def test_one_large_file_is_prepared_as_several_shards_and_training_finds_them(assets, tmp_path, capsys):
+    cache = str(tmp_path / "cache")
+    shard_mb = os.path.getsize(assets["corpus"]) / 3.5 / (1 << 20)  # 4 parts
+    argv = ["--train_files", assets["corpus"], "--tokenizer", assets["tokenizer"], "--seq_len", "32",
+            "--cache_dir", cache, "--num_proc", "2", "--shard_size_mb", repr(shard_mb)]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "4 shard(s), 4 built, 0 reused" in out and "300 document(s)" in out
+    cfg = parse_args(["--deepspeed_config", CPU_CONFIG] + suggested_flags(out))
+    assert cfg.shard_size_mb == shard_mb  # printed exactly, so training finds these shards
+    assert main(argv) == 0
+    assert "4 shard(s), 0 built, 4 reused" in capsys.readouterr().out
+
+
 def test_slurm_prepare_script_dry_run_passes_the_cpus_as_num_proc(assets, tmp_path):
     script = os.path.join(REPO_ROOT, "slurm", "prepare_data.sh")
     env = dict(subprocess_env(), TRAIN_FILES=f"{assets['root']}/*.jsonl", TOKENIZER=assets["tokenizer"],
@@ -94,6 +112,7 @@ def test_slurm_prepare_script_dry_run_passes_the_cpus_as_num_proc(assets, tmp_pa
     assert cmd[1:3] == ["-m", "mometas_ds.prepare"]
     assert cmd[cmd.index("--train_files") + 1] == f"{assets['root']}/*.jsonl"  # the glob, for mometas-prepare
     assert cmd[cmd.index("--num_proc") + 1] == "12" and cmd[cmd.index("--seq_len") + 1] == "64"
+    assert cmd[cmd.index("--shard_size_mb") + 1] == "64"
     assert cmd[-2:] == ["--packing", "per_document"]  # pass-through flags last, so they win
     ns = build_arg_parser().parse_args(cmd[3:])
     assert ns.packing == "per_document" and ns.cache_dir == str(tmp_path / "c")

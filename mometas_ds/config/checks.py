@@ -168,6 +168,8 @@ def validate_config(cfg: PretrainConfig) -> dict:
         fail("meta_gamma", f"must be a finite number >= 0, got {cfg.meta_gamma}")
     if cfg.steps_this_run is not None and cfg.steps_this_run < 1:
         fail("steps_this_run", f"must be >= 1, got {cfg.steps_this_run}")
+    if not math.isfinite(cfg.shard_size_mb) or cfg.shard_size_mb <= 0:
+        fail("shard_size_mb", f"must be a finite number > 0, got {cfg.shard_size_mb}")
     if not math.isfinite(cfg.dist_timeout_minutes) or cfg.dist_timeout_minutes <= 0:
         fail("dist_timeout_minutes", f"must be a finite number > 0, got {cfg.dist_timeout_minutes}")
     if not math.isfinite(cfg.setup_timeout_minutes) or cfg.setup_timeout_minutes <= 0:
@@ -337,8 +339,9 @@ def run_identity(cfg: PretrainConfig, ds_config: dict, world_size: int) -> dict:
         "--seq_len": cfg.seq_len,
         "--train_tokenizer": cfg.train_tokenizer,
         "--whole_word_mask": cfg.whole_word_mask,  # checkpoints from before the flag lack it: not compared
-        "--tokenizer_sample": cfg.tokenizer_sample,  # likewise (and --packing)
+        "--tokenizer_sample": cfg.tokenizer_sample,  # likewise (and --packing, --shard_size_mb)
         "--packing": cfg.packing,
+        "--shard_size_mb": cfg.shard_size_mb,  # splits large inputs into shards, so it moves rows
         "number of ranks": world_size,
         "train_micro_batch_size_per_gpu": micro,
         "gradient_accumulation_steps": accumulation,

@@ -109,11 +109,16 @@ class PretrainConfig:
     seed: int = option(1234, "seed of data order, corruption, dropout and the sampler", type=int)
     log_steps: int = option(10, "progress-bar refresh and console log interval", type=int)
     cache_dir: Optional[str] = option(
-        None, "tokenized-data cache, one shard per input file (default: output_dir/cache); point runs on the same "
+        None, "tokenized-data cache, shards of the input files (default: output_dir/cache); point runs on the same "
         "corpus at one to share it, e.g. the one mometas-prepare wrote")
     num_proc: int = option(
-        1, "processes that tokenize the corpus's missing shards (one input file each) in parallel; the rows do "
-        "not depend on it", type=int)
+        1, "processes that tokenize the corpus's missing shards (one input file, or one --shard_size_mb part of a "
+        "larger one, each) in parallel; the rows do not depend on it", type=int)
+    shard_size_mb: float = option(
+        64.0, "an input larger than this many MiB is tokenized as several shards of about this size, so that one "
+        "big file or save_to_disk dataset uses several --num_proc processes (uncompressed .jsonl/.json/.txt, "
+        ".parquet with several row groups, save_to_disk; .gz stays whole); part of the cache key "
+        "(docs/data.md)", type=float, metavar="MB")
     dist_timeout_minutes: float = option(
         30.0, "collective timeout: a rank that died or hangs ends the run after this long", type=float)
     setup_timeout_minutes: float = option(

@@ -18,8 +18,9 @@ usable document is left does ``prepare_data`` raise ``DataError``, before any tr
 
 Shards: each input file (a save_to_disk directory counts as one) is tokenized and packed on its own into
 one shard of the cache (``cache_dir/shards/<key>/``), in file order, so packing never carries across
-files: a file's last row is its only padded one (``--packing packed``). The corpus is the shards' rows in
-file order.
+files: a file's last row is its only padded one (``--packing packed``). An input larger than
+``shard_size_mb`` becomes one shard per part (``data.parts``: byte ranges, parquet row groups, dataset
+rows), so that several processes share it. The corpus is the shards' rows in file (and part) order.
 
 Packing (``--packing``; rows hold ``input_ids`` and ``attention_mask`` of length ``seq_len``, every row
 starts with ``[CLS]`` and its last real token is ``[SEP]``; ``[PAD]`` follows with mask 0):

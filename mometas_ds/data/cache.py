@@ -1,15 +1,16 @@
-"""Tokenizing a corpus once into cached, packed Arrow shards (one per input file), loading them as one
-dataset, and the seeded meta-validation split of it (see the package's docstring for the packing and
-split rules)."""
+"""Tokenizing a corpus once into cached, packed Arrow shards (one per input file, or per part of a large one,
+data.parts), loading them as one dataset, and the seeded meta-validation split of it (see the package's
+docstring for the packing and split rules)."""
 from __future__ import annotations
 
 import contextlib
 import hashlib
 import json
 import logging
+import math
 import os
 import shutil
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import List, Optional, Sequence, Tuple
 
 import datasets
@@ -20,6 +21,7 @@ from mometas_ds.errors import DataError
 from mometas_ds.tokenizer import required_token_id
 
 from . import readers
+from .parts import Part, file_kind, plan_parts, scan_ranges, with_scans
 from .readers import MIN_DOC_TOKENS, CorpusReport
 from .shards import CACHE_FORMAT_VERSION, PACKING_MODES, REPORT_FILE, ROWS_FILE, ShardJob, build_shards, is_complete
 
@@ -41,6 +43,7 @@ class DataConfig:
     seed: int = 0  # picks the held-out sequences (not in the cache key)
     max_examples: int = 5  # "file:line" examples kept per skip reason
     packing: str = "packed"  # one of PACKING_MODES (see the package's docstring)
+    shard_size_mb: float = 64.0  # an input larger than this is split into shards of about this size (data.parts)
 
     def __post_init__(self):
         if isinstance(self.train_files, (str, os.PathLike)):
@@ -56,6 +59,9 @@ class DataConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
                 raise ValueError(f"{flag} must be an int >= {minimum}, got {value!r}")
+        size = self.shard_size_mb
+        if isinstance(size, bool) or not isinstance(size, (int, float)) or not math.isfinite(size) or size <= 0:
+            raise ValueError(f"--shard_size_mb must be a number > 0, got {size!r}")
         if self.packing not in PACKING_MODES:
             raise ValueError(f"--packing must be one of {', '.join(PACKING_MODES)}, got {self.packing!r}")
         self.cache_dir = os.path.abspath(os.path.expanduser(str(self.cache_dir)))
@@ -76,19 +82,21 @@ class PreparedData:
 class _Shard:
     path: str  # a resolved input file or save_to_disk directory
     key: Optional[str]  # None: the file vanished after the glob expanded (reported, nothing cached)
+    part: Optional[Part] = None  # the part of a large input (data.parts), or None: the whole input
 
 
 def prepare_data(config: DataConfig, tokenizer) -> PreparedData:
     """Tokenize and pack every input file not yet in the cache into its own shard
-    ``config.cache_dir/shards/<key>/``, in ``config.num_proc`` processes; then load the corpus (the
-    shards in file order, memory-mapped) and split its rows into training and meta-validation (see
-    ``meta_split_rows``).
+    ``config.cache_dir/shards/<key>/`` (an input larger than ``config.shard_size_mb`` into one shard per part,
+    see data.parts), in ``config.num_proc`` processes; then load the corpus (the shards in file order,
+    memory-mapped) and split its rows into training and meta-validation (see ``meta_split_rows``).
 
-    A shard's key covers what determines its rows: the file's path, size and mtime, ``text_field``, the
-    tokenizer and its special ids, ``seq_len``, ``packing``, ``MIN_DOC_TOKENS``, ``max_examples`` (of its
-    report) and ``CACHE_FORMAT_VERSION``; not ``seed`` nor ``meta_sequences``. Adding a file builds only
-    its shard; a changed file rebuilds only its own. A shard appears by an atomic rename, so a concurrent
-    reader sees it whole or not at all; in multi-rank runs call this on rank 0 first, then on the others.
+    A shard's key covers what determines its rows: the file's path, size and mtime, its part's range,
+    ``text_field``, the tokenizer and its special ids, ``seq_len``, ``packing``, ``MIN_DOC_TOKENS``,
+    ``max_examples`` (of its report) and ``CACHE_FORMAT_VERSION``; not ``seed`` nor ``meta_sequences``.
+    Adding a file builds only its shards; a changed file rebuilds only its own. A shard appears by an atomic
+    rename, so a concurrent reader sees it whole or not at all; in multi-rank runs call this on rank 0 first,
+    then on the others.
     Loading an already prepared corpus writes nothing.
     """
     special = tuple(required_token_id(tokenizer, role) for role in ("pad", "cls", "sep"))
@@ -96,17 +104,21 @@ def prepare_data(config: DataConfig, tokenizer) -> PreparedData:
     backend = _plain_backend(tokenizer)
     tokenizer_fingerprint = _tokenizer_fingerprint(tokenizer, backend)
     root = os.path.join(config.cache_dir, SHARDS_DIR)
+    shard_bytes = int(config.shard_size_mb * (1 << 20))
     shards = []
     for path in paths:
         fingerprint = _path_fingerprint(path)
-        vanished = not os.path.isdir(path) and fingerprint[1] is None
-        key = None if vanished else _shard_key(config, fingerprint, tokenizer_fingerprint, special)
-        shards.append(_Shard(path, key))
+        if not os.path.isdir(path) and fingerprint[1] is None:
+            shards.append(_Shard(path, None))
+            continue
+        for part in plan_parts(path, config.text_field, shard_bytes) or [None]:
+            shards.append(_Shard(path, _shard_key(config, fingerprint, tokenizer_fingerprint, special, part), part))
     todo = [shard for shard in shards if shard.key is not None and not is_complete(os.path.join(root, shard.key))]
     if todo:
         os.makedirs(root, exist_ok=True)
         jobs = [ShardJob(shard.path, os.path.join(root, shard.key), config.text_field, config.seq_len,
-                         config.packing, special, config.max_examples) for shard in todo]
+                         config.packing, special, config.max_examples, shard.part)
+                for shard in _scanned(shards, todo, config.num_proc)]
         build_shards(jobs, config.num_proc, _tokenizer_spec(tokenizer, backend))
         logger.info("wrote %d tokenized shard(s) in %s (reused %d)", len(todo), root, len(shards) - len(todo))
     else:
@@ -119,6 +131,23 @@ def prepare_data(config: DataConfig, tokenizer) -> PreparedData:
         with contextlib.suppress(OSError):
             os.rmdir(root)
         raise
+
+
+def _scanned(shards: List[_Shard], todo: List[_Shard], num_proc: int) -> List[_Shard]:
+    """``todo`` with its byte-range parts completed by the pre-scan (line numbers, .txt layout) of every part
+    of their files, all scanned together in ``num_proc`` processes (data.parts)."""
+    paths = list(dict.fromkeys(s.path for s in todo if s.part is not None and s.part.unit == "bytes"))
+    if not paths:
+        return todo
+    parts = {path: [s.part for s in shards if s.path == path] for path in paths}
+    scans = scan_ranges([(path, part.start, part.stop) for path in paths for part in parts[path]], num_proc)
+    filled, done = {}, 0
+    for path in paths:
+        count = len(parts[path])
+        for part in with_scans(parts[path], scans[done: done + count], file_kind(path)):
+            filled[path, part.index] = part
+        done += count
+    return [replace(s, part=filled.get((s.path, s.part.index), s.part)) if s.part else s for s in todo]
 
 
 def meta_split_rows(num_rows: int, meta_sequences: int, seed: int) -> np.ndarray:
@@ -243,7 +272,7 @@ def _path_fingerprint(path: str) -> list:
 
 
 def _shard_key(config: DataConfig, fingerprint: list, tokenizer_fingerprint: str,
-               special: Tuple[int, int, int]) -> str:
+               special: Tuple[int, int, int], part: Optional[Part]) -> str:
     payload = {
         "format": CACHE_FORMAT_VERSION,
         "file": fingerprint,  # path, mtime, size (a directory: its files' too)
@@ -255,4 +284,6 @@ def _shard_key(config: DataConfig, fingerprint: list, tokenizer_fingerprint: str
         "min_doc_tokens": MIN_DOC_TOKENS,
         "max_examples": config.max_examples,
     }
+    if part is not None:  # a whole input keeps the key it had before inputs were split
+        payload["part"] = part.key()
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode("utf-8")).hexdigest()[:24]

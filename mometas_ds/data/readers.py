@@ -14,6 +14,7 @@ from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from .parts import Part, file_kind, is_saved_dataset, saved_dataset_splits
 
 logger = logging.getLogger(__name__)
 
@@ -140,14 +141,16 @@ def iter_documents(
             yield text, len(report.sources) - 1, line
 
 
-def iter_path(path: str, text_field: str, report: CorpusReport) -> Iterator[Tuple[str, str, int]]:
+def iter_path(path: str, text_field: str, report: CorpusReport,
+              part: Optional[Part] = None) -> Iterator[Tuple[str, str, int]]:
     """Yield ``(text, source, line)`` for every readable document of one resolved path (a file or a
-    save_to_disk directory); ``source`` is the label it appends to ``report.sources`` (``path``, or
-    ``path[split]`` for a DatasetDict) and ``report.documents`` counts the documents yielded."""
+    save_to_disk directory), or of one ``part`` of it (data.parts); ``source`` is the label it appends to
+    ``report.sources`` (``path``, or ``path[split]`` for a DatasetDict; a part appends it only when it is its
+    first) and ``report.documents`` counts the documents yielded."""
     if os.path.isdir(path):
-        yield from _read_saved_dataset(path, text_field, report)
+        yield from _read_saved_dataset(path, text_field, report, part)
         return
-    kind = _file_kind(path)
+    kind = file_kind(path)
     if kind is None:
         report.skip("unsupported_format", path)
         return
@@ -162,9 +165,10 @@ def iter_path(path: str, text_field: str, report: CorpusReport) -> Iterator[Tupl
     if size == 0:
         report.skip("empty_file", path)
         return
-    report.sources.append(path)
+    if part is None or part.index == 0:
+        report.sources.append(path)
     reader = {"jsonl": _read_jsonl, "txt": _read_txt, "parquet": _read_parquet}[kind]
-    for text, line in reader(path, text_field, report):
+    for text, line in reader(path, text_field, report, part):
         report.documents += 1
         yield text, path, line
 
@@ -183,19 +187,6 @@ def iter_texts(train_files: Sequence[str], text_field: str = "text",
         yield text
 
 
-def _file_kind(path: str) -> Optional[str]:
-    name = path.lower()
-    if name.endswith(".parquet"):
-        return "parquet"
-    if name.endswith(".gz"):
-        name = name[:-3]
-    if name.endswith((".jsonl", ".json")):
-        return "jsonl"
-    if name.endswith(".txt"):
-        return "txt"
-    return None
-
-
 def _open_binary(path: str):
     return gzip.open(path, "rb") if path.lower().endswith(".gz") else open(path, "rb")
 
@@ -203,12 +194,33 @@ def _open_binary(path: str):
 _READ_ERRORS = (OSError, EOFError, zlib.error)  # gzip.BadGzipFile is an OSError
 
 
-def _read_jsonl(path: str, text_field: str, report: CorpusReport) -> Iterator[Tuple[str, int]]:
+def _numbered_lines(f, part: Optional[Part]) -> Iterator[Tuple[int, bytes, bool]]:
+    """(line number, raw line, whether it lies past the part's end) from the file's or the part's start."""
+    if part is None:
+        for lineno, raw in enumerate(f, 1):
+            yield lineno, raw, False
+        return
+    f.seek(part.start)
+    position = part.start
+    for lineno, raw in enumerate(f, part.first_line):
+        yield lineno, raw, position >= part.stop
+        position += len(raw)
+
+
+def _no_line_read(path: str, part: Optional[Part], any_line: bool) -> bool:
+    """Whether the file is empty of text (reported once: by the whole file, or by a part, from the pre-scan)."""
+    return not any_line if part is None else part.index == 0 and not part.file_has_text
+
+
+def _read_jsonl(path: str, text_field: str, report: CorpusReport,
+                part: Optional[Part] = None) -> Iterator[Tuple[str, int]]:
     lineno = 0
     any_line = False
     try:
         with _open_binary(path) as f:
-            for lineno, raw in enumerate(f, 1):
+            for lineno, raw, beyond in _numbered_lines(f, part):
+                if beyond:
+                    break
                 if not raw.strip():
                     continue
                 any_line = True
@@ -241,7 +253,7 @@ def _read_jsonl(path: str, text_field: str, report: CorpusReport) -> Iterator[Tu
     except _READ_ERRORS as err:
         report.skip("unreadable_file", f"{path}:{lineno + 1} ({type(err).__name__}: {err})")
         return
-    if not any_line:
+    if _no_line_read(path, part, any_line):
         report.skip("empty_file", path)
 
 
@@ -262,20 +274,30 @@ def _txt_is_paragraphs(path: str) -> bool:
     return False
 
 
-def _read_txt(path: str, text_field: str, report: CorpusReport) -> Iterator[Tuple[str, int]]:
-    paragraphs = _txt_is_paragraphs(path)
+def _read_txt(path: str, text_field: str, report: CorpusReport,
+              part: Optional[Part] = None) -> Iterator[Tuple[str, int]]:
+    paragraphs = _txt_is_paragraphs(path) if part is None else part.paragraphs
+    # A part whose first lines continue a paragraph begun before it leaves them to the part that began it.
+    continuing = paragraphs and part is not None and not part.prev_blank
+    in_paragraph = False  # (paragraphs) since the last blank line, a non-blank one was read
     lineno = 0
     any_line = False
     block: List[str] = []
     block_start = 0
     try:
         with _open_binary(path) as f:
-            for lineno, raw in enumerate(f, 1):
+            for lineno, raw, beyond in _numbered_lines(f, part):
+                if beyond and not in_paragraph:  # past the part's end, only to finish the paragraph it began
+                    break
                 if not raw.strip():
+                    continuing = in_paragraph = False
                     if block:
                         yield "\n".join(block), block_start
                         block = []
                     continue
+                if continuing:
+                    continue
+                in_paragraph = paragraphs
                 any_line = True
                 try:
                     line = raw.decode("utf-8").rstrip("\r\n")
@@ -294,7 +316,7 @@ def _read_txt(path: str, text_field: str, report: CorpusReport) -> Iterator[Tupl
         report.skip("unreadable_file", f"{path}:{lineno + 1} ({type(err).__name__}: {err})")
     if block:
         yield "\n".join(block), block_start
-    if not any_line:
+    if _no_line_read(path, part, any_line):
         report.skip("empty_file", path)
 
 
@@ -315,7 +337,8 @@ def _check_value(value, where: str, report: CorpusReport) -> Optional[str]:
     return value
 
 
-def _read_parquet(path: str, text_field: str, report: CorpusReport) -> Iterator[Tuple[str, int]]:
+def _read_parquet(path: str, text_field: str, report: CorpusReport,
+                  part: Optional[Part] = None) -> Iterator[Tuple[str, int]]:
     row = 0
     try:
         parquet = pq.ParquetFile(path)
@@ -328,7 +351,10 @@ def _read_parquet(path: str, text_field: str, report: CorpusReport) -> Iterator[
             report.skip("missing_text_field", f"{path}: no column {text_field!r} (columns: {', '.join(columns)})",
                         count=num_rows)
             return
-        for batch in parquet.iter_batches(batch_size=1024, columns=[text_field]):
+        groups = None
+        if part is not None:  # planned only for a file with the column and rows
+            groups, row = list(range(part.start, part.stop)), part.first_line - 1
+        for batch in parquet.iter_batches(batch_size=1024, columns=[text_field], row_groups=groups):
             for value in batch.column(0).to_pylist():
                 row += 1
                 text = _check_value(value, f"{path}:{row}", report)
@@ -338,12 +364,9 @@ def _read_parquet(path: str, text_field: str, report: CorpusReport) -> Iterator[
         report.skip("unreadable_file", f"{path}:{row + 1} ({type(err).__name__}: {err})")
 
 
-def _is_saved_dataset(path: str) -> bool:
-    return any(os.path.isfile(os.path.join(path, name)) for name in ("dataset_dict.json", "state.json"))
-
-
-def _read_saved_dataset(path: str, text_field: str, report: CorpusReport) -> Iterator[Tuple[str, str, int]]:
-    if not _is_saved_dataset(path):
+def _read_saved_dataset(path: str, text_field: str, report: CorpusReport,
+                        part: Optional[Part] = None) -> Iterator[Tuple[str, str, int]]:
+    if not is_saved_dataset(path):
         report.skip("unsupported_format", f"{path} (a directory not written by datasets.save_to_disk)")
         return
     import datasets  # only for save_to_disk directories: a shard worker of plain files does without it
@@ -353,12 +376,11 @@ def _read_saved_dataset(path: str, text_field: str, report: CorpusReport) -> Ite
     except Exception as err:  # datasets raises several types for damaged directories
         report.skip("unreadable_file", f"{path} ({type(err).__name__}: {err})")
         return
-    if isinstance(loaded, datasets.DatasetDict):
-        names = ["train"] if "train" in loaded else list(loaded)
-        splits = [(f"{path}[{name}]", loaded[name]) for name in names]
-    else:
-        splits = [(path, loaded)]
-    for label, split in splits:
+    splits = saved_dataset_splits(loaded)
+    if part is not None:  # planned only when every split is usable
+        splits = [(name, split) for name, split in splits if name == part.split]
+    for name, split in splits:
+        label = path if name is None else f"{path}[{name}]"
         if len(split) == 0:
             report.skip("empty_file", label)
             continue
@@ -367,8 +389,11 @@ def _read_saved_dataset(path: str, text_field: str, report: CorpusReport) -> Ite
                         f"{label}: no column {text_field!r} (columns: {', '.join(split.column_names)})",
                         count=len(split))
             continue
-        report.sources.append(label)
         row = 0
+        if part is not None:
+            split, row = split.select(range(part.start, part.stop)), part.start
+        if row == 0:
+            report.sources.append(label)
         for table in split.select_columns([text_field]).with_format("arrow").iter(batch_size=1024):
             for value in table.column(0).to_pylist():
                 row += 1

@@ -11,13 +11,14 @@ import os
 import shutil
 import tempfile
 from dataclasses import dataclass
-from typing import List, Tuple
+from typing import List, Optional, Tuple
 
 import numpy as np
 import pyarrow as pa
 import tokenizers
 
 from . import readers
+from .parts import Part
 from .readers import MIN_DOC_TOKENS, CorpusReport
 
 logger = logging.getLogger(__name__)
@@ -72,6 +73,10 @@ class ShardJob:
     packing: str
     special: Tuple[int, int, int]
     max_examples: int
+    part: Optional[Part] = None  # one part of a large input (data.parts), or None: the whole input
+
+    def label(self) -> str:
+        return self.path if self.part is None else f"{self.path} ({self.part.label()})"
 
 
 def build_shards(jobs: List[ShardJob], num_proc: int, spec: tuple) -> None:
@@ -80,20 +85,20 @@ def build_shards(jobs: List[ShardJob], num_proc: int, spec: tuple) -> None:
     processes = min(num_proc, len(jobs))
     logger.info("tokenizing %d file(s) into shards with %d process(es)", len(jobs), processes)
 
-    def done(i: int, path: str, rows: int) -> None:
-        logger.info("shard %d/%d: %s -> %d row(s)", i, len(jobs), path, rows)
+    def done(i: int, label: str, rows: int) -> None:
+        logger.info("shard %d/%d: %s -> %d row(s)", i, len(jobs), label, rows)
 
     if processes <= 1:
         encode = _encoder(spec)
         for i, job in enumerate(jobs, 1):
-            done(i, job.path, _build_shard(job, encode))
+            done(i, job.label(), _build_shard(job, encode))
         return
     # spawn, not fork: the caller may hold threads (tokenizers', a process group's) that a fork would copy
     # mid-state. This module imports neither torch nor transformers, so a worker starts small.
     context = multiprocessing.get_context("spawn")
     with context.Pool(processes, initializer=_init_worker, initargs=(spec,)) as pool:
-        for i, (path, rows) in enumerate(pool.imap_unordered(_build_shard_in_worker, jobs, chunksize=1), 1):
-            done(i, path, rows)
+        for i, (label, rows) in enumerate(pool.imap_unordered(_build_shard_in_worker, jobs, chunksize=1), 1):
+            done(i, label, rows)
 
 
 _WORKER_ENCODE = None
@@ -107,7 +112,7 @@ def _init_worker(spec: tuple) -> None:
 
 
 def _build_shard_in_worker(job: ShardJob) -> Tuple[str, int]:
-    return job.path, _build_shard(job, _WORKER_ENCODE)
+    return job.label(), _build_shard(job, _WORKER_ENCODE)
 
 
 def _encoder(spec: tuple):
@@ -138,7 +143,7 @@ def _build_shard(job: ShardJob, encode) -> int:
     try:
         report = CorpusReport(max_examples=job.max_examples)
         with _RowWriter(os.path.join(work, ROWS_FILE), job.seq_len, job.special, job.packing, report) as rows:
-            for batch in _batches(readers.iter_path(job.path, job.text_field, report)):
+            for batch in _batches(readers.iter_path(job.path, job.text_field, report, job.part)):
                 for (_, source, line), ids in zip(batch, encode([text for text, _, _ in batch])):
                     if len(ids) < MIN_DOC_TOKENS:
                         report.documents -= 1
@@ -146,7 +151,7 @@ def _build_shard(job: ShardJob, encode) -> int:
                     else:
                         rows.add(np.asarray(ids, dtype=np.int32))
         with open(os.path.join(work, REPORT_FILE), "w") as f:
-            json.dump({"format": CACHE_FORMAT_VERSION, "source": job.path, "rows": rows.num_rows,
+            json.dump({"format": CACHE_FORMAT_VERSION, "source": job.label(), "rows": rows.num_rows,
                        "report": _report_to_store(report)}, f, indent=1)
         _publish(work, job.shard_dir)
     finally:
