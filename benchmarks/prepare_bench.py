@@ -2,6 +2,7 @@
 process tree, cache disk, and the time to add one file to a prepared cache (issue 19).
 
     PYTHONPATH=$PWD python benchmarks/prepare_bench.py --mb 100 --files 8 --work /tmp/prepare_bench
+    PYTHONPATH=$PWD python benchmarks/prepare_bench.py --mb 1000 --files 1 --no_add   # one big file, split
 
 It generates a corpus of ``--mb`` MB of text as ``--files`` .jsonl files (article-sized documents joined from
 mometas_ds.demo_corpus sentences), trains a WordPiece tokenizer on a sample of it (mometas_ds.tokenizer), then
@@ -16,6 +17,7 @@ import argparse
 import json
 import os
 import random
+import re
 import resource
 import shutil
 import subprocess
@@ -91,9 +93,10 @@ class TreeSampler(threading.Thread):
             time.sleep(self.interval)
 
 
-def run_prepare(files: list, tokenizer: str, cache: str, num_proc: int, seq_len: int) -> dict:
+def run_prepare(files: list, tokenizer: str, cache: str, num_proc: int, seq_len: int, shard_size_mb: float) -> dict:
     cmd = [sys.executable, "-m", "mometas_ds.prepare", "--train_files", *files, "--tokenizer", tokenizer,
-           "--seq_len", str(seq_len), "--cache_dir", cache, "--num_proc", str(num_proc)]
+           "--seq_len", str(seq_len), "--cache_dir", cache, "--num_proc", str(num_proc),
+           "--shard_size_mb", str(shard_size_mb)]
     env = dict(os.environ, PYTHONPATH=REPO_ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""), OMP_NUM_THREADS="1")
     before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     start = time.perf_counter()
@@ -107,7 +110,9 @@ def run_prepare(files: list, tokenizer: str, cache: str, num_proc: int, seq_len:
     if proc.returncode != 0:
         raise SystemExit(f"prepare failed ({proc.returncode}):\n{err[-3000:]}")
     maxrss_kb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    prescan = re.search(r"pre-scanned (\d+) range\(s\) of \d+ split file\(s\) in ([\d.]+) s", err)
     return {"seconds": round(seconds, 2), "tree_peak_rss_mb": round(sampler.peak / 1e6, 1),
+            "prescan": {"ranges": int(prescan[1]), "seconds": float(prescan[2])} if prescan else None,
             # ru_maxrss of all children so far: only meaningful when it grew in this run
             "max_process_rss_mb": round(maxrss_kb / 1e3, 1) if maxrss_kb > before else None,
             "stdout_tail": out.strip().splitlines()[-3:]}
@@ -121,6 +126,8 @@ def main(argv=None) -> int:
     p.add_argument("--seq_len", type=int, default=128, help="--seq_len of the prepared rows")
     p.add_argument("--vocab", type=int, default=30522, help="WordPiece vocabulary size asked for")
     p.add_argument("--num_proc", default="1,2", help="comma-separated --num_proc values to run")
+    p.add_argument("--shard_size_mb", type=float, default=64.0, help="mometas-prepare --shard_size_mb")
+    p.add_argument("--no_add", action="store_true", help="skip the add-one-file and load-only runs")
     p.add_argument("--keep", action="store_true", help="keep the scratch directory")
     args = p.parse_args(argv)
 
@@ -144,19 +151,23 @@ def main(argv=None) -> int:
         if cache:
             shutil.rmtree(cache)  # each run into a fresh cache (only one kept on disk)
         cache = os.path.join(args.work, f"cache_np{num_proc}")
-        result = run_prepare(files, tokenizer, cache, num_proc, args.seq_len)
+        result = run_prepare(files, tokenizer, cache, num_proc, args.seq_len, args.shard_size_mb)
         result.update(run="prepare", num_proc=num_proc, text_mb=round(mb, 1),
                       mb_per_s=round(mb / result["seconds"], 2), cache_disk_mb=round(du_mb(cache), 1))
         print(json.dumps(result), flush=True)
 
+    if args.no_add:
+        if not args.keep:
+            shutil.rmtree(args.work, ignore_errors=True)
+        return 0
     # One more file (the size of one of the others) added to the last prepared cache.
     extra = write_corpus(corpus_dir, args.mb / args.files, 1, start=len(files))
-    result = run_prepare(files + extra, tokenizer, cache, 1, args.seq_len)
+    result = run_prepare(files + extra, tokenizer, cache, 1, args.seq_len, args.shard_size_mb)
     result.update(run="add_one_file", added_text_mb=round(text_megabytes(extra), 1),
                   cache_disk_mb=round(du_mb(cache), 1))
     print(json.dumps(result), flush=True)
     # Nothing new: loading the prepared corpus only.
-    result = run_prepare(files + extra, tokenizer, cache, 1, args.seq_len)
+    result = run_prepare(files + extra, tokenizer, cache, 1, args.seq_len, args.shard_size_mb)
     result.update(run="reuse_all")
     print(json.dumps(result), flush=True)
     if not args.keep:

@@ -10,6 +10,7 @@ import logging
 import math
 import os
 import shutil
+import time
 from dataclasses import dataclass, field, replace
 from typing import List, Optional, Sequence, Tuple
 
@@ -140,7 +141,10 @@ def _scanned(shards: List[_Shard], todo: List[_Shard], num_proc: int) -> List[_S
     if not paths:
         return todo
     parts = {path: [s.part for s in shards if s.path == path] for path in paths}
+    start = time.perf_counter()
     scans = scan_ranges([(path, part.start, part.stop) for path in paths for part in parts[path]], num_proc)
+    logger.info("pre-scanned %d range(s) of %d split file(s) in %.1f s", len(scans), len(paths),
+                time.perf_counter() - start)
     filled, done = {}, 0
     for path in paths:
         count = len(parts[path])
