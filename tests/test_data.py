@@ -51,7 +51,8 @@ def prepare(tmp_path, tokenizer, files, **overrides):
 
 
 def rows_of(dataset):
-    return np.asarray(dataset.with_format("numpy")["input_ids"]), np.asarray(dataset.with_format("numpy")["attention_mask"])
+    table = dataset.with_format("numpy")
+    return np.asarray(table["input_ids"]), np.asarray(table["attention_mask"])
 
 
 def inner_tokens(dataset, tokenizer):
@@ -268,7 +269,8 @@ def test_examples_are_capped_but_every_skip_is_counted(tmp_path, tokenizer):
     assert prepared.report.documents == 1
 
 
-@pytest.mark.parametrize("content", [b"", b'{"body": "x"}\nnot json\n', b'{"text": "a"}\n{"text": ""}\n{"text": "!"}\n'])
+@pytest.mark.parametrize("content", [b"", b'{"body": "x"}\nnot json\n',
+                                     b'{"text": "a"}\n{"text": ""}\n{"text": "!"}\n'])
 def test_no_usable_document_stops_at_start_with_the_report(content, tmp_path, tokenizer):
     path = tmp_path / "bad.jsonl"
     path.write_bytes(content)
@@ -338,7 +340,8 @@ def test_seed_and_meta_split_size_share_one_cache(tmp_path, tokenizer, caplog):
     assert sorted(os.listdir(first.shard_paths[0])) == cached  # loading and splitting wrote nothing there
 
     all_rows = rows_of(no_meta.train)[0]
-    assert len(no_meta.meta) == 0 and (no_meta.report.train_sequences, no_meta.report.meta_sequences) == (len(all_rows), 0)
+    assert len(no_meta.meta) == 0
+    assert (no_meta.report.train_sequences, no_meta.report.meta_sequences) == (len(all_rows), 0)
     for prepared, meta in ((first, 4), (other_seed, 4), (other_size, 7)):
         assert (prepared.report.train_sequences, prepared.report.meta_sequences) == (len(all_rows) - meta, meta)
         assert (len(prepared.train), len(prepared.meta)) == (len(all_rows) - meta, meta)

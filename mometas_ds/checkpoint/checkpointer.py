@@ -140,5 +140,6 @@ def _convert_to_universal(tags_dir: str, tag: str) -> None:
     except Exception as exc:  # DeepSpeed's converter asserts and raises whatever its readers raise
         raise ConfigError(
             f"--resume: converting checkpoint {os.path.join(tags_dir, tag)} to DeepSpeed's universal checkpoint "
-            f"(needed: the number of ranks, the ZeRO stage or the precision changed) failed: {type(exc).__name__}: {exc}. Resume "
+            f"(needed: the number of ranks, the ZeRO stage or the precision changed) failed: "
+            f"{type(exc).__name__}: {exc}. Resume "
             f"on the number of ranks that saved it") from None

@@ -167,6 +167,7 @@ def _raise_if_failed(failed: list, tag_dir: str, root: str) -> None:
         raise CheckpointError(
             f"saving checkpoint {tag_dir} failed (disk full? permissions?):\n  " + "\n  ".join(failed)
             + "\nthe checkpoint is not published; the last complete one, "
-            + (os.path.join(root, previous) if previous else "(none)") + ", is intact: free space and restart with --resume"
+            + (os.path.join(root, previous) if previous else "(none)")
+            + ", is intact: free space and restart with --resume"
         )
 

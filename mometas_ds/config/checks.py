@@ -29,7 +29,8 @@ from .settings import PretrainConfig, sampler_kwargs
 
 @dataclass
 class Preflight:
-    """What the checks found: the parsed DeepSpeed config, the ranks, and the run's identity (saved with every checkpoint)."""
+    """What the checks found: the parsed DeepSpeed config, the ranks, and the run's identity (saved with every
+    checkpoint)."""
 
     ds_config: dict
     launch: LaunchInfo
@@ -114,7 +115,8 @@ def validate_config(cfg: PretrainConfig) -> dict:
         fail("model_config", "give exactly one of --model_name_or_path (continual) or --model_config (from scratch)")
     if cfg.model_config is not None and cfg.model_config not in MODEL_PRESETS:
         if not os.path.isfile(cfg.model_config):
-            fail("model_config", f"{cfg.model_config!r} is neither a preset ({', '.join(MODEL_PRESETS)}) nor a JSON file")
+            fail("model_config",
+                 f"{cfg.model_config!r} is neither a preset ({', '.join(MODEL_PRESETS)}) nor a JSON file")
         fields = read_json_object(cfg.model_config, "--model_config")  # a BertConfig JSON: unreadable stops here
         if fields.get("model_type", "bert") != "bert":
             fail("model_config", f"{cfg.model_config} is a {fields['model_type']!r} config; mometas_ds trains BERT")
@@ -125,7 +127,8 @@ def validate_config(cfg: PretrainConfig) -> dict:
     if cfg.model_name_or_path is not None and not os.path.isdir(cfg.model_name_or_path):
         fail("model_name_or_path", f"{cfg.model_name_or_path} is not a local directory")
     if cfg.tokenizer is None and cfg.train_tokenizer is None:
-        tok_in_model = cfg.model_name_or_path and os.path.exists(os.path.join(cfg.model_name_or_path, "tokenizer_config.json"))
+        tok_in_model = cfg.model_name_or_path and os.path.exists(
+            os.path.join(cfg.model_name_or_path, "tokenizer_config.json"))
         if not tok_in_model:
             fail("tokenizer", "no tokenizer: give --tokenizer DIR or --train_tokenizer VOCAB_SIZE")
     if cfg.tokenizer is not None and cfg.train_tokenizer is not None:
@@ -159,7 +162,8 @@ def validate_config(cfg: PretrainConfig) -> dict:
                                 "it applies to mlm and gmlm")
     if cfg.sampler not in available_samplers():
         fail("sampler", f"unknown sampler {cfg.sampler!r}; available: {', '.join(available_samplers())}")
-    for flag in ("meta_interval", "meta_batch_size", "max_steps", "save_steps", "log_steps", "num_proc", "max_skipped_steps"):
+    for flag in ("meta_interval", "meta_batch_size", "max_steps", "save_steps", "log_steps", "num_proc",
+                 "max_skipped_steps"):
         if getattr(cfg, flag) < 1:
             fail(flag, f"must be >= 1, got {getattr(cfg, flag)}")
     if not math.isfinite(cfg.meta_lr) or cfg.meta_lr <= 0:  # nan <= 0 is False
@@ -220,14 +224,16 @@ def check_tokenizer_fits_model(cfg: PretrainConfig, num_tokens: int) -> None:
     else:
         return  # a preset takes its vocab_size from the tokenizer
     if vocab_size is not None and num_tokens > vocab_size:
-        raise ConfigError(f"{flag}: the tokenizer has {num_tokens} tokens but the embeddings of {source} hold {vocab_size}")
+        raise ConfigError(
+            f"{flag}: the tokenizer has {num_tokens} tokens but the embeddings of {source} hold {vocab_size}")
 
 
 def _check_optimizer(ds_config: dict, path: str) -> None:
     optimizer = ds_config.get("optimizer", {})
     stage = ds_config.get("zero_optimization", {}).get("stage", 0)
     if isinstance(optimizer, dict) and "type" in optimizer:
-        # Here, not at the top: importing DeepSpeed takes seconds, and --help or a table of the options needs none of it.
+        # Here, not at the top: importing DeepSpeed takes seconds, and --help or a table of the options needs none
+        # of it.
         from deepspeed.runtime.config import DEEPSPEED_OPTIMIZERS
 
         name = str(optimizer["type"])
@@ -252,7 +258,8 @@ def check_batch_fields(ds_config: dict, path: str, world_size: Optional[int] = N
     micro = ds_config.get("train_micro_batch_size_per_gpu")
     gas = ds_config.get("gradient_accumulation_steps")
     total = ds_config.get("train_batch_size")
-    for key, value in (("train_micro_batch_size_per_gpu", micro), ("gradient_accumulation_steps", gas), ("train_batch_size", total)):
+    for key, value in (("train_micro_batch_size_per_gpu", micro), ("gradient_accumulation_steps", gas),
+                       ("train_batch_size", total)):
         if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
             raise ConfigError(f"{path}: {key} must be a positive integer, got {value!r}")
     if micro is None and total is None:
@@ -268,7 +275,8 @@ def check_batch_fields(ds_config: dict, path: str, world_size: Optional[int] = N
                 f"gradient_accumulation_steps={gas} x world_size={world_size}"
             )
         return micro
-    given, key = (micro, "train_micro_batch_size_per_gpu") if micro is not None else (gas or 1, "gradient_accumulation_steps")
+    given, key = ((micro, "train_micro_batch_size_per_gpu") if micro is not None
+                  else (gas or 1, "gradient_accumulation_steps"))
     if total % (given * world_size):
         missing = "gradient_accumulation_steps" if micro is not None else "train_micro_batch_size_per_gpu"
         raise ConfigError(
@@ -424,7 +432,8 @@ def check_resume_matches(cfg: PretrainConfig, ds_config: dict, world_size: int) 
     if refusal is None:
         differs = [key for key in differs if key not in THROUGH_UNIVERSAL]
     if differs:
-        where = {key: f"{cfg.deepspeed_config}: {key}" for key in ours if not key.startswith("-") and key != "number of ranks"}
+        where = {key: f"{cfg.deepspeed_config}: {key}" for key in ours
+                 if not key.startswith("-") and key != "number of ranks"}
         details = "; ".join(f"{where.get(key, key)} was {saved[key]!r}, now {ours[key]!r}" for key in differs)
         raise ConfigError(f"--resume {cfg.resume}: checkpoint {tag_dir} was written by a run with other settings: "
                           f"{details}{f' ({refusal})' if refusal else ''}. Resume with the same settings, or give a "
