@@ -122,8 +122,10 @@ def test_batch_keys_optimizer_sampler_args_and_objective_rows_are_checked_before
         check({**micro8, "zero_optimization": {"stage": 4}})
     with pytest.raises(ConfigError, match="--setup_timeout_minutes: must be a finite number > 0"):
         check(micro8, setup_timeout_minutes=float("nan"))
-    with pytest.raises(ConfigError, match="--shard_size_mb: must be a finite number > 0, got 0"):
+    with pytest.raises(ConfigError, match="--shard_size_mb: must be a finite number >= 0.001, got 0"):
         check(micro8, shard_size_mb=0.0)
+    with pytest.raises(ConfigError, match="--shard_size_mb: must be a finite number >= 0.001, got 1e-07"):
+        check(micro8, shard_size_mb=1e-7)
     with pytest.raises(ConfigError, match="--save_total_limit: must be >= 1, got 0"):
         check(micro8, save_total_limit=0)
     with pytest.raises(ConfigError, match="ds.json: checkpoint.writer / datastates_ckpt .* not supported"):

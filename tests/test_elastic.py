@@ -109,8 +109,9 @@ def _write_identity(tmp_path, world_size=1, ds_config=CPU_CONFIG, **flags):
     out = tmp_path / "run"
     tag_dir = out / "checkpoints" / "step6"
     tag_dir.mkdir(parents=True)
-    written = PretrainConfig(deepspeed_config=ds_config, train_files=["x.jsonl"], model_config="tiny",
-                             train_tokenizer=100, output_dir=str(out), objectives=["mlm", "atd"], seq_len=64, **flags)
+    flags = {"train_files": ["x.jsonl"], **flags}
+    written = PretrainConfig(deepspeed_config=ds_config, model_config="tiny", train_tokenizer=100, output_dir=str(out),
+                             objectives=["mlm", "atd"], seq_len=64, **flags)
     (tag_dir / RUN_IDENTITY_FILE).write_text(json.dumps(run_identity(written, validate_config(written), world_size)))
     (tag_dir / COMPLETE_MARKER).write_text("6")
     (out / "checkpoints" / LATEST_FILE).write_text("step6")
@@ -182,6 +183,32 @@ def test_resume_may_change_seq_len_batch_shape_and_ranks_but_not_the_experiment(
     with pytest.raises(ConfigError, match=r"--seq_len: 1024 would build a model with 1024 position embeddings, but "
                                           r"checkpoint .*step6 \(written at --seq_len 64\) holds 512.*seq_len <= 512"):
         resume(seq_len=1024)
+
+
+def test_a_checkpoint_from_before_shard_size_resumes_only_with_every_input_read_whole(tmp_path):
+    """Such a checkpoint (no --shard_size_mb in its identity) trained on every input whole: a resume whose
+    --shard_size_mb would split one stops, naming a value that keeps it whole; below the size it goes on."""
+    from mometas_ds.checkpoint import RUN_IDENTITY_FILE
+    from mometas_ds.config import ConfigError, PretrainConfig, check_world_size, validate_config
+
+    corpus = tmp_path / "big.jsonl"
+    corpus.write_text('{"text": "a b c d"}\n' * 30000)  # 570,000 bytes
+    written = _write_identity(tmp_path, train_files=[str(corpus)])
+    identity_file = tmp_path / "run" / "checkpoints" / "step6" / RUN_IDENTITY_FILE
+    identity = json.loads(identity_file.read_text())
+    del identity["--shard_size_mb"]
+    identity_file.write_text(json.dumps(identity))
+
+    def resume(**changes):
+        cfg = PretrainConfig(**{**written.__dict__, "resume": "auto", **changes})
+        check_world_size(cfg, validate_config(cfg), 1)
+
+    resume()  # 64 MiB: read whole, as the checkpoint's run did
+    with pytest.raises(ConfigError, match=r"--shard_size_mb: checkpoint .*step6 was written before large inputs were "
+                                          r"split .*big.jsonl read whole, but at --shard_size_mb 0.25 it would be "
+                                          r"split \(other rows\): resume with --shard_size_mb 2 "):
+        resume(shard_size_mb=0.25)
+    resume(shard_size_mb=2.0)
 
 
 def test_zero3_may_change_its_rank_count_and_precision_but_stage0_only_its_rank_count(tmp_path):

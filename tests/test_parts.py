@@ -132,6 +132,37 @@ def test_parquet_parts_are_row_groups_and_read_the_whole_files_rows(tmp_path):
     assert whole_report.skipped == {"missing_text_field": texts.count(None)}
 
 
+def test_parquet_parts_hold_similar_bytes_not_similar_numbers_of_row_groups(tmp_path):
+    path = tmp_path / "uneven.parquet"
+    schema = pa.schema([("text", pa.string())])
+    with pq.ParquetWriter(path, schema) as writer:  # one large row group, then nine of one short row
+        writer.write_table(pa.table({"text": [f"row {i} " + "word " * 50 for i in range(2000)]}, schema=schema))
+        for i in range(9):
+            writer.write_table(pa.table({"text": [f"short {i}"]}, schema=schema))
+    parts = plan_parts(str(path), "text", os.path.getsize(path) // 5)
+    assert [(p.start, p.stop, p.first_line) for p in parts] == [(0, 1, 1), (1, 10, 2001)]
+    even = tmp_path / "even.parquet"
+    pq.write_table(pa.table({"text": [f"row {i} " + "word " * 50 for i in range(1000)]}), even, row_group_size=100)
+    parts = plan_parts(str(even), "text", os.path.getsize(even) // 4)
+    meta = pq.read_metadata(even)
+    sizes = [meta.row_group(g).total_byte_size for g in range(meta.num_row_groups)]
+    part_bytes = [sum(sizes[p.start: p.stop]) for p in parts]
+    assert len(parts) >= 4 and max(part_bytes) - min(part_bytes) <= max(sizes)  # balanced to one row group
+
+
+def test_a_file_gone_after_planning_is_counted_once_not_once_per_part(tmp_path):
+    path = write_jsonl(tmp_path / "c.jsonl", random.Random(6))
+    parts = plan_parts(str(path), "text", os.path.getsize(path) // 3)
+    parts = with_scans(parts, scan_ranges([(str(path), p.start, p.stop) for p in parts], 1), "jsonl")
+    os.remove(path)
+    merged = CorpusReport()
+    for part in parts:
+        report = CorpusReport()
+        assert list(iter_path(str(path), "text", report, part)) == []
+        merged.merge(report)
+    assert len(parts) >= 3 and merged.skipped == {"missing_file": 1} and merged.sources == []
+
+
 @pytest.mark.parametrize("layout", ["dataset", "dict_with_train", "dict_without_train"])
 def test_save_to_disk_parts_are_row_ranges_and_read_the_whole_datasets_rows(layout, tmp_path):
     rng = random.Random(2)

@@ -123,14 +123,19 @@ def test_slurm_prepare_script_dry_run_passes_the_cpus_as_num_proc(assets, tmp_pa
 
 
 @pytest.mark.integration
-def test_training_on_a_prepared_corpus_equals_training_from_the_raw_corpus(assets, tmp_path):
+@pytest.mark.parametrize("split", [False, True], ids=["files", "first_file_in_3_parts"])
+def test_training_on_a_prepared_corpus_equals_training_from_the_raw_corpus(assets, tmp_path, split):
     """Same rows, and the same loss at every step for the same seed: one run on a cache mometas-prepare
-    wrote (it tokenizes nothing), one that tokenizes the raw corpus itself."""
+    wrote (it tokenizes nothing), one that tokenizes the raw corpus itself; also with the first file split
+    into 3 shards by --shard_size_mb (given to both commands)."""
     files = [assets["corpus"], assets["second"]]
+    size_flags = ["--shard_size_mb", repr(os.path.getsize(files[0]) / 2.5 / (1 << 20))] if split else []
+    shards = 4 if split else 2
     prepared_cache, raw_cache = str(tmp_path / "prepared_cache"), str(tmp_path / "raw_cache")
     result = subprocess.run(
         [sys.executable, "-m", "mometas_ds.prepare", "--train_files", *files,
-         "--tokenizer", assets["tokenizer"], "--seq_len", "32", "--cache_dir", prepared_cache, "--num_proc", "2"],
+         "--tokenizer", assets["tokenizer"], "--seq_len", "32", "--cache_dir", prepared_cache, "--num_proc", "2",
+         *size_flags],
         env=subprocess_env(), cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
     assert_ok(result)
     shards_before = {name: os.stat(os.path.join(prepared_cache, "shards", name, "rows.arrow")).st_mtime_ns
@@ -139,15 +144,15 @@ def test_training_on_a_prepared_corpus_equals_training_from_the_raw_corpus(asset
     runs = {}
     for name, cache in (("prepared", prepared_cache), ("raw", raw_cache)):
         out = str(tmp_path / name)
-        args = pretrain_args(files[0], assets["tokenizer"], out, cache, max_steps=12)
+        args = pretrain_args(files[0], assets["tokenizer"], out, cache, max_steps=12, extra=size_flags)
         at = args.index("--train_files")
         args[at + 1: at + 2] = files
         result = run_pretrain(args)
         assert_ok(result)
         runs[name] = (result, read_jsonl(os.path.join(out, "metrics.jsonl")))
-    assert "corpus already prepared: 2 shard(s)" in runs["prepared"][0].stderr
+    assert f"corpus already prepared: {shards} shard(s)" in runs["prepared"][0].stderr
     assert "tokenizing" not in runs["prepared"][0].stderr
-    assert "corpus prepared: built 2 of 2 shard(s)" in runs["raw"][0].stderr
+    assert f"corpus prepared: built {shards} of {shards} shard(s)" in runs["raw"][0].stderr
     prepared_metrics, raw_metrics = runs["prepared"][1], runs["raw"][1]
     assert len(prepared_metrics) == 12
     assert [(m["step"], m["objective"], m["loss"]) for m in prepared_metrics] == \

@@ -172,8 +172,8 @@ def validate_config(cfg: PretrainConfig) -> dict:
         fail("meta_gamma", f"must be a finite number >= 0, got {cfg.meta_gamma}")
     if cfg.steps_this_run is not None and cfg.steps_this_run < 1:
         fail("steps_this_run", f"must be >= 1, got {cfg.steps_this_run}")
-    if not math.isfinite(cfg.shard_size_mb) or cfg.shard_size_mb <= 0:
-        fail("shard_size_mb", f"must be a finite number > 0, got {cfg.shard_size_mb}")
+    if not math.isfinite(cfg.shard_size_mb) or cfg.shard_size_mb < 0.001:  # data.cache.MIN_SHARD_SIZE_MB
+        fail("shard_size_mb", f"must be a finite number >= 0.001, got {cfg.shard_size_mb}")
     if not math.isfinite(cfg.dist_timeout_minutes) or cfg.dist_timeout_minutes <= 0:
         fail("dist_timeout_minutes", f"must be a finite number > 0, got {cfg.dist_timeout_minutes}")
     if not math.isfinite(cfg.setup_timeout_minutes) or cfg.setup_timeout_minutes <= 0:
@@ -412,6 +412,30 @@ def _position_embeddings(cfg: PretrainConfig, seq_len: int) -> Optional[int]:
     return max(512, seq_len)
 
 
+def check_inputs_stay_whole(cfg: PretrainConfig, tag_dir: str) -> None:
+    """A checkpoint written before --shard_size_mb was trained on every input read whole: stop a resume whose
+    --shard_size_mb would split one of them (other rows, another order), naming the value that keeps them."""
+    from ..data.readers import resolve_files
+
+    def size(path: str) -> int:
+        if not os.path.isdir(path):
+            return os.path.getsize(path)
+        return sum(os.path.getsize(os.path.join(root, name)) for root, _, names in os.walk(path) for name in names)
+
+    limit = cfg.shard_size_mb * (1 << 20)
+    for path in resolve_files(cfg.train_files)[0]:
+        try:
+            large = size(path) > limit
+        except OSError:
+            continue  # gone or unreadable: the corpus report says so
+        if large:
+            keep = math.ceil(size(path) / (1 << 20)) + 1
+            raise ConfigError(
+                f"--shard_size_mb: checkpoint {tag_dir} was written before large inputs were split into shards, "
+                f"so it trained on {path} read whole, but at --shard_size_mb {cfg.shard_size_mb} it would be "
+                f"split (other rows): resume with --shard_size_mb {keep} (or more than your largest input)")
+
+
 def check_resume_matches(cfg: PretrainConfig, ds_config: dict, world_size: int) -> None:
     """With --resume, stop before any work if the checkpoint was written by a run set up differently.
 
@@ -438,6 +462,8 @@ def check_resume_matches(cfg: PretrainConfig, ds_config: dict, world_size: int) 
         raise ConfigError(f"--resume {cfg.resume}: checkpoint {tag_dir} was written by a run with other settings: "
                           f"{details}{f' ({refusal})' if refusal else ''}. Resume with the same settings, or give a "
                           "new --output_dir to start afresh")
+    if "--shard_size_mb" not in saved:
+        check_inputs_stay_whole(cfg, tag_dir)
     changes = elastic_changes(saved, ours)
     if "--seq_len" in changes:
         was, now = changes["--seq_len"]

@@ -29,6 +29,7 @@ from .shards import CACHE_FORMAT_VERSION, PACKING_MODES, REPORT_FILE, ROWS_FILE,
 logger = logging.getLogger(__name__)
 
 SHARDS_DIR = "shards"  # cache_dir/shards/<shard key>/{rows.arrow, shard.json}
+MIN_SHARD_SIZE_MB = 0.001  # about 1 kB: smaller parts only multiply processes and padded rows
 
 
 # -------------------------------------------------------------------------------- tokenize, pack, cache
@@ -61,8 +62,9 @@ class DataConfig:
             if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
                 raise ValueError(f"{flag} must be an int >= {minimum}, got {value!r}")
         size = self.shard_size_mb
-        if isinstance(size, bool) or not isinstance(size, (int, float)) or not math.isfinite(size) or size <= 0:
-            raise ValueError(f"--shard_size_mb must be a number > 0, got {size!r}")
+        if isinstance(size, bool) or not isinstance(size, (int, float)) or not math.isfinite(size) \
+                or size < MIN_SHARD_SIZE_MB:
+            raise ValueError(f"--shard_size_mb must be a number >= {MIN_SHARD_SIZE_MB}, got {size!r}")
         if self.packing not in PACKING_MODES:
             raise ValueError(f"--packing must be one of {', '.join(PACKING_MODES)}, got {self.packing!r}")
         self.cache_dir = os.path.abspath(os.path.expanduser(str(self.cache_dir)))

@@ -117,7 +117,7 @@ def _plan_parquet(path: str, text_field: str, size: int, shard_bytes: int) -> Op
     import pyarrow.parquet as pq
 
     try:
-        meta = pq.ParquetFile(path).metadata
+        meta = pq.read_metadata(path)
         columns = pq.read_schema(path).names
     except (pa.ArrowException, OSError):
         return None
@@ -125,9 +125,16 @@ def _plan_parquet(path: str, text_field: str, size: int, shard_bytes: int) -> Op
     if groups < 2 or meta.num_rows == 0 or text_field not in columns:
         return None
     rows_before = np.concatenate([[0], np.cumsum([meta.row_group(g).num_rows for g in range(groups)])])
-    chunks = [c for c in np.array_split(np.arange(groups), min(groups, math.ceil(size / shard_bytes))) if len(c)]
-    return [Part(i, len(chunks), "row_groups", int(c[0]), int(c[-1]) + 1, first_line=int(rows_before[c[0]]) + 1)
-            for i, c in enumerate(chunks)]
+    # Cut where the row groups' running size crosses k/count of the whole, so parts hold similar bytes.
+    bytes_after = np.cumsum([meta.row_group(g).total_byte_size for g in range(groups)])
+    count = math.ceil(size / shard_bytes)
+    targets = bytes_after[-1] * np.arange(1, count) / count
+    cuts = sorted({0, *(int(np.searchsorted(bytes_after, t, side="left")) + 1 for t in targets)} - {groups})
+    bounds = [c for c in cuts if c < groups] + [groups]
+    if len(bounds) < 3:
+        return None
+    return [Part(i, len(bounds) - 1, "row_groups", a, b, first_line=int(rows_before[a]) + 1)
+            for i, (a, b) in enumerate(zip(bounds, bounds[1:]))]
 
 
 def saved_dataset_splits(loaded) -> List[Tuple[Optional[str], object]]:

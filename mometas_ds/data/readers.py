@@ -147,23 +147,25 @@ def iter_path(path: str, text_field: str, report: CorpusReport,
     save_to_disk directory), or of one ``part`` of it (data.parts); ``source`` is the label it appends to
     ``report.sources`` (``path``, or ``path[split]`` for a DatasetDict; a part appends it only when it is its
     first) and ``report.documents`` counts the documents yielded."""
+    # What concerns the whole input (gone, unreadable, empty) is reported once: by it or by its first part.
+    once = report if part is None or part.index == 0 else CorpusReport()
     if os.path.isdir(path):
-        yield from _read_saved_dataset(path, text_field, report, part)
+        yield from _read_saved_dataset(path, text_field, report, part, once)
         return
     kind = file_kind(path)
     if kind is None:
-        report.skip("unsupported_format", path)
+        once.skip("unsupported_format", path)
         return
     try:
         size = os.path.getsize(path)
     except FileNotFoundError:  # it vanished since the glob expanded
-        report.skip("missing_file", f"{path}: {missing_reason(path)}")
+        once.skip("missing_file", f"{path}: {missing_reason(path)}")
         return
     except OSError as err:
-        report.skip("unreadable_file", f"{path} ({type(err).__name__}: {err})")
+        once.skip("unreadable_file", f"{path} ({type(err).__name__}: {err})")
         return
     if size == 0:
-        report.skip("empty_file", path)
+        once.skip("empty_file", path)
         return
     if part is None or part.index == 0:
         report.sources.append(path)
@@ -207,7 +209,7 @@ def _numbered_lines(f, part: Optional[Part]) -> Iterator[Tuple[int, bytes, bool]
         position += len(raw)
 
 
-def _no_line_read(path: str, part: Optional[Part], any_line: bool) -> bool:
+def _no_line_read(part: Optional[Part], any_line: bool) -> bool:
     """Whether the file is empty of text (reported once: by the whole file, or by a part, from the pre-scan)."""
     return not any_line if part is None else part.index == 0 and not part.file_has_text
 
@@ -253,7 +255,7 @@ def _read_jsonl(path: str, text_field: str, report: CorpusReport,
     except _READ_ERRORS as err:
         report.skip("unreadable_file", f"{path}:{lineno + 1} ({type(err).__name__}: {err})")
         return
-    if _no_line_read(path, part, any_line):
+    if _no_line_read(part, any_line):
         report.skip("empty_file", path)
 
 
@@ -316,7 +318,7 @@ def _read_txt(path: str, text_field: str, report: CorpusReport,
         report.skip("unreadable_file", f"{path}:{lineno + 1} ({type(err).__name__}: {err})")
     if block:
         yield "\n".join(block), block_start
-    if _no_line_read(path, part, any_line):
+    if _no_line_read(part, any_line):
         report.skip("empty_file", path)
 
 
@@ -364,17 +366,18 @@ def _read_parquet(path: str, text_field: str, report: CorpusReport,
         report.skip("unreadable_file", f"{path}:{row + 1} ({type(err).__name__}: {err})")
 
 
-def _read_saved_dataset(path: str, text_field: str, report: CorpusReport,
-                        part: Optional[Part] = None) -> Iterator[Tuple[str, str, int]]:
+def _read_saved_dataset(path: str, text_field: str, report: CorpusReport, part: Optional[Part] = None,
+                        once: Optional[CorpusReport] = None) -> Iterator[Tuple[str, str, int]]:
+    once = report if once is None else once  # see iter_path
     if not is_saved_dataset(path):
-        report.skip("unsupported_format", f"{path} (a directory not written by datasets.save_to_disk)")
+        once.skip("unsupported_format", f"{path} (a directory not written by datasets.save_to_disk)")
         return
     import datasets  # only for save_to_disk directories: a shard worker of plain files does without it
 
     try:
         loaded = datasets.load_from_disk(path)
     except Exception as err:  # datasets raises several types for damaged directories
-        report.skip("unreadable_file", f"{path} ({type(err).__name__}: {err})")
+        once.skip("unreadable_file", f"{path} ({type(err).__name__}: {err})")
         return
     splits = saved_dataset_splits(loaded)
     if part is not None:  # planned only when every split is usable
@@ -391,7 +394,7 @@ def _read_saved_dataset(path: str, text_field: str, report: CorpusReport,
             continue
         row = 0
         if part is not None:
-            split, row = split.select(range(part.start, part.stop)), part.start
+            split, row = split.select(range(part.start, part.stop)), part.first_line - 1
         if row == 0:
             report.sources.append(label)
         for table in split.select_columns([text_field]).with_format("arrow").iter(batch_size=1024):
