@@ -10,6 +10,8 @@ The tests start every rank as its own process, so a fault can be given to one ra
                                          wrote its shards and before the tag is published
   MOMETAS_FAULT_SLEEP_IN_SETUP=20        seconds rank 0 sleeps in data preparation while the others wait
   MOMETAS_FAULT_HANG_AT_STEP=6           this rank stops answering (sleeps an hour) when optimizer step 6 is done
+  MOMETAS_FAULT_KILL_SHARD_WORKER=1/3)   the --num_proc worker building the shard whose label ends so (here:
+                                         "FILE (part 1/3)") kills itself; read in data.shards (no torch there)
 
 Each hook logs a line starting with "fault injection:" when it fires, so a test can wait for it.
 """

@@ -273,3 +273,26 @@ def test_a_killed_preparation_rebuilds_only_the_missing_parts_with_their_line_nu
     assert again.report.to_dict() == first.report.to_dict()
     for a, b in zip(_rows(first), _rows(again)):
         np.testing.assert_array_equal(a, b)
+
+
+def test_a_killed_worker_stops_the_preparation_at_once_and_a_rerun_builds_the_rest(tmp_path, tokenizer, monkeypatch):
+    """A worker killed mid-build (the OOM killer) used to leave multiprocessing.Pool waiting for its shard
+    forever; now the preparation stops with a DataError, and running it again builds only what is missing."""
+    from mometas_ds.data import DataError
+
+    path = write_jsonl(tmp_path / "c.jsonl", random.Random(7), lines=800)
+    shard_mb = os.path.getsize(path) / 3.5 / (1 << 20)  # 4 parts
+    clean = _prepare(tmp_path, tokenizer, [path], "clean", shard_size_mb=shard_mb)
+    monkeypatch.setenv("MOMETAS_FAULT_KILL_SHARD_WORKER", "(part 3/4)")
+    with pytest.raises(DataError, match=r"a shard-building process died \(killed by a signal: out of memory, or a job "
+                                        r"limit\?\) after \d of 4 item\(s\) finished: what was finished is kept"):
+        _prepare(tmp_path, tokenizer, [path], "killed", shard_size_mb=shard_mb, num_proc=2)
+    monkeypatch.delenv("MOMETAS_FAULT_KILL_SHARD_WORKER")
+    shards = tmp_path / "killed" / "shards"
+    kept = [d for d in os.listdir(shards) if os.path.isfile(shards / d / "shard.json")]
+    assert len(kept) < 4
+    again = _prepare(tmp_path, tokenizer, [path], "killed", shard_size_mb=shard_mb, num_proc=2)
+    assert again.shards_built == 4 - len(kept)
+    assert [os.path.basename(p) for p in again.shard_paths] == [os.path.basename(p) for p in clean.shard_paths]
+    for a, b in zip(_rows(again), _rows(clean)):
+        np.testing.assert_array_equal(a, b)

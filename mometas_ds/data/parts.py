@@ -15,7 +15,6 @@ from the cache. Kept free of torch and transformers imports (the scan runs in sp
 from __future__ import annotations
 
 import math
-import multiprocessing
 import os
 from dataclasses import dataclass, replace
 from typing import List, Optional, Sequence, Tuple
@@ -217,8 +216,12 @@ def scan_ranges(jobs: Sequence[Tuple[str, int, int]], num_proc: int) -> List[Ran
     processes = min(num_proc, len(jobs))
     if processes <= 1:
         return [scan_range(job) for job in jobs]
-    with multiprocessing.get_context("spawn").Pool(processes) as pool:
-        return pool.map(scan_range, jobs, chunksize=1)
+    from .workers import run_in_processes  # here: workers imports errors, not needed for planning
+
+    scans = [None] * len(jobs)
+    for i, scan in run_in_processes(scan_range, jobs, processes, "pre-scan"):
+        scans[i] = scan
+    return scans
 
 
 def txt_is_paragraphs(scans: Sequence[RangeScan]) -> bool:

@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import json
 import logging
-import multiprocessing
 import os
 import shutil
+import signal
 import tempfile
 from dataclasses import dataclass
 from typing import List, Optional, Tuple
@@ -20,6 +20,7 @@ import tokenizers
 from . import readers
 from .parts import Part
 from .readers import MIN_DOC_TOKENS, CorpusReport
+from .workers import run_in_processes
 
 logger = logging.getLogger(__name__)
 
@@ -93,12 +94,11 @@ def build_shards(jobs: List[ShardJob], num_proc: int, spec: tuple) -> None:
         for i, job in enumerate(jobs, 1):
             done(i, job.label(), _build_shard(job, encode))
         return
-    # spawn, not fork: the caller may hold threads (tokenizers', a process group's) that a fork would copy
-    # mid-state. This module imports neither torch nor transformers, so a worker starts small.
-    context = multiprocessing.get_context("spawn")
-    with context.Pool(processes, initializer=_init_worker, initargs=(spec,)) as pool:
-        for i, (label, rows) in enumerate(pool.imap_unordered(_build_shard_in_worker, jobs, chunksize=1), 1):
-            done(i, label, rows)
+    # This module imports neither torch nor transformers, so a spawned worker starts small.
+    finished = run_in_processes(_build_shard_in_worker, jobs, processes, "shard-building",
+                                initializer=_init_worker, initargs=(spec,))
+    for i, (_, (label, rows)) in enumerate(finished, 1):
+        done(i, label, rows)
 
 
 _WORKER_ENCODE = None
@@ -112,6 +112,10 @@ def _init_worker(spec: tuple) -> None:
 
 
 def _build_shard_in_worker(job: ShardJob) -> Tuple[str, int]:
+    # TEST-ONLY fault (tests/test_parts.py; listed in mometas_ds.faults): the worker building this shard dies.
+    if os.environ.get("MOMETAS_FAULT_KILL_SHARD_WORKER") and job.label().endswith(
+            os.environ["MOMETAS_FAULT_KILL_SHARD_WORKER"]):
+        os.kill(os.getpid(), signal.SIGKILL)
     return job.label(), _build_shard(job, _WORKER_ENCODE)
 
 
