@@ -150,7 +150,9 @@ def test_training_on_a_prepared_corpus_equals_training_from_the_raw_corpus(asset
     runs = {}
     for name, cache in (("prepared", prepared_cache), ("raw", raw_cache)):
         out = str(tmp_path / name)
-        args = pretrain_args(files[0], assets["tokenizer"], out, cache, max_steps=12, extra=size_flags)
+        # Split: the raw run's rank 0 builds the shards in 2 workers spawned by the training process.
+        args = pretrain_args(files[0], assets["tokenizer"], out, cache, max_steps=12,
+                             extra=size_flags + (["--num_proc", "2"] if split else []))
         at = args.index("--train_files")
         args[at + 1: at + 2] = files
         result = run_pretrain(args)
