@@ -124,6 +124,45 @@ def test_usr1_saves_and_resubmit_resumes(slurm_cluster, corpus, tmp_path):
 
 
 @pytest.mark.integration
+def test_two_phase_recipe_chains_phase_2_after_phase_1_on_slurm(slurm_cluster, corpus, tmp_path):
+    """PHASES=2 submits both phases to a live SLURM: phase 2 waits for phase 1 (afterok), then resumes its
+    checkpoint at twice the --seq_len with its own DeepSpeed config (half the micro-batch, twice the
+    accumulation: the same global batch) and trains to --max_steps."""
+    import re
+
+    out = tmp_path / "run"
+    config = json.loads(Path(CPU_CONFIG).read_text())
+    config.update(train_micro_batch_size_per_gpu=config["train_micro_batch_size_per_gpu"] // 2,
+                  gradient_accumulation_steps=2 * GAS)
+    phase2 = tmp_path / "phase2.json"
+    phase2.write_text(json.dumps(config))
+    env = slurm_cluster.env(script_env(corpus, out, max_steps=8))
+    env.update(PHASES="2", PHASE1_STEPS="4", PHASE1_SEQ_LEN="32", PHASE2_SEQ_LEN="64", PHASE2_DS_CONFIG=str(phase2),
+               SBATCH_ARGS=" ".join([*TINY_JOB, f"--output={tmp_path}/job-%j.log"]))
+    submitted = subprocess.run(["bash", str(LARGE_SCRIPT)], env=env, cwd=REPO_ROOT, capture_output=True, text=True,
+                               timeout=60)
+    assert submitted.returncode == 0, submitted.stderr
+    first, second = re.search(r"submitted phase 1 as job (\d+), phase 2 as job (\d+) \(after \1 succeeds\)",
+                              submitted.stdout).groups()
+    results = [slurm_cluster.wait(job, JOB_TIMEOUT_S) for job in (first, second)]
+    logs = [(tmp_path / f"job-{job}.log").read_text() for job in (first, second)]
+    for result, text in zip(results, logs):
+        assert (result.state, result.exit_code) == ("COMPLETED", "0:0"), text
+    assert "phase 1 of 2: --seq_len 32" in logs[0] and "stopped at step 4" in logs[0]
+    assert f"phase 2 of 2: --seq_len 64, {phase2}" in logs[1]
+    assert f"resumed from {out / 'checkpoints' / 'step4'} at step 4" in logs[1]
+    assert "--seq_len changed from 32 to 64" in logs[1] and "stopped at step 8 (finished)" in logs[1]
+    # One schedule: phase 1's 4 steps of 32 tokens per row, then phase 2's 4 of 64.
+    metrics = read_jsonl(str(out / "metrics.jsonl"))
+    assert [m["step"] for m in metrics] == list(range(1, 9))
+    assert [round(m["tokens_per_s"] / m["samples_per_s"]) for m in metrics] == [32] * 4 + [64] * 4
+    assert checkpoint_tag(out) == "step8"
+    identity = json.loads((out / "checkpoints" / "step8" / "run_identity.json").read_text())
+    micro = config["train_micro_batch_size_per_gpu"]
+    assert (identity["--seq_len"], identity["train_micro_batch_size_per_gpu"]) == (64, micro)
+
+
+@pytest.mark.integration
 def test_mpirun_two_ranks_pretrain(corpus, tmp_path):
     assert shutil.which("mpirun"), "mpirun missing: run .ci/install_system_deps.sh"
     out = tmp_path / "run"
