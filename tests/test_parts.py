@@ -296,3 +296,24 @@ def test_a_killed_worker_stops_the_preparation_at_once_and_a_rerun_builds_the_re
     assert [os.path.basename(p) for p in again.shard_paths] == [os.path.basename(p) for p in clean.shard_paths]
     for a, b in zip(_rows(again), _rows(clean)):
         np.testing.assert_array_equal(a, b)
+
+
+def test_shards_are_started_largest_first_so_a_big_unsplit_file_does_not_run_alone_at_the_end(tmp_path):
+    from mometas_ds.data.shards import ShardJob, largest_first
+
+    rng = random.Random(8)
+    small = [write_jsonl(tmp_path / f"a{i}.jsonl", random.Random(9), lines=50) for i in range(3)]  # equal sizes
+    big = write_jsonl(tmp_path / "b.jsonl", rng, lines=900)
+    with open(big, "rb") as f, gzip.open(tmp_path / "z.jsonl.gz", "wb") as g:  # listed last, cannot be split
+        g.write(f.read() * 20)
+    parts = plan_parts(str(big), "text", os.path.getsize(big) // 3)
+
+    def job(path, part=None):
+        return ShardJob(str(path), "", "text", 16, "packed", (0, 1, 2), 5, part)
+    jobs = [job(p) for p in small] + [job(big, part) for part in parts] + [job(tmp_path / "z.jsonl.gz")]
+    order = largest_first(jobs)
+    n = len(parts)
+    assert order[0].path.endswith("z.jsonl.gz") and {j.path for j in order[1: 1 + n]} == {str(big)}
+    sizes = [j.part.stop - j.part.start for j in order[1: 1 + n]]
+    assert sizes == sorted(sizes, reverse=True)
+    assert [j.path for j in order[1 + n:]] == [str(p) for p in small]  # equal sizes keep the corpus order

@@ -94,11 +94,30 @@ def build_shards(jobs: List[ShardJob], num_proc: int, spec: tuple) -> None:
         for i, job in enumerate(jobs, 1):
             done(i, job.label(), _build_shard(job, encode))
         return
-    # This module imports neither torch nor transformers, so a spawned worker starts small.
-    finished = run_in_processes(_build_shard_in_worker, jobs, processes, "shard-building",
+    # This module imports neither torch nor transformers, so a spawned worker starts small. Largest first:
+    # a big input that cannot be split (.gz) started last would leave one process working alone at the end.
+    finished = run_in_processes(_build_shard_in_worker, largest_first(jobs), processes, "shard-building",
                                 initializer=_init_worker, initargs=(spec,))
     for i, (_, (label, rows)) in enumerate(finished, 1):
         done(i, label, rows)
+
+
+def largest_first(jobs: List[ShardJob]) -> List[ShardJob]:
+    """The jobs by the bytes of input each reads, largest first (ties in corpus order)."""
+    def input_bytes(job: ShardJob) -> int:
+        part = job.part
+        if part is not None and part.unit == "bytes":
+            return part.stop - part.start
+        try:
+            if os.path.isdir(job.path):
+                size = sum(os.path.getsize(os.path.join(root, name))
+                           for root, _, names in os.walk(job.path) for name in names)
+            else:
+                size = os.path.getsize(job.path)
+        except OSError:
+            size = 0  # gone: its job reports it
+        return size // part.count if part is not None else size
+    return sorted(jobs, key=input_bytes, reverse=True)
 
 
 _WORKER_ENCODE = None
