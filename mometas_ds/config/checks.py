@@ -20,6 +20,7 @@ from ..ds_config_check import check_ds_config
 from ..errors import ConfigError, read_json_object
 from ..launch import LaunchInfo, init_distributed
 from .choices import MODEL_PRESETS
+from ..data.parts import MIN_SHARD_SIZE_MB, input_bytes
 from ..model_config_check import check_model_config_fields
 from ..safe_io import check_resume_objectives, check_writable_dir, read_client_state
 from ..objectives import available_objectives, objective_class
@@ -172,8 +173,8 @@ def validate_config(cfg: PretrainConfig) -> dict:
         fail("meta_gamma", f"must be a finite number >= 0, got {cfg.meta_gamma}")
     if cfg.steps_this_run is not None and cfg.steps_this_run < 1:
         fail("steps_this_run", f"must be >= 1, got {cfg.steps_this_run}")
-    if not math.isfinite(cfg.shard_size_mb) or cfg.shard_size_mb < 0.001:  # data.cache.MIN_SHARD_SIZE_MB
-        fail("shard_size_mb", f"must be a finite number >= 0.001, got {cfg.shard_size_mb}")
+    if not math.isfinite(cfg.shard_size_mb) or cfg.shard_size_mb < MIN_SHARD_SIZE_MB:
+        fail("shard_size_mb", f"must be a finite number >= {MIN_SHARD_SIZE_MB}, got {cfg.shard_size_mb}")
     if not math.isfinite(cfg.dist_timeout_minutes) or cfg.dist_timeout_minutes <= 0:
         fail("dist_timeout_minutes", f"must be a finite number > 0, got {cfg.dist_timeout_minutes}")
     if not math.isfinite(cfg.setup_timeout_minutes) or cfg.setup_timeout_minutes <= 0:
@@ -417,19 +418,14 @@ def check_inputs_stay_whole(cfg: PretrainConfig, tag_dir: str) -> None:
     --shard_size_mb would split one of them (other rows, another order), naming the value that keeps them."""
     from ..data.readers import resolve_files
 
-    def size(path: str) -> int:
-        if not os.path.isdir(path):
-            return os.path.getsize(path)
-        return sum(os.path.getsize(os.path.join(root, name)) for root, _, names in os.walk(path) for name in names)
-
     limit = cfg.shard_size_mb * (1 << 20)
     for path in resolve_files(cfg.train_files)[0]:
         try:
-            large = size(path) > limit
+            size = input_bytes(path)
         except OSError:
             continue  # gone or unreadable: the corpus report says so
-        if large:
-            keep = math.ceil(size(path) / (1 << 20)) + 1
+        if size > limit:
+            keep = math.ceil(size / (1 << 20)) + 1
             raise ConfigError(
                 f"--shard_size_mb: checkpoint {tag_dir} was written before large inputs were split into shards, "
                 f"so it trained on {path} read whole, but at --shard_size_mb {cfg.shard_size_mb} it would be "

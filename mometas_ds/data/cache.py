@@ -22,14 +22,13 @@ from mometas_ds.errors import DataError
 from mometas_ds.tokenizer import required_token_id
 
 from . import readers
-from .parts import Part, file_kind, plan_parts, scan_ranges, with_scans
+from .parts import MIN_SHARD_SIZE_MB, Part, file_kind, plan_parts, scan_ranges, with_scans
 from .readers import MIN_DOC_TOKENS, CorpusReport
 from .shards import CACHE_FORMAT_VERSION, PACKING_MODES, REPORT_FILE, ROWS_FILE, ShardJob, build_shards, is_complete
 
 logger = logging.getLogger(__name__)
 
 SHARDS_DIR = "shards"  # cache_dir/shards/<shard key>/{rows.arrow, shard.json}
-MIN_SHARD_SIZE_MB = 0.001  # about 1 kB: smaller parts only multiply processes and padded rows
 
 
 # -------------------------------------------------------------------------------- tokenize, pack, cache

@@ -21,7 +21,8 @@ from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 
-_SCAN_BLOCK = 1 << 20  # bytes read at a time by the pre-scan and the split-point search
+_SCAN_BLOCK = 1 << 20  # bytes read at a time by the split-point search
+MIN_SHARD_SIZE_MB = 0.001  # --shard_size_mb's floor, about 1 kB: smaller parts only multiply processes and rows
 
 
 @dataclass(frozen=True)
@@ -47,6 +48,13 @@ class Part:
 
     def label(self) -> str:
         return f"part {self.index + 1}/{self.count}"
+
+
+def input_bytes(path: str) -> int:
+    """The bytes of one resolved input on disk (a save_to_disk directory: its files'); OSError if it is gone."""
+    if not os.path.isdir(path):
+        return os.path.getsize(path)
+    return sum(os.path.getsize(os.path.join(root, name)) for root, _, names in os.walk(path) for name in names)
 
 
 def file_kind(path: str) -> Optional[str]:

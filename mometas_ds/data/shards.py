@@ -18,7 +18,7 @@ import pyarrow as pa
 import tokenizers
 
 from . import readers
-from .parts import Part
+from .parts import Part, input_bytes
 from .readers import MIN_DOC_TOKENS, CorpusReport
 from .workers import run_in_processes
 
@@ -104,20 +104,16 @@ def build_shards(jobs: List[ShardJob], num_proc: int, spec: tuple) -> None:
 
 def largest_first(jobs: List[ShardJob]) -> List[ShardJob]:
     """The jobs by the bytes of input each reads, largest first (ties in corpus order)."""
-    def input_bytes(job: ShardJob) -> int:
+    def reads(job: ShardJob) -> int:
         part = job.part
         if part is not None and part.unit == "bytes":
             return part.stop - part.start
         try:
-            if os.path.isdir(job.path):
-                size = sum(os.path.getsize(os.path.join(root, name))
-                           for root, _, names in os.walk(job.path) for name in names)
-            else:
-                size = os.path.getsize(job.path)
+            size = input_bytes(job.path)
         except OSError:
             size = 0  # gone: its job reports it
         return size // part.count if part is not None else size
-    return sorted(jobs, key=input_bytes, reverse=True)
+    return sorted(jobs, key=reads, reverse=True)
 
 
 _WORKER_ENCODE = None
