@@ -22,7 +22,7 @@ system-deps:
 	@bash .ci/install_system_deps.sh
 
 demo: venv
-	$(PY) -m mometas_ds.demo --overwrite
+	$(PY) -m mometas_ds.cli.demo --overwrite
 
 lint: venv
 	$(PY) -m ruff check .

@@ -35,15 +35,15 @@ setup(
     },
     entry_points={
         "console_scripts": [
-            "mometas-pretrain=mometas_ds.pretrain:main",
-            "mometas-bench=mometas_ds.bench:main",
-            "mometas-plot=mometas_ds.plot:main",
-            "mometas-finetune=mometas_ds.finetune:main",
-            "mometas-export=mometas_ds.export:main",
-            "mometas-compare=mometas_ds.compare:main",
-            "mometas-checkpoint=mometas_ds.checkpoint_cli:main",
-            "mometas-study=mometas_ds.study:main",
-            "mometas-prepare=mometas_ds.prepare:main",
+            "mometas-pretrain=mometas_ds.cli.pretrain:main",
+            "mometas-bench=mometas_ds.cli.bench:main",
+            "mometas-plot=mometas_ds.cli.plot:main",
+            "mometas-finetune=mometas_ds.cli.finetune:main",
+            "mometas-export=mometas_ds.cli.export:main",
+            "mometas-compare=mometas_ds.cli.compare:main",
+            "mometas-checkpoint=mometas_ds.cli.checkpoint:main",
+            "mometas-study=mometas_ds.cli.study:main",
+            "mometas-prepare=mometas_ds.cli.prepare:main",
         ]
     },
 )

@@ -89,7 +89,7 @@ def main(argv=None) -> int:
     device = (ours or peer or [{"device": "?"}])[0]["device"]
     lines = [f"# gpu_pretrain.sh on {device}", "", "## Step time: ours against the HF peer", ""]
     lines += step_table(ours, peer) if (ours or peer) else ["(no step figures)"]
-    lines += ["", "MFU: model FLOPs (mometas_ds/flops.py: matmul FLOPs, 3x forward, 15% of tokens through the "
+    lines += ["", "MFU: model FLOPs (mometas_ds/bench/flops.py: matmul FLOPs, 3x forward, 15% of tokens through the "
               "vocabulary head) per second over the GPU's dense bf16 peak.", ""]
     if overhead:
         c = overhead["config"]

@@ -7,7 +7,7 @@ reported as a ratio to this one (benchmarks/gpu_pretrain.sh).
     python benchmarks/hf_peer_step.py --quick                  # CPU smoke mode: tiny model, a few steps
 
 Figures: median seconds per step over timed rounds after warm-up, tokens/s, samples/s, MFU
-(mometas_ds.flops: matmul FLOPs, 3x forward, 15% of the tokens through the vocabulary head),
+(mometas_ds.bench.flops: matmul FLOPs, 3x forward, 15% of the tokens through the vocabulary head),
 peak torch.cuda.max_memory_allocated.
 """
 from __future__ import annotations
@@ -17,20 +17,20 @@ import os
 import sys
 
 import torch
-from transformers import BertConfig, BertForMaskedLM
+from transformers import BertForMaskedLM
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from step_timing import (  # noqa: E402  (a script beside it)
     add_step_args, largest_fitting, median_step_seconds, print_and_append, profile_summary, throughput_figures,
 )
 
-from mometas_ds.model import MODEL_PRESETS  # noqa: E402
+from mometas_ds.model import MODEL_PRESETS, build_bert_config  # noqa: E402
 
 
 def build(model: str, vocab_size: int, seq_len: int, micro_batch: int, device: torch.device, bf16: bool, seed: int):
     """The model, its optimizer and one step() closure on a fixed synthetic batch."""
     torch.manual_seed(seed)
-    config = BertConfig(**MODEL_PRESETS[model], vocab_size=vocab_size, max_position_embeddings=max(512, seq_len))
+    config = build_bert_config(model, vocab_size=vocab_size, seq_len=seq_len)
     net = BertForMaskedLM._from_config(config, attn_implementation="sdpa").to(device)
     net.train()
     fused = device.type == "cuda"  # torch's fused AdamW: one kernel per parameter group, no nvcc

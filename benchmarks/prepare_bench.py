@@ -5,8 +5,8 @@ process tree, cache disk, and the time to add one file to a prepared cache (issu
     PYTHONPATH=$PWD python benchmarks/prepare_bench.py --mb 1000 --files 1 --no_add   # one big file, split
 
 It generates a corpus of ``--mb`` MB of text as ``--files`` .jsonl files (article-sized documents joined from
-mometas_ds.demo_corpus sentences), trains a WordPiece tokenizer on a sample of it (mometas_ds.tokenizer), then
-runs ``python -m mometas_ds.prepare`` as a subprocess, each time into a fresh cache, and prints one JSON line per
+mometas_ds.data.demo_corpus sentences), trains a WordPiece tokenizer on a sample of it (mometas_ds.data.tokenizer), then
+runs ``python -m mometas_ds.cli.prepare`` as a subprocess, each time into a fresh cache, and prints one JSON line per
 run. Peak memory: ``tree_peak_rss_mb`` is the largest sum of the RSS of the prepare process and its workers,
 sampled every 0.1 s with psutil; ``max_process_rss_mb`` is getrusage(RUSAGE_CHILDREN).ru_maxrss of that run (the
 largest single process).
@@ -32,7 +32,7 @@ REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def write_corpus(out_dir: str, megabytes: float, files: int, seed: int = 0, start: int = 0) -> list:
     """``files`` .jsonl files of about ``megabytes / files`` MB each; documents of 8 demo paragraphs (~3 kB)."""
-    from mometas_ds.demo_corpus import generate_documents
+    from mometas_ds.data.demo_corpus import generate_documents
 
     os.makedirs(out_dir, exist_ok=True)
     pool = generate_documents(20000, seed=seed)
@@ -94,7 +94,7 @@ class TreeSampler(threading.Thread):
 
 
 def run_prepare(files: list, tokenizer: str, cache: str, num_proc: int, seq_len: int, shard_size_mb: float) -> dict:
-    cmd = [sys.executable, "-m", "mometas_ds.prepare", "--train_files", *files, "--tokenizer", tokenizer,
+    cmd = [sys.executable, "-m", "mometas_ds.cli.prepare", "--train_files", *files, "--tokenizer", tokenizer,
            "--seq_len", str(seq_len), "--cache_dir", cache, "--num_proc", str(num_proc),
            "--shard_size_mb", str(shard_size_mb)]
     env = dict(os.environ, PYTHONPATH=REPO_ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""), OMP_NUM_THREADS="1")
@@ -131,8 +131,8 @@ def main(argv=None) -> int:
     p.add_argument("--keep", action="store_true", help="keep the scratch directory")
     args = p.parse_args(argv)
 
-    from mometas_ds.demo_corpus import generate_documents
-    from mometas_ds.tokenizer import train_wordpiece_tokenizer
+    from mometas_ds.data.demo_corpus import generate_documents
+    from mometas_ds.data.tokenizer import train_wordpiece_tokenizer
 
     shutil.rmtree(args.work, ignore_errors=True)
     corpus_dir = os.path.join(args.work, "corpus")

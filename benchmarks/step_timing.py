@@ -45,7 +45,7 @@ def add_step_args(p) -> None:
     p.add_argument("--steps_per_round", type=int, default=5, help="steps per timed round")
     p.add_argument("--profile_steps", type=int, default=0, help="also profile this many steps (torch.profiler)")
     p.add_argument("--peak_tflops", type=float, default=None, help="peak dense bf16 TFLOP/s for MFU "
-                   "(default: from the GPU's name, see mometas_ds.flops)")
+                   "(default: from the GPU's name, see mometas_ds.bench.flops)")
     p.add_argument("--json", metavar="PATH", help="append the figures as one JSON line to PATH")
 
 
@@ -53,7 +53,7 @@ def throughput_figures(config, seq_len: int, sequences: int, timing: Dict[str, f
                        peak_tflops: Optional[float] = None) -> Dict:
     """Samples/s, tokens/s, model FLOPs, MFU and peak memory of a step over ``sequences`` sequences, from its
     median time (``timing`` from median_step_seconds) and the BertConfig ``config``."""
-    from mometas_ds.flops import mfu, peak_flops, pretrain_step_flops
+    from mometas_ds.bench.flops import mfu, peak_flops, pretrain_step_flops
 
     seconds = timing["median_s"]
     flops = pretrain_step_flops(config, seq_len, sequences)

@@ -9,9 +9,9 @@ import torch
 from torch import nn
 from transformers import BertConfig, BertForMaskedLM, BertModel
 
-from .config.choices import MODEL_PRESETS
-from .errors import ConfigError, read_json_object
-from .objectives import Objective
+from mometas_ds.config.choices import MODEL_PRESETS
+from mometas_ds.errors import ConfigError, read_json_object
+from mometas_ds.objectives import Objective
 
 logger = logging.getLogger(__name__)
 
@@ -25,8 +25,24 @@ HF_MLM_HEAD_KEYS = {
 }
 
 
-def build_bert_config(model_config: str, vocab_size: int, max_position_embeddings: int = 512) -> BertConfig:
-    """A BertConfig from a preset name or a JSON file of BertConfig fields."""
+def position_embeddings(model_config: Optional[str], seq_len: int) -> Optional[int]:
+    """The position embeddings a model built from ``model_config`` at ``seq_len`` gets, or None when they do
+    not follow --seq_len (a checkpoint's config, or a --model_config JSON that sets them). The one place of
+    the rule: from scratch, max(512, seq_len), as BERT's own checkpoints."""
+    if model_config is None:
+        return None
+    if model_config not in MODEL_PRESETS:
+        fields = read_json_object(model_config, "--model_config")
+        if "max_position_embeddings" in fields:
+            return None
+    elif "max_position_embeddings" in MODEL_PRESETS[model_config]:
+        return None
+    return max(512, seq_len)
+
+
+def build_bert_config(model_config: str, vocab_size: int, seq_len: int = 512) -> BertConfig:
+    """A BertConfig from a preset name or a JSON file of BertConfig fields; vocab_size from the tokenizer
+    unless the JSON sets it, position embeddings by ``position_embeddings``."""
     if model_config in MODEL_PRESETS:
         fields = dict(MODEL_PRESETS[model_config])
     elif os.path.isfile(model_config):
@@ -36,7 +52,7 @@ def build_bert_config(model_config: str, vocab_size: int, max_position_embedding
             f"--model_config {model_config!r} is neither a preset ({', '.join(MODEL_PRESETS)}) nor a JSON file"
         )
     fields.setdefault("vocab_size", vocab_size)
-    fields.setdefault("max_position_embeddings", max_position_embeddings)
+    fields.setdefault("max_position_embeddings", max(512, seq_len))
     if fields["vocab_size"] < vocab_size:
         raise ValueError(f"--model_config vocab_size={fields['vocab_size']} < tokenizer vocabulary {vocab_size}")
     return BertConfig(**fields)

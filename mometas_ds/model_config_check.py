@@ -8,22 +8,25 @@ The valid names and their types come from transformers' own BertConfig (its fiel
 from __future__ import annotations
 
 import functools
+import os
 import inspect
 from typing import Dict
 
 from transformers import BertConfig
 
-from .errors import ConfigError
-from .ds_config_check import (
-    BOOL, NON_NEGATIVE, NUMBER, POSITIVE_INT, STRING, Check, _is_int, _is_number, suggestion,
+from mometas_ds.config.choices import MODEL_PRESETS
+from mometas_ds.config.settings import PretrainConfig
+from mometas_ds.errors import ConfigError, read_json_object
+from mometas_ds.config.fields import (
+    BOOL, NON_NEGATIVE, NUMBER, POSITIVE_INT, STRING, Check, is_int, is_number, suggestion,
 )
 
 # Fields the model is built from, with stricter checks than their defaults' types give.
-_DROPOUT: Check = (lambda v: _is_number(v) and 0 <= v < 1, "a number in [0, 1)")
-_OPTIONAL_DROPOUT: Check = (lambda v: v is None or (_is_number(v) and 0 <= v < 1), "null or a number in [0, 1)")
-_OPTIONAL_INT: Check = (lambda v: v is None or (_is_int(v) and v >= 0), "null or a whole number >= 0")
-_NON_NEGATIVE_INT: Check = (lambda v: _is_int(v) and v >= 0, "a whole number >= 0")
-_POSITIVE: Check = (lambda v: _is_number(v) and v > 0, "a finite number > 0")
+_DROPOUT: Check = (lambda v: is_number(v) and 0 <= v < 1, "a number in [0, 1)")
+_OPTIONAL_DROPOUT: Check = (lambda v: v is None or (is_number(v) and 0 <= v < 1), "null or a number in [0, 1)")
+_OPTIONAL_INT: Check = (lambda v: v is None or (is_int(v) and v >= 0), "null or a whole number >= 0")
+_NON_NEGATIVE_INT: Check = (lambda v: is_int(v) and v >= 0, "a whole number >= 0")
+_POSITIVE: Check = (lambda v: is_number(v) and v > 0, "a finite number > 0")
 _EXPLICIT: Dict[str, Check] = {
     "vocab_size": POSITIVE_INT, "hidden_size": POSITIVE_INT, "num_hidden_layers": POSITIVE_INT,
     "num_attention_heads": POSITIVE_INT, "intermediate_size": POSITIVE_INT, "max_position_embeddings": POSITIVE_INT,
@@ -77,3 +80,24 @@ def check_model_config_fields(fields: dict, path: str) -> None:
     if hidden % heads:
         raise ConfigError(f"--model_config: {path}: hidden_size {hidden} is not a multiple of num_attention_heads "
                           f"{heads}; each head takes hidden_size / num_attention_heads dimensions")
+
+
+def read_model_config(model_dir: str) -> dict:
+    """The config.json of a local HF checkpoint, as a dict; ConfigError naming the flag if unreadable."""
+    return read_json_object(os.path.join(model_dir, "config.json"), "--model_name_or_path")
+
+
+def check_tokenizer_fits_model(cfg: PretrainConfig, num_tokens: int) -> None:
+    """The tokenizer must not have ids beyond the embedding rows (of the checkpoint, or of a
+    --model_config JSON that sets vocab_size); checked before the corpus is tokenized."""
+    if cfg.model_name_or_path is not None:
+        vocab_size = read_model_config(cfg.model_name_or_path).get("vocab_size")
+        flag, source = ("--tokenizer" if cfg.tokenizer else "--model_name_or_path"), cfg.model_name_or_path
+    elif cfg.model_config not in MODEL_PRESETS:
+        vocab_size = read_json_object(cfg.model_config, "--model_config").get("vocab_size")
+        flag, source = "--model_config", cfg.model_config
+    else:
+        return  # a preset takes its vocab_size from the tokenizer
+    if vocab_size is not None and num_tokens > vocab_size:
+        raise ConfigError(
+            f"{flag}: the tokenizer has {num_tokens} tokens but the embeddings of {source} hold {vocab_size}")

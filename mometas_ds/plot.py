@@ -1,7 +1,7 @@
-"""mometas-plot: PNG figures of what a pre-training run did and what its sampler learned.
+"""PNG figures of what a pre-training run did and what its sampler learned.
 
 Reads RUN_DIR/metrics.jsonl (one line per optimizer step) and RUN_DIR/sampler.jsonl (one line per
-sampler update) and writes, by default into RUN_DIR/plots/:
+sampler update) and writes, by default into RUN_DIR/plots/ (``mometas-plot``: mometas_ds.cli.plot):
 
   sampling_probs.png  sampling probability per objective over steps (stacked area; each update's
                       probabilities hold until the next update, the last until the last logged step)
@@ -22,7 +22,6 @@ this module never touches pyplot or the caller's backend and needs no display.
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import math
@@ -31,6 +30,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 from matplotlib.figure import Figure
+from mometas_ds.config.paths import RunPaths
 
 logger = logging.getLogger(__name__)
 
@@ -226,12 +226,12 @@ def _plot_train_loss(metrics: StepRecords, colours, path: str) -> str:
 
 def plot_run(run_dir: str, out_dir: str | None = None) -> list[str]:
     """Write the run's figures as PNGs and return their paths; figures without data are logged as skipped."""
-    metrics_path = os.path.join(run_dir, "metrics.jsonl")
+    metrics_path = RunPaths(run_dir).metrics
     if not os.path.isfile(metrics_path):
         raise FileNotFoundError(f"{metrics_path} not found: is {run_dir!r} a run's --output_dir?")
     metrics = read_metrics(metrics_path)
 
-    sampler_path = os.path.join(run_dir, "sampler.jsonl")
+    sampler_path = RunPaths(run_dir).sampler
     if os.path.isfile(sampler_path):
         updates = read_sampler(sampler_path)
     else:
@@ -262,22 +262,3 @@ def plot_run(run_dir: str, out_dir: str | None = None) -> list[str]:
     for name, reason in skipped:
         logger.info("skipped %s: %s", name, reason)
     return written
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="mometas-plot", description=__doc__.split("\n\n")[0])
-    parser.add_argument("run_dir", metavar="RUN_DIR", help="a pre-training run's --output_dir")
-    parser.add_argument("--out", metavar="DIR", default=None, help="where to write the PNGs (default RUN_DIR/plots)")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="mometas-plot: %(message)s")
-    try:
-        paths = plot_run(args.run_dir, args.out)
-    except (OSError, ValueError) as e:
-        parser.error(str(e))
-    for path in paths:
-        print(path)
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -1,6 +1,11 @@
-"""Name -> class, for the objectives and the samplers: built-ins register on import, users with a decorator."""
+"""Name -> class, for the objectives and the samplers: built-ins register on import, users with a decorator
+in a module of theirs (``import_user_module``, for --user_modules)."""
 from __future__ import annotations
 
+import importlib
+import importlib.util
+import os
+import sys
 from typing import Dict, Generic, List, Type, TypeVar
 
 T = TypeVar("T")
@@ -41,3 +46,24 @@ class Registry(Generic[T]):
         if name not in self._classes:
             raise ValueError(f"unknown {self.kind} {name!r}; available: {', '.join(self.names())}")
         return self._classes[name]
+
+
+def import_user_module(spec: str):
+    """Import a ``.py`` file (by path) or a module (dotted name) once; its registrations take effect."""
+    if spec.endswith(".py"):
+        path = os.path.abspath(spec)
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"no such file: {spec}")
+        name = "mometas_user_" + os.path.splitext(os.path.basename(path))[0]
+        if name in sys.modules:
+            return sys.modules[name]
+        module_spec = importlib.util.spec_from_file_location(name, path)
+        module = importlib.util.module_from_spec(module_spec)
+        sys.modules[name] = module
+        try:
+            module_spec.loader.exec_module(module)
+        except BaseException:
+            del sys.modules[name]
+            raise
+        return module
+    return importlib.import_module(spec)

@@ -6,23 +6,19 @@
   DatasetGenerationError) becomes a ConfigError naming the flag, the file and what to do.
 - ``write_dir_atomically``: a directory (the HF export) is written under a temporary name next to
   it and renamed into place, so it is whole or absent; the temporary one is removed on failure.
-- ``check_resume_objectives``: for a checkpoint without run_identity.json (written before
-  checkpoints recorded their run's settings), the objectives stored in its client state must be
-  the configured ones, in the same order (the sampler's policy is indexed by position).
+- ``check_writable``: the same probe, for --output_dir and a folder under it.
 """
 from __future__ import annotations
 
 import contextlib
 import errno
-import glob
 import os
 import re
 import shutil
 import socket
-from typing import Callable, List, Optional
+from typing import Callable, Optional
 
-from .checkpoint import CLIENT_STATE_FILE, safe_load
-from .errors import ConfigError
+from mometas_ds.errors import ConfigError
 
 # errno values that mean "this place cannot take the write", as opposed to a bug.
 DISK_ERRNOS = {errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota is exceeded",
@@ -115,36 +111,21 @@ def _fsync_tree(root: str) -> None:
                 os.close(fd)
 
 
-def check_resume_objectives(client_state: dict, objectives: List[str], checkpoint: str) -> None:
-    """ConfigError naming --objectives if the checkpoint's client state was written for other objectives
-    (or the same ones in another order: the sampler's probabilities are indexed by position)."""
-    saved = (client_state.get("mometas") or {}).get("objectives", client_state.get("objectives"))
-    if saved is None:
-        return  # nothing recorded to compare
-    if list(saved) != list(objectives):
-        order = " (the same ones in another order: the sampler's policy is indexed by position)" \
-            if sorted(saved) == sorted(objectives) else ""
-        raise ConfigError(f"--objectives: checkpoint {checkpoint} was trained with {','.join(saved)}, this run has "
-                          f"{','.join(objectives)}{order}. Resume with --objectives {','.join(saved)}, or give a new "
-                          "--output_dir to start afresh")
-
-
-def read_client_state(tag_dir: str) -> Optional[dict]:
-    """Our client state in a checkpoint (its own file, or inside DeepSpeed's model-states file in checkpoints
-    written before it had one), read with checkpoint.safe_load (no code runs); None if there is neither."""
-    ours = os.path.join(tag_dir, CLIENT_STATE_FILE)
-    files = [ours] if os.path.isfile(ours) else sorted(glob.glob(os.path.join(tag_dir, "mp_rank_*_model_states.pt")))
-    if not files:
-        return None
-    try:
-        state = safe_load(files[0], map_location="cpu")
-    except Exception as exc:  # a damaged or unsafe file: name it instead of a traceback
-        raise ConfigError(f"--resume: cannot read {files[0]} ({type(exc).__name__}: {exc})") from None
-    return {"mometas": (state or {}).get("mometas") or {}}
-
-
 def export_retry_hint(cfg, step: int) -> str:
     """What to do after a failed HF export: the final checkpoint is complete, a resume re-exports."""
     return (f"The checkpoint of step {step} is complete and {os.path.join(cfg.output_dir, 'hf_model')} was left as "
             "it was: free some space, then run the same command with --resume (it has nothing left to train and "
             "writes the export again)")
+
+
+def check_writable(output_dir: str, sub: str = "") -> None:
+    """Create output_dir[/sub] and write a probe file in it, or stop with a ConfigError naming --output_dir."""
+    path = os.path.join(output_dir, sub) if sub else output_dir
+    probe = os.path.join(path, f".write_test.{socket.gethostname()}.{os.getpid()}")
+    try:
+        os.makedirs(path, exist_ok=True)
+        with open(probe, "w") as f:
+            f.write("ok")
+        os.remove(probe)
+    except OSError as exc:
+        raise ConfigError(f"--output_dir: {path} cannot be written ({exc})") from exc

@@ -53,7 +53,7 @@ fi
 
 # Globs stay unexpanded: mometas-prepare expands them itself (sorted), as mometas-pretrain does.
 read -r -a files <<< "$TRAIN_FILES"
-cmd=("$PYTHON" -m mometas_ds.prepare --train_files "${files[@]}" "${source_flags[@]}"
+cmd=("$PYTHON" -m mometas_ds.cli.prepare --train_files "${files[@]}" "${source_flags[@]}"
      --seq_len "${SEQ_LEN:-128}" --packing "${PACKING:-packed}" --shard_size_mb "${SHARD_SIZE_MB:-64}"
      --text_field "${TEXT_FIELD:-text}"
      --cache_dir "$CACHE_DIR" --num_proc "$NUM_PROC" "$@")

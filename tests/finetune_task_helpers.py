@@ -1,8 +1,8 @@
 """A small fast WordPiece tokenizer for the fine-tuning task tests (trained here, no download)."""
 from __future__ import annotations
 
-from mometas_ds.demo_corpus import generate_documents
-from mometas_ds.tokenizer import load_tokenizer, train_wordpiece_tokenizer
+from mometas_ds.data.demo_corpus import generate_documents
+from mometas_ds.data.tokenizer import load_tokenizer, train_wordpiece_tokenizer
 
 # Punctuation and question words the generated corpus lacks, so they get their own vocabulary entries.
 EXTRA_TEXTS = [

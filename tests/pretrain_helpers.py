@@ -28,8 +28,8 @@ def subprocess_env() -> dict:
 
 def make_corpus_and_tokenizer(root: str, num_docs: int = 400, vocab_size: int = 400):
     """A generated corpus and a WordPiece tokenizer trained on it (no downloads)."""
-    from mometas_ds.demo_corpus import write_demo_corpus
-    from mometas_ds.tokenizer import train_wordpiece_tokenizer
+    from mometas_ds.data.demo_corpus import write_demo_corpus
+    from mometas_ds.data.tokenizer import train_wordpiece_tokenizer
 
     corpus = os.path.join(root, "corpus.jsonl")
     write_demo_corpus(corpus, num_docs=num_docs, seed=0)

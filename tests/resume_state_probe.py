@@ -18,7 +18,7 @@ import torch
 from deepspeed.utils import safe_get_full_fp32_param, safe_get_full_optimizer_state
 
 from mometas_ds.config import parse_args
-from mometas_ds.trainer import Trainer
+from mometas_ds.train.trainer import Trainer
 
 
 def main() -> None:

@@ -12,7 +12,7 @@ import torch
 from deepspeed.utils import safe_get_full_grad
 
 from mometas_ds.config import parse_args
-from mometas_ds.trainer import Trainer
+from mometas_ds.train.trainer import Trainer
 
 
 def main() -> None:

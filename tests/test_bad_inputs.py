@@ -308,7 +308,8 @@ def test_resume_of_a_checkpoint_without_run_identity_compares_its_stored_objecti
     assert "--objectives: checkpoint" in err and "trained with mlm,atd" in err and "another order" in err, err[-3000:]
     assert_untouched(before, out)
     # The same objectives in the same order pass the check.
-    from mometas_ds.safe_io import check_resume_objectives, read_client_state
+    from mometas_ds.checkpoint.loading import read_client_state
+    from mometas_ds.train.preflight import check_resume_objectives
 
     tag_dir = os.path.join(out, "checkpoints", "step4")
     assert read_client_state(tag_dir)["mometas"]["objectives"] == ["mlm", "atd"]
@@ -361,7 +362,7 @@ def test_disk_filling_up_while_the_corpus_is_tokenized(assets, tmp_path, tmpfs):
 
 # ------------------------------------------------------------------------------------------ the demo
 def _marked_dir(d, *, user_file=True, demo_files=True):
-    from mometas_ds.demo import MARKER
+    from mometas_ds.cli.demo import MARKER
 
     out = os.path.join(d, "demo_out")
     os.makedirs(os.path.join(out, "checkpoints", "step100"))
@@ -409,7 +410,7 @@ DEMO_CASES = [
 
 @pytest.mark.parametrize("case", DEMO_CASES, ids=[c[0] for c in DEMO_CASES])
 def test_demo_bad_input_deletes_nothing(case, tmp_path, monkeypatch, capsys):
-    from mometas_ds import demo
+    from mometas_ds.cli import demo
 
     _, build, code, phrase = case
     d = str(tmp_path)
@@ -426,7 +427,7 @@ def test_demo_bad_input_deletes_nothing(case, tmp_path, monkeypatch, capsys):
 
 
 def test_demo_overwrite_replaces_only_its_own_output_and_paths_are_the_users(tmp_path, monkeypatch, capsys):
-    from mometas_ds import demo
+    from mometas_ds.cli import demo
 
     d = str(tmp_path)
     out = _marked_dir(d)
@@ -454,7 +455,7 @@ def test_demo_overwrite_replaces_only_its_own_output_and_paths_are_the_users(tmp
 
 
 def test_demo_marks_a_new_directory_and_keep_resumes(tmp_path, monkeypatch, capsys):
-    from mometas_ds import demo
+    from mometas_ds.cli import demo
 
     launched = []
 
@@ -468,7 +469,7 @@ def test_demo_marks_a_new_directory_and_keep_resumes(tmp_path, monkeypatch, caps
 
 def test_demo_runs_as_a_module_with_an_error_not_a_traceback(tmp_path):
     out = _unmarked_dir(str(tmp_path))
-    result = subprocess.run([sys.executable, "-m", "mometas_ds.demo", "--output_dir", out], cwd=str(tmp_path),
+    result = subprocess.run([sys.executable, "-m", "mometas_ds.cli.demo", "--output_dir", out], cwd=str(tmp_path),
                             env=subprocess_env(), capture_output=True, text=True, timeout=120)
     assert result.returncode == 2 and "error: --output_dir" in result.stderr and "Traceback" not in result.stderr
     assert os.listdir(out) == [USER_FILE]
@@ -496,7 +497,7 @@ BENCH_CASES = [
 def test_bench_bad_input_fails_before_any_work(case, tmp_path, capsys, restore_environ):
     import torch.distributed as dist
 
-    from mometas_ds.bench import main
+    from mometas_ds.cli.bench import main
 
     _, build, code, phrase = case
     argv = ["--quick"] + build(str(tmp_path))
@@ -527,7 +528,7 @@ PLOT_CASES = [
 
 @pytest.mark.parametrize("case", PLOT_CASES, ids=[c[0] for c in PLOT_CASES])
 def test_plot_bad_input(case, tmp_path, capsys):
-    from mometas_ds.plot import main
+    from mometas_ds.cli.plot import main
 
     _, build, code, phrase = case
     argv = build(str(tmp_path))
@@ -561,48 +562,48 @@ def _eval_dir_with_bad_line(d, middle=False):
 
 
 OTHER_CASES = [
-    ("finetune_model_not_a_dir", "mometas_ds.finetune", "mometas-finetune",
+    ("finetune_model_not_a_dir", "mometas_ds.cli.finetune", "mometas-finetune",
      lambda d: ["--model_name_or_path", f"{d}/none", "--tasks", "sst2", "--data_dir", d, "--output_dir", f"{d}/o"],
      "--model_name_or_path"),
-    ("finetune_model_not_hf", "mometas_ds.finetune", "mometas-finetune",
+    ("finetune_model_not_hf", "mometas_ds.cli.finetune", "mometas-finetune",
      lambda d: ["--model_name_or_path", f"{d}/empty", "--tasks", "sst2", "--data_dir", d, "--output_dir", f"{d}/o"],
      "no config.json"),
-    ("finetune_unknown_task", "mometas_ds.finetune", "mometas-finetune",
+    ("finetune_unknown_task", "mometas_ds.cli.finetune", "mometas-finetune",
      lambda d: ["--model_name_or_path", f"{d}/empty", "--tasks", "nope", "--data_dir", d, "--output_dir", f"{d}/o"],
      "--tasks: unknown task 'nope'"),
-    ("finetune_bad_seeds", "mometas_ds.finetune", "mometas-finetune",
+    ("finetune_bad_seeds", "mometas_ds.cli.finetune", "mometas-finetune",
      lambda d: ["--model_name_or_path", f"{d}/empty", "--tasks", "sst2", "--data_dir", d, "--output_dir", f"{d}/o",
                 "--seeds", "x"], "--seeds"),
-    ("finetune_negative_lr", "mometas_ds.finetune", "mometas-finetune",
+    ("finetune_negative_lr", "mometas_ds.cli.finetune", "mometas-finetune",
      lambda d: ["--model_name_or_path", f"{d}/empty", "--tasks", "sst2", "--data_dir", d, "--output_dir", f"{d}/o",
                 "--learning_rates", "-1"], "--learning_rates"),
-    ("export_not_a_dir", "mometas_ds.export", "mometas-export",
+    ("export_not_a_dir", "mometas_ds.cli.export", "mometas-export",
      lambda d: ["--checkpoint", f"{d}/none", "--out", f"{d}/o"], "--checkpoint"),
-    ("export_incomplete", "mometas_ds.export", "mometas-export",
+    ("export_incomplete", "mometas_ds.cli.export", "mometas-export",
      lambda d: ["--checkpoint", f"{d}/empty", "--out", f"{d}/o"], "no COMPLETE marker"),
-    ("export_out_is_a_file", "mometas_ds.export", "mometas-export",
+    ("export_out_is_a_file", "mometas_ds.cli.export", "mometas-export",
      lambda d: ["--checkpoint", f"{d}/empty", "--out", f"{d}/notes.txt"], "--out"),
-    ("export_out_is_the_users_dir", "mometas_ds.export", "mometas-export",
+    ("export_out_is_the_users_dir", "mometas_ds.cli.export", "mometas-export",
      lambda d: ["--checkpoint", f"{d}/empty", "--out", d], "not an earlier mometas-export output"),
-    ("compare_missing_results", "mometas_ds.compare", "mometas-compare",
+    ("compare_missing_results", "mometas_ds.cli.compare", "mometas-compare",
      lambda d: [f"{d}/none", f"{d}/empty"], "results.jsonl: not found"),
-    ("compare_names_mismatch", "mometas_ds.compare", "mometas-compare",
+    ("compare_names_mismatch", "mometas_ds.cli.compare", "mometas-compare",
      lambda d: [f"{d}/empty", f"{d}/empty", "--names", "a"], "--names"),
-    ("compare_one_dir", "mometas_ds.compare", "mometas-compare", lambda d: [f"{d}/empty"], "at least two"),
-    ("compare_truncated_results", "mometas_ds.compare", "mometas-compare",
+    ("compare_one_dir", "mometas_ds.cli.compare", "mometas-compare", lambda d: [f"{d}/empty"], "at least two"),
+    ("compare_truncated_results", "mometas_ds.cli.compare", "mometas-compare",
      lambda d: [_eval_dir_with_bad_line(d), _eval_dir_with_bad_line(d), "--names", "a,b"], "no complete result"),
-    ("compare_bad_line_in_the_middle", "mometas_ds.compare", "mometas-compare",
+    ("compare_bad_line_in_the_middle", "mometas_ds.cli.compare", "mometas-compare",
      lambda d: [_eval_dir_with_bad_line(d, True), _eval_dir_with_bad_line(d, True), "--names", "a,b"],
      "results.jsonl:1: not a JSON line"),
-    ("checkpoint_no_dir", "mometas_ds.checkpoint_cli", "mometas-checkpoint",
+    ("checkpoint_no_dir", "mometas_ds.cli.checkpoint", "mometas-checkpoint",
      lambda d: ["verify", f"{d}/none"], "no such directory"),
-    ("checkpoint_bad_level", "mometas_ds.checkpoint_cli", "mometas-checkpoint",
+    ("checkpoint_bad_level", "mometas_ds.cli.checkpoint", "mometas-checkpoint",
      lambda d: ["verify", f"{d}/empty", "--level", "x"], "--level"),
-    ("study_unknown_sampler", "mometas_ds.study", "mometas-study",
+    ("study_unknown_sampler", "mometas_ds.cli.study", "mometas-study",
      lambda d: ["--output_dir", f"{d}/o", "--samplers", "nope", "--seeds", "1"], "--samplers"),
-    ("study_output_is_a_file", "mometas_ds.study", "mometas-study",
+    ("study_output_is_a_file", "mometas_ds.cli.study", "mometas-study",
      lambda d: ["--output_dir", f"{d}/notes.txt", "--samplers", "uniform", "--seeds", "1"], "--output_dir"),
-    ("study_bad_seed", "mometas_ds.study", "mometas-study",
+    ("study_bad_seed", "mometas_ds.cli.study", "mometas-study",
      lambda d: ["--output_dir", f"{d}/o", "--samplers", "uniform", "--seeds", "x"], "--seeds"),
 ]
 
@@ -647,7 +648,7 @@ PREPARE_CASES = [
 
 @pytest.mark.parametrize("case", PREPARE_CASES, ids=[c[0] for c in PREPARE_CASES])
 def test_prepare_bad_input_exits_2_naming_it(case, assets, tmp_path, capsys):
-    from mometas_ds.prepare import main
+    from mometas_ds.cli.prepare import main
 
     _, build, phrase = case
     d = _other_dir(str(tmp_path))

@@ -130,14 +130,14 @@ def test_arms_ran_what_they_claim(result):
     (["--deepspeed_config", "/nonexistent/ds.json"], "--deepspeed_config"),
 ])
 def test_bad_flags_stop_with_a_message_naming_the_flag(flags, field, capsys):
-    from mometas_ds.bench import main
+    from mometas_ds.cli.bench import main
 
     assert main(flags) == 2
     assert field in capsys.readouterr().err
 
 
 def test_an_unwritable_json_path_stops_before_the_benchmark_runs(tmp_path, capsys, monkeypatch):
-    import mometas_ds.bench.command as command
+    import mometas_ds.cli.bench as command
 
     def no_bench(cfg):
         raise AssertionError("the benchmark started although --json cannot be written")

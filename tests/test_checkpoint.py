@@ -18,14 +18,16 @@ def test_hf_export_is_a_masked_lm_in_fp32_and_continual_pretraining_reloads_its_
     import torch
     from transformers import AutoModel, BertForMaskedLM
 
-    from mometas_ds.model import MultiObjectiveBert, build_bert_config
+    from transformers import BertConfig
+
+    from mometas_ds.model import MODEL_PRESETS, MultiObjectiveBert
     from mometas_ds.objectives import SpecialTokens, build_objective
 
     special = SpecialTokens(pad_id=0, cls_id=1, sep_id=2, mask_id=3, vocab_size=60)
     objectives = {name: build_objective(name, special) for name in ("mlm", "atd", "cse")}
     torch.manual_seed(0)
-    model = MultiObjectiveBert.from_config(build_bert_config("tiny", vocab_size=60, max_position_embeddings=32),
-                                           objectives)
+    config = BertConfig(**MODEL_PRESETS["tiny"], vocab_size=60, max_position_embeddings=32)
+    model = MultiObjectiveBert.from_config(config, objectives)
     with torch.no_grad():
         for param in model.parameters():
             param.add_(torch.randn_like(param) * 0.1)  # no weight left at its initial value
@@ -93,7 +95,7 @@ def test_fp16_export_without_zero_reads_the_masters_of_both_deepspeed_fp16_optim
     import torch
     from torch._utils import _flatten_dense_tensors
 
-    from mometas_ds.checkpoint import _stage0_fp32_state_dict
+    from mometas_ds.checkpoint.export import _stage0_fp32_state_dict
 
     torch.manual_seed(0)
     module = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.LayerNorm(4))
@@ -113,7 +115,8 @@ def test_fp16_export_without_zero_reads_the_masters_of_both_deepspeed_fp16_optim
 
 def test_resume_takes_a_tag_here_or_a_checkpoint_path_where_it_is(tmp_path):
     from mometas_ds.checkpoint import COMPLETE_MARKER, find_resume_checkpoint
-    from mometas_ds.config import ConfigError, PretrainConfig, validate_config
+    from mometas_ds.config import ConfigError, PretrainConfig
+    from mometas_ds.train.preflight import validate_config
 
     here, other = tmp_path / "run_b" / "checkpoints", tmp_path / "run_a" / "checkpoints"
     for root, tag in ((here, "step2"), (other, "step4"), (other, "step6")):
@@ -140,7 +143,8 @@ def test_resume_refuses_a_checkpoint_written_by_a_run_with_other_settings(tmp_pa
     stops before any work, naming what differs; the same settings resume, and so does another number of
     ranks (tests/test_elastic.py has the rest of what may change)."""
     from mometas_ds.checkpoint import COMPLETE_MARKER, LATEST_FILE, RUN_IDENTITY_FILE
-    from mometas_ds.config import ConfigError, PretrainConfig, check_world_size, run_identity, validate_config
+    from mometas_ds.config import ConfigError, PretrainConfig
+    from mometas_ds.train.preflight import check_world_size, run_identity, validate_config
 
     out = tmp_path / "run"
     tag_dir = out / "checkpoints" / "step6"
@@ -181,15 +185,19 @@ def test_checkpoints_that_would_load_random_or_half_precision_weights(assets, tm
     import torch
     from transformers import BertForMaskedLM
 
-    from mometas_ds.config import ConfigError, PretrainConfig, validate_config
-    from mometas_ds.model import MultiObjectiveBert, build_bert_config
+    from mometas_ds.config import ConfigError, PretrainConfig
+
+    from mometas_ds.train.preflight import validate_config
+    from transformers import BertConfig
+
+    from mometas_ds.model import MODEL_PRESETS, MultiObjectiveBert
     from mometas_ds.objectives import build_objective
-    from mometas_ds.tokenizer import load_tokenizer, special_tokens_of
+    from mometas_ds.data.tokenizer import load_tokenizer, special_tokens_of
 
     tokenizer = load_tokenizer(assets["tokenizer"])
     objectives = {name: build_objective(name, special_tokens_of(tokenizer)) for name in ("mlm", "atd")}
     torch.manual_seed(2)
-    hf = BertForMaskedLM(build_bert_config("tiny", vocab_size=len(tokenizer), max_position_embeddings=64))
+    hf = BertForMaskedLM(BertConfig(**MODEL_PRESETS["tiny"], vocab_size=len(tokenizer), max_position_embeddings=64))
 
     half = str(tmp_path / "bf16")
     hf.to(torch.bfloat16).save_pretrained(half)

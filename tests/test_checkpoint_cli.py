@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from mometas_ds import checkpoint as ckpt
-from mometas_ds.checkpoint_cli import main
+from mometas_ds.cli.checkpoint import main
 from tests.pretrain_helpers import REPO_ROOT, subprocess_env
 
 IDENTITY_A = {"--objectives": ["mlm", "atd"], "--seed": 3, "number of ranks": 2}
@@ -52,7 +52,7 @@ def run(tmp_path):
 
 
 def _short_id(identity):
-    return ckpt._text_record(json.dumps(identity, sort_keys=True))[ckpt.HASH][:8]
+    return ckpt.text_record(json.dumps(identity, sort_keys=True))[ckpt.HASH][:8]
 
 
 def test_list_shows_step_complete_intact_size_and_identity_of_every_tag(run, capsys):
@@ -150,12 +150,12 @@ def test_list_and_verify_never_unpickle(tmp_path, capsys):
     (lambda tmp: str(tmp), "holds no checkpoint tags (step<N> directories)"),
 ])
 def test_bad_paths_exit_2_with_the_program_name(tmp_path, make, message):
-    result = subprocess.run([sys.executable, "-m", "mometas_ds.checkpoint_cli", "verify", make(tmp_path)],
+    result = subprocess.run([sys.executable, "-m", "mometas_ds.cli.checkpoint", "verify", make(tmp_path)],
                             env=subprocess_env(), cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
     assert result.returncode == 2
     assert result.stderr.startswith("mometas-checkpoint: error: ") and message in result.stderr
     assert "Traceback" not in result.stderr
-    result = subprocess.run([sys.executable, "-m", "mometas_ds.checkpoint_cli",
+    result = subprocess.run([sys.executable, "-m", "mometas_ds.cli.checkpoint",
                              "verify", str(tmp_path), "--level", "x"],
                             env=subprocess_env(), cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
     assert result.returncode == 2 and "--level" in result.stderr

@@ -17,8 +17,10 @@ import torch
 
 import mometas_ds
 from mometas_ds import checkpoint as ckpt
-from mometas_ds.checkpoint_cli import main as checkpoint_cli
-from mometas_ds.config import ConfigError, PretrainConfig, check_resume_matches, validate_config
+from mometas_ds.checkpoint import layout as layout_mod, verify as verify_mod
+from mometas_ds.cli.checkpoint import main as checkpoint_cli
+from mometas_ds.config import ConfigError, PretrainConfig
+from mometas_ds.train.preflight import check_resume_matches, validate_config
 from tests.pretrain_helpers import (
     CPU_CONFIG, make_corpus_and_tokenizer, pretrain_args, read_jsonl, read_trace, run_pretrain,
 )
@@ -158,10 +160,10 @@ def test_each_damage_is_found_skipped_by_auto_refused_when_named_and_reported_by
         assert ckpt.verify_tag(checkpoints, "step4", "size").intact is True
 
     with caplog.at_level(logging.WARNING, logger="mometas_ds.checkpoint"):
-        assert ckpt._choose(checkpoints, "auto", "auto") == (checkpoints, "step2")
+        assert verify_mod._choose(checkpoints, "auto", "auto") == (checkpoints, "step2")
     assert f"skipping checkpoint {os.path.join(checkpoints, 'step4')} is damaged: {expected}" in caplog.text
     with pytest.raises(ckpt.ResumeRefused, match="pass --resume step2") as refused:
-        ckpt._choose(checkpoints, "step4", "auto")
+        verify_mod._choose(checkpoints, "step4", "auto")
     assert expected in str(refused.value)
 
     assert checkpoint_cli(["verify", checkpoints]) == 1
@@ -283,7 +285,7 @@ def test_bare_tags_must_be_step_n_and_latest_complete_missing_tag_falls_back(tmp
     with open(os.path.join(root, ckpt.LATEST_FILE), "w") as f:
         f.write("step8")  # a tag that is gone (deleted by hand): the newest complete one is used
     with caplog.at_level(logging.WARNING, logger="mometas_ds.checkpoint"):
-        assert ckpt._choose(root, "auto", "auto") == (root, "step4")
+        assert verify_mod._choose(root, "auto", "auto") == (root, "step4")
     assert "written before checkpoints carried a manifest: not verified" in caplog.text
     for bad in ("latest", "4", "step-1", "../step4x", "step4 "):
         with pytest.raises(ckpt.ResumeRefused, match="is not a checkpoint tag"):
@@ -306,7 +308,7 @@ def test_a_malformed_run_identity_names_the_file_and_the_intact_tag_to_resume_fr
     cfg = PretrainConfig(deepspeed_config=CPU_CONFIG, train_files=["x.jsonl"], model_config="tiny", train_tokenizer=100,
                          output_dir=str(out), resume="auto")
     ds_config = validate_config(cfg)
-    from mometas_ds.config import run_identity
+    from mometas_ds.train.preflight import run_identity
 
     _legacy_tags(root, [2, 4], identity=run_identity(cfg, ds_config, 1))
     bad = os.path.join(root, "step4", ckpt.RUN_IDENTITY_FILE)
@@ -346,8 +348,8 @@ def test_safe_load_refuses_a_pickle_that_runs_code_and_keeps_plain_state_exact(t
         ckpt.safe_load(str(tmp_path / "bad.pt"))
     assert not os.path.exists(marker)
     state = {"rng": [{"numpy": np.random.RandomState(3).get_state(), "torch": torch.get_rng_state()}], "step": 4}
-    torch.save(ckpt._plain(state), tmp_path / "ok.pt")
-    back = ckpt._unplain(torch.load(tmp_path / "ok.pt", weights_only=True))
+    torch.save(layout_mod._plain(state), tmp_path / "ok.pt")
+    back = layout_mod._unplain(torch.load(tmp_path / "ok.pt", weights_only=True))
     restored = np.random.RandomState()
     restored.set_state(back["rng"][0]["numpy"])
     assert restored.randint(0, 2**31, 5).tolist() == np.random.RandomState(3).randint(0, 2**31, 5).tolist()

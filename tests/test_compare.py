@@ -5,7 +5,7 @@ import os
 
 import pytest
 
-from mometas_ds.compare import main, paired_test
+from mometas_ds.cli.compare import main, paired_test
 
 
 def _eval_dir(path, values):

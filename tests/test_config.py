@@ -16,7 +16,9 @@ from tests.pretrain_helpers import (
 def test_every_ds_config_is_accepted_by_deepspeed():
     from deepspeed.runtime.config import DeepSpeedConfig
 
-    from mometas_ds.config import PretrainConfig, validate_config
+    from mometas_ds.config import PretrainConfig
+
+    from mometas_ds.train.preflight import validate_config
 
     # finetune.json is transformers' Trainer config ("auto" values the Trainer fills in), not a pre-training one.
     paths = sorted(p for p in glob.glob(os.path.join(REPO_ROOT, "ds_configs", "*.json"))
@@ -52,7 +54,8 @@ def test_bad_flags_stop_before_any_work(assets, tmp_path, flags, field, capsys):
 
 
 def test_batch_keys_optimizer_sampler_args_and_objective_rows_are_checked_before_work(tmp_path):
-    from mometas_ds.config import ConfigError, PretrainConfig, check_world_size, validate_config
+    from mometas_ds.config import ConfigError, PretrainConfig
+    from mometas_ds.train.preflight import check_world_size, validate_config
 
     def config(ds_config, **flags):
         path = tmp_path / "ds.json"
@@ -107,7 +110,7 @@ def test_batch_keys_optimizer_sampler_args_and_objective_rows_are_checked_before
         check(micro8, model_config=str(roberta))
     small_vocab = tmp_path / "small_vocab.json"
     small_vocab.write_text('{"hidden_size": 64, "vocab_size": 50}')
-    from mometas_ds.config import check_tokenizer_fits_model
+    from mometas_ds.model_config_check import check_tokenizer_fits_model
 
     check_tokenizer_fits_model(config(micro8, model_config=str(small_vocab)), 50)
     with pytest.raises(ConfigError,
@@ -142,7 +145,8 @@ def test_batch_keys_optimizer_sampler_args_and_objective_rows_are_checked_before
 @pytest.mark.parametrize("flag", ["meta_lr", "meta_gamma", "dist_timeout_minutes", "shard_size_mb"])
 @pytest.mark.parametrize("value", [float("nan"), float("inf"), float("-inf")])
 def test_float_flags_must_be_finite_and_the_message_names_the_flag(flag, value):
-    from mometas_ds.config import ConfigError, PretrainConfig, validate_config
+    from mometas_ds.config import ConfigError, PretrainConfig
+    from mometas_ds.train.preflight import validate_config
 
     cfg = PretrainConfig(deepspeed_config=CPU_CONFIG, train_files=["x.jsonl"], model_config="tiny",
                          train_tokenizer=100, **{flag: value})
@@ -177,7 +181,7 @@ def test_tokenizer_that_cannot_serve_ends_like_a_bad_flag(assets, tmp_path):
     """A --tokenizer that does not load, or lacks [MASK], ends as docs/pretraining.md promises a bad flag ends."""
     from transformers import PreTrainedTokenizerFast
 
-    from mometas_ds.tokenizer import load_tokenizer
+    from mometas_ds.data.tokenizer import load_tokenizer
 
     vocab_only = tmp_path / "vocab_only"  # no tokenizer_config.json: AutoTokenizer cannot tell the class
     vocab_only.mkdir()
@@ -208,7 +212,7 @@ for argv in (["--help"], ["--deepspeed_config", "x.json", "--train_files", "a.js
             codes.append(exc.code)
     errors.append(err.getvalue().strip().splitlines()[-1:])
 heavy = sorted({m.split(".")[0] for m in sys.modules} & {"torch", "transformers", "deepspeed", "datasets", "numpy"})
-checks = "mometas_ds.config.checks" in sys.modules
+checks = "mometas_ds.train.preflight" in sys.modules
 print(json.dumps({"codes": codes, "errors": errors, "heavy": heavy, "checks": checks}))
 """
 

@@ -22,8 +22,8 @@ from mometas_ds.data import (
     prepare_data,
     rows_as_tensors,
 )
-from mometas_ds.demo_corpus import generate_documents, write_demo_corpus
-from mometas_ds.tokenizer import load_tokenizer, special_tokens_of, train_wordpiece_tokenizer
+from mometas_ds.data.demo_corpus import generate_documents, write_demo_corpus
+from mometas_ds.data.tokenizer import load_tokenizer, special_tokens_of, train_wordpiece_tokenizer
 
 DOCS = [
     "The quick brown fox jumps over the lazy dog near the river bank.",

@@ -86,7 +86,7 @@ def test_sharded_batches_resume_at_another_seq_len_and_rank_count():
 
 
 def test_a_rank_without_a_saved_random_state_is_seeded_from_seed_rank_and_step():
-    from mometas_ds.train_state import seeded_rng_state
+    from mometas_ds.train.state import seeded_rng_state
 
     def draw():
         return random.random(), float(np.random.rand()), float(torch.rand(()))
@@ -104,7 +104,8 @@ def test_a_rank_without_a_saved_random_state_is_seeded_from_seed_rank_and_step()
 # ------------------------------------------------------------------------------------------- run identity
 def _write_identity(tmp_path, world_size=1, ds_config=CPU_CONFIG, **flags):
     from mometas_ds.checkpoint import COMPLETE_MARKER, LATEST_FILE, RUN_IDENTITY_FILE
-    from mometas_ds.config import PretrainConfig, run_identity, validate_config
+    from mometas_ds.config import PretrainConfig
+    from mometas_ds.train.preflight import run_identity, validate_config
 
     out = tmp_path / "run"
     tag_dir = out / "checkpoints" / "step6"
@@ -127,8 +128,8 @@ def _ds_config(tmp_path, name, **changes):
 
 
 def test_resume_may_change_seq_len_batch_shape_and_ranks_but_not_the_experiment(tmp_path):
-    from mometas_ds.config import ConfigError, PretrainConfig, check_world_size, elastic_changes, run_identity, \
-        validate_config
+    from mometas_ds.config import ConfigError, PretrainConfig
+    from mometas_ds.train.preflight import check_world_size, elastic_changes, run_identity, validate_config
 
     written = _write_identity(tmp_path)
 
@@ -189,7 +190,8 @@ def test_a_checkpoint_from_before_shard_size_resumes_only_with_every_input_read_
     """Such a checkpoint (no --shard_size_mb in its identity) trained on every input whole: a resume whose
     --shard_size_mb would split one stops, naming a value that keeps it whole; below the size it goes on."""
     from mometas_ds.checkpoint import RUN_IDENTITY_FILE
-    from mometas_ds.config import ConfigError, PretrainConfig, check_world_size, validate_config
+    from mometas_ds.config import ConfigError, PretrainConfig
+    from mometas_ds.train.preflight import check_world_size, validate_config
 
     corpus = tmp_path / "big.jsonl"
     corpus.write_text('{"text": "a b c d"}\n' * 30000)  # 570,000 bytes
@@ -212,7 +214,8 @@ def test_a_checkpoint_from_before_shard_size_resumes_only_with_every_input_read_
 
 
 def test_zero3_may_change_its_rank_count_and_precision_but_stage0_only_its_rank_count(tmp_path):
-    from mometas_ds.config import ConfigError, PretrainConfig, check_world_size, validate_config
+    from mometas_ds.config import ConfigError, PretrainConfig
+    from mometas_ds.train.preflight import check_world_size, validate_config
 
     stage3 = _ds_config(tmp_path, "z3", zero_optimization={"stage": 3})
     written = _write_identity(tmp_path, world_size=2, ds_config=stage3)
@@ -230,7 +233,8 @@ def test_zero3_may_change_its_rank_count_and_precision_but_stage0_only_its_rank_
 
 
 def test_stage0_may_not_change_its_precision(tmp_path):
-    from mometas_ds.config import ConfigError, PretrainConfig, check_world_size, validate_config
+    from mometas_ds.config import ConfigError, PretrainConfig
+    from mometas_ds.train.preflight import check_world_size, validate_config
 
     written = _write_identity(tmp_path, ds_config=_ds_config(tmp_path, "z0", zero_optimization={"stage": 0}))
     cfg = PretrainConfig(**{**written.__dict__, "resume": "auto"})
@@ -268,7 +272,7 @@ def test_needs_universal_for_another_rank_count_stage_or_precision(tmp_path):
 
 # ------------------------------------------------------------------------------------------- the universal copy
 def test_prune_deletes_a_tags_universal_copy_and_a_damaged_copy_is_not_intact(tmp_path):
-    from mometas_ds.checkpoint import (COMPLETE_MARKER, LATEST_FILE, MANIFEST_FILE, _text_record, latest_complete_tag,
+    from mometas_ds.checkpoint import (COMPLETE_MARKER, LATEST_FILE, MANIFEST_FILE, text_record, latest_complete_tag,
                                        prune, universal_intact, universal_tag)
     from mometas_ds.checkpoint.universal import _files_under
 
@@ -281,7 +285,7 @@ def test_prune_deletes_a_tags_universal_copy_and_a_damaged_copy_is_not_intact(tm
     (copy / "zero" / "w" / "fp32.pt").write_bytes(b"weights")
     manifest = json.dumps({"files": _files_under(str(copy))})
     (copy / MANIFEST_FILE).write_text(manifest)
-    (copy / COMPLETE_MARKER).write_text(json.dumps({"manifest": MANIFEST_FILE, **_text_record(manifest)}))
+    (copy / COMPLETE_MARKER).write_text(json.dumps({"manifest": MANIFEST_FILE, **text_record(manifest)}))
     (root / LATEST_FILE).write_text("step4")
     assert universal_intact(str(copy))
     assert latest_complete_tag(str(root)) == "step4"  # the copy is never taken for a tag

@@ -4,7 +4,7 @@ import os
 
 import pytest
 
-from mometas_ds.export import main
+from mometas_ds.cli.export import main
 from tests.pretrain_helpers import make_corpus_and_tokenizer, pretrain_args, run_pretrain
 
 

@@ -2,7 +2,7 @@
 
 Every run here is a real 2-rank CPU pre-training run whose ranks the test starts itself as two
 processes (RANK/WORLD_SIZE/MASTER_* as torchrun sets them), so it can SIGKILL or signal one rank,
-or give one rank a fault hook (mometas_ds/faults.py, test-only environment variables). After each
+or give one rank a fault hook (mometas_ds/train/faults.py, test-only environment variables). After each
 fault the next run resumes, and the objectives, losses and sampler states logged must equal those
 of an uninterrupted run.
 """

@@ -8,7 +8,7 @@ from collections import Counter
 import pytest
 
 from mometas_ds.finetune import metrics, synthetic
-from mometas_ds.finetune.cli import main
+from mometas_ds.cli.finetune import main
 
 FAST = ["--epochs", "5", "--batch_size", "8", "--max_seq_len", "48", "--learning_rates", "1e-3", "--seeds", "1",
         "--log_level", "error"]

@@ -7,7 +7,7 @@ import pytest
 
 from mometas_ds.config import ConfigError, DataError
 from mometas_ds.finetune import metrics, synthetic
-from mometas_ds.finetune.cli import main
+from mometas_ds.cli.finetune import main
 from mometas_ds.finetune.readers import read_glue_tsv, read_saved_dataset, read_task_file
 from mometas_ds.finetune.summary import glue_score, per_task, write_summary
 from mometas_ds.finetune.tasks import GLUE_TASKS, TASKS, parse_task_names

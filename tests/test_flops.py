@@ -3,7 +3,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from mometas_ds.flops import encoder_forward_flops, mfu, peak_flops, pretrain_step_flops, vocab_head_forward_flops
+from mometas_ds.bench.flops import encoder_forward_flops, mfu, peak_flops, pretrain_step_flops, vocab_head_forward_flops
 
 
 def test_encoder_layer_by_hand():

@@ -1,4 +1,5 @@
-"""Launcher discovery (mometas_ds/launch.py): env-dict cases, then real single/mpirun/srun process groups."""
+"""Launcher discovery (mometas_ds/distributed/launch.py): env-dict cases, then real single/mpirun/srun process
+groups."""
 
 import re
 import shutil
@@ -8,7 +9,7 @@ import textwrap
 
 import pytest
 
-from mometas_ds import launch
+from mometas_ds.distributed import launch
 from tests.slurm_cluster import clean_launch_env as clean_env, free_port
 
 SRUN_TASK_ENV = {
@@ -96,7 +97,7 @@ ALLREDUCE_SCRIPT = textwrap.dedent("""\
     import logging, sys
     logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
     import torch, torch.distributed as dist
-    from mometas_ds import launch
+    from mometas_ds.distributed import launch
     info = launch.init_distributed(2.0)
     x = torch.tensor([float(info.rank + 1)])
     dist.all_reduce(x)
@@ -168,7 +169,7 @@ def test_local_rank_becomes_a_device_the_task_can_see(local_rank, devices, expec
     DeepSpeed binds to cuda:LOCAL_RANK, so LOCAL_RANK must name a visible device."""
     import deepspeed.accelerator
 
-    from mometas_ds.launch import _local_rank_to_visible_device
+    from mometas_ds.distributed.launch import _local_rank_to_visible_device
 
     class Accelerator:
         def device_name(self):

@@ -380,7 +380,7 @@ def test_random_tokens_are_real_word_pieces_never_unk_added_or_unused(tmp_path):
     """mlm's random replacements and atd's insertions draw from the tokenizer's real word pieces only."""
     import json
 
-    from mometas_ds.tokenizer import load_tokenizer, special_tokens_of
+    from mometas_ds.data.tokenizer import load_tokenizer, special_tokens_of
 
     words = ["the", "fox", "dog", "##s", "a", "ran"]
     vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + [f"[unused{i}]" for i in range(4)] + words
@@ -550,7 +550,7 @@ def test_cse_needs_two_input_rows():
 
 
 def test_cse_meta_forward_keeps_dropout_on_its_own_random_stream():
-    from mometas_ds.meta_validation import MetaValidation
+    from mometas_ds.train.meta_validation import MetaValidation
     from mometas_ds.model import MultiObjectiveBert
 
     torch.manual_seed(93)
@@ -572,7 +572,7 @@ def test_cse_meta_forward_keeps_dropout_on_its_own_random_stream():
 
 
 def test_meta_chunks_never_leave_a_chunk_below_the_objective_minimum():
-    from mometas_ds.meta_validation import meta_chunks
+    from mometas_ds.train.meta_validation import meta_chunks
 
     rows = torch.arange(7)
     assert [c.tolist() for c in meta_chunks(rows, 3, 2)] == [[0, 1, 2], [3, 4, 5, 6]]

@@ -14,8 +14,8 @@ import pytest
 from mometas_ds.data import CorpusReport, DataConfig, iter_path, prepare_data
 from mometas_ds.data.parts import file_kind, plan_parts, scan_ranges, txt_is_paragraphs, with_scans
 from mometas_ds.data.readers import _txt_is_paragraphs
-from mometas_ds.demo_corpus import generate_documents
-from mometas_ds.tokenizer import train_wordpiece_tokenizer
+from mometas_ds.data.demo_corpus import generate_documents
+from mometas_ds.data.tokenizer import train_wordpiece_tokenizer
 
 WORDS = ["alpha", "beta", "gamma", "delta", "river", "stone", "Lisbon", "1999"]
 

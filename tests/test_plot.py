@@ -13,6 +13,7 @@ import pytest
 from matplotlib.colors import to_rgb
 
 from mometas_ds import plot
+from mometas_ds.cli import plot as plot_cli
 
 OBJECTIVES = ["mlm", "gmlm", "atd", "dtd", "cse"]
 N_STEPS = 400
@@ -164,7 +165,7 @@ def test_missing_run_dir_or_metrics_is_a_clear_error(tmp_path, capsys):
     with pytest.raises(FileNotFoundError, match="empty_run"):
         plot.plot_run(str(tmp_path / "empty_run"))
     with pytest.raises(SystemExit) as exc:
-        plot.main([str(missing)])
+        plot_cli.main([str(missing)])
     assert exc.value.code == 2 and "metrics.jsonl not found" in capsys.readouterr().err
     assert not missing.exists()
 
@@ -183,7 +184,7 @@ def test_wrong_field_type_names_file_line_and_field(tmp_path):
 
 def test_cli_writes_into_out_and_prints_paths(tmp_path, capsys):
     write_run(str(tmp_path / "run"))
-    assert plot.main([str(tmp_path / "run"), "--out", str(tmp_path / "out")]) == 0
+    assert plot_cli.main([str(tmp_path / "run"), "--out", str(tmp_path / "out")]) == 0
     printed = capsys.readouterr().out.split()
     assert printed == [str(tmp_path / "out" / name) for name in plot.FIGURE_NAMES]
     assert all(os.path.isfile(p) for p in printed)

@@ -12,8 +12,8 @@ import pytest
 from mometas_ds.config import parse_args
 from mometas_ds.config.settings import PretrainConfig
 from mometas_ds.data import DataConfig, ShardedBatches, prepare_data
-from mometas_ds.prepare import FLAGS, build_arg_parser, main, usable_cores
-from mometas_ds.tokenizer import load_tokenizer
+from mometas_ds.cli.prepare import FLAGS, build_arg_parser, main, usable_cores
+from mometas_ds.data.tokenizer import load_tokenizer
 from tests.pretrain_helpers import (CPU_CONFIG, REPO_ROOT, assert_ok, make_corpus_and_tokenizer, pretrain_args,
                                     read_jsonl, run_pretrain, subprocess_env)
 
@@ -109,7 +109,7 @@ def test_slurm_prepare_script_dry_run_passes_the_cpus_as_num_proc(assets, tmp_pa
     result = subprocess.run(["bash", script, "--packing", "per_document"], env=env, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     cmd = shlex.split(result.stdout)
-    assert cmd[1:3] == ["-m", "mometas_ds.prepare"]
+    assert cmd[1:3] == ["-m", "mometas_ds.cli.prepare"]
     assert cmd[cmd.index("--train_files") + 1] == f"{assets['root']}/*.jsonl"  # the glob, for mometas-prepare
     assert cmd[cmd.index("--num_proc") + 1] == "12" and cmd[cmd.index("--seq_len") + 1] == "64"
     assert cmd[cmd.index("--shard_size_mb") + 1] == "64"
@@ -139,7 +139,7 @@ def test_training_on_a_prepared_corpus_equals_training_from_the_raw_corpus(asset
         assert shards >= 3
     prepared_cache, raw_cache = str(tmp_path / "prepared_cache"), str(tmp_path / "raw_cache")
     result = subprocess.run(
-        [sys.executable, "-m", "mometas_ds.prepare", "--train_files", *files,
+        [sys.executable, "-m", "mometas_ds.cli.prepare", "--train_files", *files,
          "--tokenizer", assets["tokenizer"], "--seq_len", "32", "--cache_dir", prepared_cache, "--num_proc", "2",
          *size_flags],
         env=subprocess_env(), cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)

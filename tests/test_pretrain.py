@@ -185,7 +185,7 @@ def test_zeroing_idle_heads_spares_a_module_the_trained_head_shares(monkeypatch)
     import deepspeed.utils
     import torch
 
-    from mometas_ds.step import TrainStep
+    from mometas_ds.train.step import TrainStep
 
     shared = torch.nn.Linear(2, 2)
     heads = torch.nn.ModuleDict({"a": torch.nn.Sequential(shared),
@@ -274,15 +274,17 @@ def test_continual_pretraining_from_an_hf_checkpoint(assets, tmp_path, capsys):
     import torch
     from transformers import BertForMaskedLM
 
-    from mometas_ds.model import MultiObjectiveBert, build_bert_config
+    from transformers import BertConfig
+
+    from mometas_ds.model import MODEL_PRESETS, MultiObjectiveBert
     from mometas_ds.objectives import build_objective
     from mometas_ds.pretrain import main
-    from mometas_ds.tokenizer import load_tokenizer, special_tokens_of
+    from mometas_ds.data.tokenizer import load_tokenizer, special_tokens_of
 
     tokenizer = load_tokenizer(assets["tokenizer"])
     objectives = {name: build_objective(name, special_tokens_of(tokenizer)) for name in OBJECTIVES}
     torch.manual_seed(1)
-    config = build_bert_config("tiny", vocab_size=len(tokenizer), max_position_embeddings=40)
+    config = BertConfig(**MODEL_PRESETS["tiny"], vocab_size=len(tokenizer), max_position_embeddings=40)
     start_dir = str(tmp_path / "checkpoint")
     MultiObjectiveBert.from_config(config, objectives).save_hf(start_dir, tokenizer)
 
@@ -310,7 +312,9 @@ def test_continual_pretraining_from_an_hf_checkpoint(assets, tmp_path, capsys):
     assert "--train_tokenizer: a new vocabulary" in capsys.readouterr().err
     assert not os.path.exists(never)
 
-    from mometas_ds.config import ConfigError, PretrainConfig, check_tokenizer_fits_model
+    from mometas_ds.config import ConfigError, PretrainConfig
+
+    from mometas_ds.model_config_check import check_tokenizer_fits_model
 
     cfg = PretrainConfig(model_name_or_path=start_dir, tokenizer=assets["tokenizer"])
     check_tokenizer_fits_model(cfg, len(tokenizer))

@@ -13,7 +13,7 @@ import time
 import pytest
 
 from mometas_ds import checkpoint as ckpt
-from mometas_ds.stop_signals import EXIT_AT_ONCE, StopSignals
+from mometas_ds.train.signals import EXIT_AT_ONCE, StopSignals
 from tests.pretrain_helpers import REPO_ROOT, pretrain_args, read_jsonl, subprocess_env
 
 MAX_STEPS = 60
@@ -158,7 +158,7 @@ def test_ctrl_c_in_the_demo_reaches_the_ranks_only_they_save_and_keep_continues(
     out = str(tmp_path / "demo")
     log_path = str(tmp_path / "demo.log")
     with open(log_path, "w") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "mometas_ds.demo", "--ranks", "1", "--max_steps", "300",
+        proc = subprocess.Popen([sys.executable, "-m", "mometas_ds.cli.demo", "--ranks", "1", "--max_steps", "300",
                                  "--output_dir", out], env=subprocess_env(), cwd=str(tmp_path), stdout=log,
                                 stderr=subprocess.STDOUT)
     try:
@@ -183,7 +183,7 @@ def test_ctrl_c_in_the_demo_reaches_the_ranks_only_they_save_and_keep_continues(
     assert ckpt.latest_complete_tag(checkpoints) == f"step{stop}" and stop < 300
 
     # --keep continues that run (here to a shorter end, to keep the test short).
-    result = subprocess.run([sys.executable, "-m", "mometas_ds.demo", "--ranks", "1", "--max_steps", str(stop + 3),
+    result = subprocess.run([sys.executable, "-m", "mometas_ds.cli.demo", "--ranks", "1", "--max_steps", str(stop + 3),
                              "--output_dir", out, "--keep"], env=subprocess_env(), cwd=str(tmp_path),
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]

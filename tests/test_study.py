@@ -5,7 +5,8 @@ import os
 
 import pytest
 
-from mometas_ds.study import check_criteria, main, parse_sampler_spec
+from mometas_ds.cli.study import main
+from mometas_ds.study import check_criteria, parse_sampler_spec
 
 OBJECTIVES = ["mlm", "dtd", "atd", "noisy_mlm", "coin_flip"]
 

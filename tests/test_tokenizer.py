@@ -1,4 +1,5 @@
-"""WordPiece training (mometas_ds/tokenizer.py): one corpus and vocabulary size give one tokenizer, in any process."""
+"""WordPiece training (mometas_ds/data/tokenizer.py): one corpus and vocabulary size give one tokenizer, in any
+process."""
 import json
 import math
 import random
@@ -10,8 +11,8 @@ import pytest
 
 from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, trainers
 
-from mometas_ds.demo_corpus import generate_documents
-from mometas_ds.tokenizer import (
+from mometas_ds.data.demo_corpus import generate_documents
+from mometas_ds.data.tokenizer import (
     SAMPLE_SEED, SPECIAL_TOKENS, TRAINING_RECORD, _selection_sample, train_wordpiece_tokenizer,
 )
 from tests.pretrain_helpers import REPO_ROOT, subprocess_env
@@ -22,8 +23,8 @@ MIXED = ["Éclair café: NAÏVE façade, 東京 and 北京!", "x##y, a-b-c; (par
 
 _TRAIN_IN_A_FRESH_PROCESS = """
 import sys
-from mometas_ds.demo_corpus import generate_documents
-from mometas_ds.tokenizer import train_wordpiece_tokenizer
+from mometas_ds.data.demo_corpus import generate_documents
+from mometas_ds.data.tokenizer import train_wordpiece_tokenizer
 texts = generate_documents(600, seed=0)
 for vocab_size in (300, 1000):
     train_wordpiece_tokenizer(texts, vocab_size, f"{sys.argv[1]}/vocab{vocab_size}")
@@ -176,7 +177,7 @@ def test_a_sample_spreads_over_every_file(tmp_path):
 _TRAIN_SAMPLED_IN_A_FRESH_PROCESS = """
 import sys
 from mometas_ds.data.readers import CorpusReport, iter_texts
-from mometas_ds.tokenizer import train_wordpiece_tokenizer
+from mometas_ds.data.tokenizer import train_wordpiece_tokenizer
 paths = sys.argv[2:]
 train_wordpiece_tokenizer(lambda: iter_texts(paths, "text", CorpusReport()), 400, sys.argv[1], sample=50)
 """
@@ -213,8 +214,8 @@ def test_a_sample_needs_a_corpus_it_can_read_twice_and_batches_hold_strings(tmp_
 def test_the_run_trains_its_tokenizer_on_the_sample_and_records_it(tmp_path):
     """The run's tokenizer set-up (data.pretrain_data) passes --tokenizer_sample on (one rank: no process group)."""
     from mometas_ds.config import PretrainConfig
-    from mometas_ds.data.pretrain_data import load_run_tokenizer
-    from mometas_ds.ranks import Ranks
+    from mometas_ds.train.data import load_run_tokenizer
+    from mometas_ds.distributed.ranks import Ranks
 
     paths = _files(tmp_path)
     cfg = PretrainConfig(deepspeed_config="ds.json", train_files=paths, model_config="tiny", train_tokenizer=300,

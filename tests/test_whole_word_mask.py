@@ -121,8 +121,8 @@ def test_whole_words_match_a_token_loop_incl_orphans_after_cls_and_sep():
 
 def test_words_agree_with_the_tokenizers_own_word_ids(tmp_path):
     """On real text the "##" table gives exactly the words the fast tokenizer reports (pairs, padding)."""
-    from mometas_ds.demo_corpus import generate_documents
-    from mometas_ds.tokenizer import special_tokens_of, train_wordpiece_tokenizer
+    from mometas_ds.data.demo_corpus import generate_documents
+    from mometas_ds.data.tokenizer import special_tokens_of, train_wordpiece_tokenizer
 
     docs = generate_documents(200, seed=1)
     tokenizer = train_wordpiece_tokenizer(docs, 120, str(tmp_path / "tok"))  # small: many words split
@@ -143,7 +143,7 @@ def test_words_agree_with_the_tokenizers_own_word_ids(tmp_path):
 
 
 def test_continuation_table_from_the_vocabulary_excludes_specials_and_added_tokens(tmp_path):
-    from mometas_ds.tokenizer import load_tokenizer, special_tokens_of
+    from mometas_ds.data.tokenizer import load_tokenizer, special_tokens_of
 
     words = ["the", "fox", "##es", "##s", "ran", "#", "##"]
     vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "[unused0]"] + words
@@ -362,8 +362,9 @@ def test_which_objectives_take_the_option_and_bad_values():
 
 
 def test_the_flag_is_checked_and_reaches_only_the_objectives_that_take_it():
-    from mometas_ds.config import ConfigError, PretrainConfig, parse_args, validate_config
-    from mometas_ds.trainer import build_objectives
+    from mometas_ds.config import ConfigError, PretrainConfig, parse_args
+    from mometas_ds.train.preflight import validate_config
+    from mometas_ds.train.trainer import build_objectives
     from tests.pretrain_helpers import CPU_CONFIG
 
     required = ["--deepspeed_config", CPU_CONFIG, "--train_files", "x.jsonl"]

@@ -41,18 +41,17 @@ chunk holds, corruption excluded, per row, averaged over objectives) and train_s
     mometas-bench --quick --ranks 2            # re-launches itself through the deepspeed launcher
     mometas-bench --model base --seq_len 256 --micro_batch 32 --torch_adam   # on a GPU: bert_base_zero2.json, bf16
 """
-from .command import main
-from .options import (
+from mometas_ds.bench.options import (
     ARMS, CPU_CONFIG, DEFAULTS, GPU_CONFIG, QUICK, BenchConfig, BenchError, build_arg_parser, load_ds_config,
     parse_args, validate,
 )
-from .report import format_report, machine_info, precision_of, summarize
-from .runner import Bench
-from .synthetic import BERT_SPECIAL_IDS, SyntheticBatches, synthetic_rows
-from .timing import Block, PhaseTimer
+from mometas_ds.bench.report import format_report, machine_info, precision_of, summarize
+from mometas_ds.bench.runner import Bench
+from mometas_ds.bench.synthetic import BERT_SPECIAL_IDS, SyntheticBatches, synthetic_rows
+from mometas_ds.bench.timing import Block, PhaseTimer
 
 __all__ = [
-    "main", "ARMS", "CPU_CONFIG", "DEFAULTS", "GPU_CONFIG", "QUICK", "BenchConfig", "BenchError", "build_arg_parser",
+    "ARMS", "CPU_CONFIG", "DEFAULTS", "GPU_CONFIG", "QUICK", "BenchConfig", "BenchError", "build_arg_parser",
     "load_ds_config", "parse_args", "validate", "format_report", "machine_info", "precision_of", "summarize", "Bench",
     "BERT_SPECIAL_IDS", "SyntheticBatches", "synthetic_rows", "Block", "PhaseTimer",
 ]

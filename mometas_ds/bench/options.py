@@ -8,9 +8,13 @@ import sys
 from dataclasses import dataclass, field
 from typing import List, Optional
 
-from ..config import bundled_ds_config, check_batch_fields, objective_names_problem, read_json_object
-from ..model import MODEL_PRESETS
-from ..objectives import DEFAULT_OBJECTIVES
+from mometas_ds.config import bundled_ds_config, read_json_object
+
+from mometas_ds.train.ds_config import check_batch_fields
+
+from mometas_ds.objectives import objective_names_problem
+from mometas_ds.model import MODEL_PRESETS
+from mometas_ds.objectives import DEFAULT_OBJECTIVES
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 CPU_CONFIG = bundled_ds_config("cpu_demo.json")
@@ -167,7 +171,7 @@ def validate(cfg: BenchConfig) -> None:
     if cfg.deepspeed_config is not None and not os.path.isfile(cfg.deepspeed_config):
         fail("deepspeed_config", f"file not found: {cfg.deepspeed_config}")
     if cfg.deepspeed_config is not None:  # strict field types, no unknown top-level key (issue 21)
-        from ..ds_config_check import check_ds_config
+        from mometas_ds.train.ds_config import check_ds_config
 
         check_ds_config(read_json_object(cfg.deepspeed_config, "--deepspeed_config", BenchError),
                         cfg.deepspeed_config, error=BenchError)

@@ -12,8 +12,8 @@ import deepspeed
 import torch
 import transformers
 
-from .options import ARMS
-from .timing import Block
+from mometas_ds.bench.options import ARMS
+from mometas_ds.bench.timing import Block
 
 
 def summarize(bench, blocks: List[Block], probes, warmup_s: float, elapsed_s: float) -> dict:

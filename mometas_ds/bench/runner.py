@@ -10,18 +10,18 @@ from typing import Dict, List
 import torch
 from deepspeed.accelerator import get_accelerator
 
-from ..engine import build_engine
-from ..launch import init_distributed
-from ..meta_validation import MetaValidation
-from ..model import MultiObjectiveBert, build_bert_config
-from ..objectives import SpecialTokens, build_objective
-from ..samplers import build_sampler
-from ..step import Corruption, TrainStep
-from ..train_state import TrainState
-from .options import ARMS, CPU_CONFIG, GPU_CONFIG, BenchConfig, BenchError, load_ds_config
-from .report import summarize
-from .synthetic import BERT_SPECIAL_IDS, Discard, SyntheticBatches, synthetic_rows
-from .timing import Block, PhaseTimer, delta
+from mometas_ds.train.engine import build_engine
+from mometas_ds.distributed.launch import init_distributed
+from mometas_ds.train.meta_validation import MetaValidation
+from mometas_ds.model import MultiObjectiveBert, build_bert_config
+from mometas_ds.objectives import SpecialTokens, build_objective
+from mometas_ds.samplers import build_sampler
+from mometas_ds.train.step import Corruption, TrainStep
+from mometas_ds.train.state import TrainState
+from mometas_ds.bench.options import ARMS, CPU_CONFIG, GPU_CONFIG, BenchConfig, BenchError, load_ds_config
+from mometas_ds.bench.report import summarize
+from mometas_ds.bench.synthetic import BERT_SPECIAL_IDS, Discard, SyntheticBatches, synthetic_rows
+from mometas_ds.bench.timing import Block, PhaseTimer, delta
 
 
 class TimedCorruption(Corruption):
@@ -73,8 +73,7 @@ class Bench:
         torch.manual_seed(cfg.seed)
         self.special = SpecialTokens(vocab_size=cfg.vocab_size, **BERT_SPECIAL_IDS)
         self.objectives = {name: build_objective(name, self.special) for name in cfg.objectives}
-        bert_config = build_bert_config(cfg.model, vocab_size=cfg.vocab_size,
-                                        max_position_embeddings=max(512, cfg.seq_len))
+        bert_config = build_bert_config(cfg.model, vocab_size=cfg.vocab_size, seq_len=cfg.seq_len)
         self.model = MultiObjectiveBert.from_config(bert_config, self.objectives)
         self.num_parameters = sum(p.numel() for p in self.model.parameters())
         self.planned_steps = len(cfg.objectives) + len(ARMS) * (cfg.warmup_steps + cfg.rounds * cfg.block_steps)

@@ -5,7 +5,7 @@ from typing import Dict
 
 import torch
 
-from ..objectives import SpecialTokens
+from mometas_ds.objectives import SpecialTokens
 
 BERT_SPECIAL_IDS = dict(pad_id=0, cls_id=101, sep_id=102, mask_id=103)
 

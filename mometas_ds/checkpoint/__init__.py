@@ -18,37 +18,36 @@ and docs/security.md.
 The package, by job: ``layout`` (names, markers, checksums, finding complete tags), ``saving`` (save, publish,
 prune), ``verify`` (manifests, verify_tag, choosing the --resume tag), ``loading`` (safe_load, load) and
 ``export`` (full fp32 weights for the HF export) and ``universal`` (DeepSpeed's universal checkpoint, for a
-resume on another number of ranks under ZeRO 1/2). Every name is re-exported here; code outside the package
+resume on another number of ranks under ZeRO 1/2). Public names are re-exported here; code outside the package
 imports from ``mometas_ds.checkpoint``. A test that monkeypatches a name must patch it in the submodule that
 reads it (e.g. ``mometas_ds.checkpoint.verify.FULL_VERIFY_MAX_BYTES``), not here.
 """
-from .export import _fp32_master_weights, _stage0_fp32_state_dict, consolidated_state_dict
-from .layout import (CLIENT_STATE_FILE, COMPLETE_MARKER, FULL_VERIFY_MAX_BYTES, HASH, LATEST_FILE, MANIFEST_FILE,
-                     RUN_IDENTITY_FILE, VERIFY_LEVELS, CheckpointError, ResumeRefused, _atomic_write, _config_error,
-                     _plain, _read_pointer, _record, _text_record, _unplain, complete_tags, file_digest,
-                     find_resume_checkpoint, is_complete, latest_complete_tag, logger, read_run_identity, step_of,
-                     tag_for)
-from .loading import _DEEPSPEED_TYPES, _allowed_types, load, safe_load, weights_only_loads
-from .saving import file_records, prune, publish, save
-from .universal import (UNIVERSAL_SUFFIX, convert_to_universal, needs_universal, universal_intact, universal_tag,
-                        zero_partitions)
-from .verify import (Verdict, _choose, _describe, _newest_intact, read_manifest, resume_checkpoint, run_identity_of,
-                     verify_tag)
+from mometas_ds.checkpoint.export import consolidated_state_dict
+from mometas_ds.checkpoint.layout import (
+    CLIENT_STATE_FILE, COMPLETE_MARKER, FULL_VERIFY_MAX_BYTES, HASH, LATEST_FILE, MANIFEST_FILE, RUN_IDENTITY_FILE,
+    VERIFY_LEVELS, CheckpointError, ResumeRefused, complete_tags, file_digest, find_resume_checkpoint, is_complete,
+    latest_complete_tag, logger, read_pointer, read_run_identity, step_of, tag_for, text_record,
+)
+from mometas_ds.checkpoint.loading import load, read_client_state, safe_load, weights_only_loads
+from mometas_ds.checkpoint.saving import file_records, prune, publish, save
+from mometas_ds.checkpoint.universal import (
+    UNIVERSAL_SUFFIX, convert_to_universal, needs_universal, universal_intact, universal_tag, zero_partitions,
+)
+from mometas_ds.checkpoint.verify import (
+    Verdict, newest_intact, read_manifest, resume_checkpoint, run_identity_of, verify_tag,
+)
 
 __all__ = [
     # layout
     "CLIENT_STATE_FILE", "COMPLETE_MARKER", "FULL_VERIFY_MAX_BYTES", "HASH", "LATEST_FILE", "MANIFEST_FILE",
     "RUN_IDENTITY_FILE", "VERIFY_LEVELS", "CheckpointError", "ResumeRefused", "complete_tags", "file_digest",
-    "find_resume_checkpoint", "is_complete", "latest_complete_tag", "logger", "read_run_identity", "step_of", "tag_for",
-    # saving, verify, loading, export
+    "find_resume_checkpoint", "is_complete", "latest_complete_tag", "logger", "read_pointer", "read_run_identity",
+    "step_of", "tag_for", "text_record",
+    # saving, verify, loading, export, universal
     "file_records", "prune", "publish", "save",
-    "Verdict", "read_manifest", "resume_checkpoint", "run_identity_of", "verify_tag",
-    "load", "safe_load",
+    "Verdict", "newest_intact", "read_manifest", "resume_checkpoint", "run_identity_of", "verify_tag",
+    "load", "read_client_state", "safe_load", "weights_only_loads",
     "UNIVERSAL_SUFFIX", "convert_to_universal", "needs_universal", "universal_intact", "universal_tag",
-    "weights_only_loads", "zero_partitions",
+    "zero_partitions",
     "consolidated_state_dict",
-    # private names that checkpoint_cli and the tests use
-    "_atomic_write", "_config_error", "_plain", "_read_pointer", "_record", "_text_record", "_unplain",
-    "_DEEPSPEED_TYPES", "_allowed_types", "_choose", "_describe", "_newest_intact",
-    "_fp32_master_weights", "_stage0_fp32_state_dict",
 ]

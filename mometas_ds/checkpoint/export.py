@@ -9,7 +9,7 @@ import torch
 import torch.distributed as dist
 from torch._utils import _unflatten_dense_tensors
 
-from .layout import tag_for
+from mometas_ds.checkpoint.layout import tag_for
 
 logger = logging.getLogger(__package__)  # one logger for the package: "mometas_ds.checkpoint", as before the split
 

@@ -11,8 +11,8 @@ from typing import List, Optional, Tuple
 import numpy as np
 import xxhash
 
-from ..config.choices import VERIFY_LEVELS  # noqa: F401  (re-exported: the --verify_checkpoint choices)
-from ..errors import ConfigError
+from mometas_ds.config.choices import VERIFY_LEVELS  # noqa: F401  (re-exported: the --verify_checkpoint choices)
+from mometas_ds.errors import ConfigError
 
 COMPLETE_MARKER = "COMPLETE"
 LATEST_FILE = "latest_complete"
@@ -76,7 +76,7 @@ def _record(path: str) -> dict:
     return {"size": os.path.getsize(path), HASH: file_digest(path)}
 
 
-def _text_record(text: str) -> dict:
+def text_record(text: str) -> dict:
     data = text.encode("utf-8")
     return {"size": len(data), HASH: xxhash.xxh3_64(data).hexdigest()}
 
@@ -136,7 +136,7 @@ def complete_tags(root: str) -> List[str]:
     return sorted(tags, key=step_of, reverse=True)
 
 
-def _read_pointer(root: str) -> Optional[str]:
+def read_pointer(root: str) -> Optional[str]:
     """What ``latest_complete`` holds (stripped), or None without one."""
     path = os.path.join(root, LATEST_FILE)
     if not os.path.isfile(path):
@@ -149,7 +149,7 @@ def latest_complete_tag(root: str) -> Optional[str]:
     """The newest complete tag: the one ``latest_complete`` names, else the highest complete step.
 
     A pointer that is not a tag of this directory (``step<N>``) is ignored here; resume refuses it."""
-    tag = _read_pointer(root)
+    tag = read_pointer(root)
     if tag is not None and is_complete(root, tag):
         return tag
     tags = complete_tags(root)

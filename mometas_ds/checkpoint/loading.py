@@ -3,17 +3,20 @@ DeepSpeed types they hold, our client state as plain values."""
 from __future__ import annotations
 
 import contextlib
+import glob
 import importlib
 import logging
 import os
 import pickle
 import re
 import warnings
+from typing import Callable, Optional
 
 import numpy as np
 import torch
 
-from .layout import CLIENT_STATE_FILE, ResumeRefused, _config_error, _unplain
+from mometas_ds.errors import ConfigError
+from mometas_ds.checkpoint.layout import CLIENT_STATE_FILE, ResumeRefused, _config_error, _unplain
 
 logger = logging.getLogger(__package__)  # one logger for the package: "mometas_ds.checkpoint", as before the split
 
@@ -93,14 +96,13 @@ def safe_load(path: str, map_location=None):
             "so it is refused (see docs/security.md)") from None
 
 
-def load(engine, tags_dir: str, tag: str, universal: bool = False) -> dict:
+def load(engine, tags_dir: str, tag: str, load_ds: Optional[Callable] = None) -> dict:
     """engine.load_checkpoint of a chosen tag, its files read by safe_load; returns our client state.
 
-    ``universal``: load DeepSpeed's state from the tag's universal copy (checkpoint.universal; converted
-    beforehand on rank 0), for a new ZeRO partitioning; our client state is read from the tag itself.
-    Any failure is a ConfigError naming the tag (exit 2), never a traceback out of torch.load."""
-    from .universal import load_universal  # here: universal imports this module
-
+    ``load_ds(engine, tags_dir, tag)``, when given, loads DeepSpeed's state instead (universal.load_universal:
+    from the tag's universal copy, converted beforehand on rank 0, for a new ZeRO partitioning); our client
+    state is read from the tag itself. Any failure is a ConfigError naming the tag (exit 2), never a traceback
+    out of torch.load."""
     tag_dir = os.path.join(tags_dir, tag)
     writer = engine.checkpoint_engine
 
@@ -109,8 +111,8 @@ def load(engine, tags_dir: str, tag: str, universal: bool = False) -> dict:
 
     writer.load = load_safely
     try:
-        if universal:
-            load_path, ds_client_state = load_universal(engine, tags_dir, tag)
+        if load_ds is not None:
+            load_path, ds_client_state = load_ds(engine, tags_dir, tag)
         else:
             load_path, ds_client_state = engine.load_checkpoint(tags_dir, tag=tag)
         own = os.path.join(tag_dir, CLIENT_STATE_FILE)
@@ -126,3 +128,17 @@ def load(engine, tags_dir: str, tag: str, universal: bool = False) -> dict:
     if load_path is None or not isinstance(client_state, dict) or "mometas" not in client_state:
         raise _config_error(f"--resume: checkpoint {tag_dir} holds no mometas_ds training state")
     return client_state
+
+
+def read_client_state(tag_dir: str) -> Optional[dict]:
+    """Our client state in a checkpoint (its own file, or inside DeepSpeed's model-states file in checkpoints
+    written before it had one), read with checkpoint.safe_load (no code runs); None if there is neither."""
+    ours = os.path.join(tag_dir, CLIENT_STATE_FILE)
+    files = [ours] if os.path.isfile(ours) else sorted(glob.glob(os.path.join(tag_dir, "mp_rank_*_model_states.pt")))
+    if not files:
+        return None
+    try:
+        state = safe_load(files[0], map_location="cpu")
+    except Exception as exc:  # a damaged or unsafe file: name it instead of a traceback
+        raise ConfigError(f"--resume: cannot read {files[0]} ({type(exc).__name__}: {exc})") from None
+    return {"mometas": (state or {}).get("mometas") or {}}

@@ -10,11 +10,12 @@ from typing import Callable, Dict, Optional
 import torch
 import torch.distributed as dist
 
-from .. import faults
-from .layout import (CLIENT_STATE_FILE, COMPLETE_MARKER, HASH, LATEST_FILE, MANIFEST_FILE, RUN_IDENTITY_FILE,
-                     CheckpointError, _atomic_write, _plain, _record, _text_record, is_complete, latest_complete_tag,
-                     step_of, tag_for)
-from .universal import universal_tag
+from mometas_ds.train import faults
+from mometas_ds.checkpoint.layout import (
+    CLIENT_STATE_FILE, COMPLETE_MARKER, HASH, LATEST_FILE, MANIFEST_FILE, RUN_IDENTITY_FILE, CheckpointError,
+    _atomic_write, _plain, _record, text_record, is_complete, latest_complete_tag, step_of, tag_for,
+)
+from mometas_ds.checkpoint.universal import universal_tag
 
 # ---------------------------------------------------------------- saving
 def save(engine, root: str, step: int, client_state: dict, rank: int, barrier: Callable[[], None],
@@ -64,7 +65,7 @@ def publish(root: str, step: int, files: Dict[str, dict]) -> None:
     tag_dir = os.path.join(root, tag)
     manifest = json.dumps({"format": 1, "step": step, "hash": HASH, "files": files}, indent=1, sort_keys=True)
     _atomic_write(os.path.join(tag_dir, MANIFEST_FILE), manifest)
-    marker = {"step": step, "manifest": MANIFEST_FILE, **_text_record(manifest)}
+    marker = {"step": step, "manifest": MANIFEST_FILE, **text_record(manifest)}
     _atomic_write(os.path.join(tag_dir, COMPLETE_MARKER), json.dumps(marker))
     _atomic_write(os.path.join(root, LATEST_FILE), tag)
 

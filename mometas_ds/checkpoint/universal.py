@@ -23,8 +23,10 @@ from typing import Optional
 
 import torch
 
-from .layout import COMPLETE_MARKER, HASH, MANIFEST_FILE, _atomic_write, _record, _text_record, read_run_identity
-from .loading import weights_only_loads
+from mometas_ds.checkpoint.layout import (
+    COMPLETE_MARKER, HASH, MANIFEST_FILE, _atomic_write, _record, text_record, read_run_identity,
+)
+from mometas_ds.checkpoint.loading import safe_load, weights_only_loads
 
 logger = logging.getLogger(__package__)
 
@@ -83,7 +85,7 @@ def universal_intact(path: str) -> bool:
             marker = json.load(f)
         with open(os.path.join(path, MANIFEST_FILE), "rb") as f:
             data = f.read()
-        if _text_record(data.decode("utf-8")) != {"size": marker["size"], HASH: marker[HASH]}:
+        if text_record(data.decode("utf-8")) != {"size": marker["size"], HASH: marker[HASH]}:
             return False
         files = json.loads(data)["files"]
         return all(_record(os.path.join(path, name)) == record for name, record in files.items())
@@ -127,7 +129,7 @@ def convert_to_universal(tags_dir: str, tag: str, workers: int = 1) -> str:
         manifest = json.dumps({"format": 1, "source": tag, "hash": HASH, "files": files}, indent=1, sort_keys=True)
         _atomic_write(os.path.join(out, MANIFEST_FILE), manifest)
         _atomic_write(os.path.join(out, COMPLETE_MARKER), json.dumps({"manifest": MANIFEST_FILE,
-                                                                       **_text_record(manifest)}))
+                                                                       **text_record(manifest)}))
         os.replace(out, final)
     finally:
         shutil.rmtree(tmp_root, ignore_errors=True)
@@ -160,7 +162,6 @@ def _repair_universal_load(engine, universal_dir: str) -> None:
     * it gives every sub-group the same Adam ``step`` tensor, which torch's AdamW increments in place once per
       sub-group and step, so the bias correction would run ahead (4 + 2 x 4 = 12 after 4 more steps with two
       sub-groups): each state gets its own copy."""
-    from .loading import safe_load
 
     saved = safe_load(os.path.join(universal_dir, "zero", "optimizer_state.pt"))["param_groups"]
     base = getattr(engine.optimizer, "optimizer", engine.optimizer)  # the torch optimizer under ZeRO's wrapper

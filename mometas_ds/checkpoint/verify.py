@@ -11,9 +11,11 @@ from typing import Dict, List, Optional, Tuple
 import torch.distributed as dist
 import xxhash
 
-from .layout import (COMPLETE_MARKER, FULL_VERIFY_MAX_BYTES, HASH, LATEST_FILE, MANIFEST_FILE, VERIFY_LEVELS,
-                     ResumeRefused, _config_error, _read_pointer, complete_tags, file_digest, find_resume_checkpoint,
-                     is_complete, read_run_identity, step_of)
+from mometas_ds.checkpoint.layout import (
+    COMPLETE_MARKER, FULL_VERIFY_MAX_BYTES, HASH, LATEST_FILE, MANIFEST_FILE, VERIFY_LEVELS, ResumeRefused,
+    _config_error, complete_tags, file_digest, find_resume_checkpoint, is_complete, read_pointer, read_run_identity,
+    step_of,
+)
 
 logger = logging.getLogger(__package__)  # one logger for the package: "mometas_ds.checkpoint", as before the split
 
@@ -130,9 +132,9 @@ def _describe(verdict: Verdict) -> str:
     return f"checkpoint {verdict.path} is damaged: " + "; ".join(verdict.problems)
 
 
-def _newest_intact(tags_dir: str, level: str, skip: str = "") -> Tuple[Optional[Verdict], List[Verdict]]:
+def newest_intact(tags_dir: str, level: str, skip: str = "") -> Tuple[Optional[Verdict], List[Verdict]]:
     """(newest intact or unverifiable tag, the damaged ones passed on the way), pointer first."""
-    pointer = _read_pointer(tags_dir)
+    pointer = read_pointer(tags_dir)
     tags = complete_tags(tags_dir)
     if pointer in tags:
         tags.remove(pointer)
@@ -154,14 +156,14 @@ def _choose(root: str, resume: str, level: str) -> Optional[Tuple[str, str]]:
     if resume in (None, "", "none"):
         return None
     if resume == "auto":
-        pointer = _read_pointer(root)
+        pointer = read_pointer(root)
         if pointer is not None and step_of(pointer) is None:
             # A pointer elsewhere would load files this run did not write (and DeepSpeed's files are pickles).
             raise ResumeRefused(
                 f"--resume: {os.path.join(root, LATEST_FILE)} holds {pointer[:200]!r}, not a checkpoint tag of this "
                 f"run (step<N>), refused; complete checkpoints here: {', '.join(complete_tags(root)) or '(none)'}. "
                 f"Pass one with --resume step<N>, or delete the file")
-        verdict, damaged = _newest_intact(root, level)
+        verdict, damaged = newest_intact(root, level)
         for bad in damaged:
             logger.warning("--resume: skipping %s", _describe(bad))
         if verdict is None:
@@ -178,7 +180,7 @@ def _choose(root: str, resume: str, level: str) -> Optional[Tuple[str, str]]:
     tags_dir, tag = find_resume_checkpoint(root, resume)
     verdict = verify_tag(tags_dir, tag, level)
     if verdict.intact is False:
-        other, _ = _newest_intact(tags_dir, level, skip=tag)
+        other, _ = newest_intact(tags_dir, level, skip=tag)
         hint = (f"the newest intact checkpoint there is {other.tag}: pass --resume "
                 f"{other.tag if tags_dir == root else other.path}") if other else "no other checkpoint there is intact"
         raise ResumeRefused(f"--resume {resume}: {_describe(verdict)}; {hint}")
@@ -234,7 +236,7 @@ def run_identity_of(tags_dir: str, tag: str) -> Optional[dict]:
     try:
         return read_run_identity(os.path.join(tags_dir, tag))
     except ResumeRefused as exc:
-        other, _ = _newest_intact(tags_dir, "size", skip=tag)
+        other, _ = newest_intact(tags_dir, "size", skip=tag)
         raise _config_error(f"--resume: {exc}; " + (f"pass --resume {other.tag} (the newest intact checkpoint)"
                                                      if other else "no other checkpoint there is intact")) from None
 

@@ -1,28 +1,12 @@
-"""The pre-training run's settings (settings.py), its command line (cli.py) and the checks that run before
-any work (checks.py). Every name is importable from here, the error types too (defined in mometas_ds.errors).
-
-The checks' names are imported on first use (PEP 562): they need torch, DeepSpeed and the model code, and
-building the command line (``--help``, a bad flag) must not wait for those."""
-import importlib
-
-from ..errors import ConfigError, DataError, read_json_object
-from .cli import build_arg_parser, markdown_table, parse_args
-from .settings import PretrainConfig, bundled_ds_config, option, sampler_kwargs
-
-_CHECKS = (
-    "ELASTIC", "Preflight", "check_batch_fields", "check_resume_matches", "check_tokenizer_fits_model",
-    "check_world_size", "check_writable", "elastic_changes", "import_user_module", "objective_names_problem",
-    "preflight", "read_model_config", "run_identity", "validate_config",
-)
+"""The pre-training run's settings (settings.py), its command line (cli.py), the choices some flags offer
+(choices.py) and typed checks of JSON fields (fields.py). A leaf: it imports nothing of the package but its
+error types, so building the command line (``--help``, a bad flag) imports no torch. The checks that run before
+any work live with what they check and are composed by ``mometas_ds.train.preflight``."""
+from mometas_ds.config.cli import build_arg_parser, markdown_table, parse_args
+from mometas_ds.config.settings import PretrainConfig, bundled_ds_config, option, sampler_kwargs
+from mometas_ds.errors import ConfigError, DataError, read_json_object
 
 __all__ = [
-    "ConfigError", "DataError", "read_json_object", *_CHECKS,
-    "build_arg_parser", "markdown_table", "parse_args", "PretrainConfig", "bundled_ds_config", "option",
-    "sampler_kwargs",
+    "ConfigError", "DataError", "read_json_object", "build_arg_parser", "markdown_table", "parse_args",
+    "PretrainConfig", "bundled_ds_config", "option", "sampler_kwargs",
 ]
-
-
-def __getattr__(name):
-    if name in _CHECKS:
-        return getattr(importlib.import_module(f"{__name__}.checks"), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

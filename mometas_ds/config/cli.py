@@ -9,7 +9,7 @@ import sys
 from dataclasses import MISSING, fields
 from typing import List
 
-from .settings import PretrainConfig
+from mometas_ds.config.settings import PretrainConfig
 
 DESCRIPTION = ("Multi-objective continual pre-training of a BERT encoder on DeepSpeed, "
                "with the MOMETAS sampler choosing the objective of every micro-batch.")

@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass, field
 from typing import List, Optional
 
 # The flags' choices from the model, objective and checkpoint code, without importing it (torch): see choices.py.
-from .choices import DEFAULT_OBJECTIVES, MODEL_PRESETS, VERIFY_LEVELS
+from mometas_ds.config.choices import DEFAULT_OBJECTIVES, MODEL_PRESETS, VERIFY_LEVELS
 
 
 def _csv(value: str) -> List[str]:

@@ -44,7 +44,7 @@ only in ``--seed`` or ``--meta_batch_size`` share one cache.
 """
 import importlib
 
-from ..errors import DataError
+from mometas_ds.errors import DataError
 
 # Imported on first use (PEP 562), so that a shard-building worker (data.shards) imports neither torch
 # (batches, prefetch) nor transformers and HF datasets (cache).

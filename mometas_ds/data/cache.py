@@ -19,12 +19,14 @@ import numpy as np
 import tokenizers
 
 from mometas_ds.errors import DataError
-from mometas_ds.tokenizer import required_token_id
+from mometas_ds.data.tokenizer import required_token_id
 
-from . import readers
-from .parts import MIN_SHARD_SIZE_MB, Part, file_kind, plan_parts, scan_ranges, with_scans
-from .readers import MIN_DOC_TOKENS, CorpusReport
-from .shards import CACHE_FORMAT_VERSION, PACKING_MODES, REPORT_FILE, ROWS_FILE, ShardJob, build_shards, is_complete
+from mometas_ds.data import readers
+from mometas_ds.data.parts import MIN_SHARD_SIZE_MB, Part, file_kind, plan_parts, scan_ranges, with_scans
+from mometas_ds.data.readers import MIN_DOC_TOKENS, CorpusReport
+from mometas_ds.data.shards import (
+    CACHE_FORMAT_VERSION, PACKING_MODES, REPORT_FILE, ROWS_FILE, ShardJob, build_shards, is_complete,
+)
 
 logger = logging.getLogger(__name__)
 

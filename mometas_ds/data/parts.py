@@ -224,7 +224,7 @@ def scan_ranges(jobs: Sequence[Tuple[str, int, int]], num_proc: int) -> List[Ran
     processes = min(num_proc, len(jobs))
     if processes <= 1:
         return [scan_range(job) for job in jobs]
-    from .workers import run_in_processes  # here: workers imports errors, not needed for planning
+    from mometas_ds.data.workers import run_in_processes  # here: workers imports errors, not needed for planning
 
     scans = [None] * len(jobs)
     for i, scan in run_in_processes(scan_range, jobs, processes, "pre-scan"):

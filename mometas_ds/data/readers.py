@@ -14,7 +14,7 @@ from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from .parts import Part, file_kind, is_saved_dataset, saved_dataset_splits
+from mometas_ds.data.parts import Part, file_kind, is_saved_dataset, saved_dataset_splits
 
 logger = logging.getLogger(__name__)
 

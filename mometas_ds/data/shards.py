@@ -17,10 +17,10 @@ import numpy as np
 import pyarrow as pa
 import tokenizers
 
-from . import readers
-from .parts import Part, input_bytes
-from .readers import MIN_DOC_TOKENS, CorpusReport
-from .workers import run_in_processes
+from mometas_ds.data import readers
+from mometas_ds.data.parts import Part, input_bytes
+from mometas_ds.data.readers import MIN_DOC_TOKENS, CorpusReport
+from mometas_ds.data.workers import run_in_processes
 
 logger = logging.getLogger(__name__)
 
@@ -127,7 +127,7 @@ def _init_worker(spec: tuple) -> None:
 
 
 def _build_shard_in_worker(job: ShardJob) -> Tuple[str, int]:
-    # TEST-ONLY fault (tests/test_parts.py; listed in mometas_ds.faults): the worker building this shard dies.
+    # TEST-ONLY fault (tests/test_parts.py; listed in mometas_ds.train.faults): the worker building this shard dies.
     if os.environ.get("MOMETAS_FAULT_KILL_SHARD_WORKER") and job.label().endswith(
             os.environ["MOMETAS_FAULT_KILL_SHARD_WORKER"]):
         os.kill(os.getpid(), signal.SIGKILL)

@@ -10,7 +10,7 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
 from typing import Callable, Iterator, Sequence, Tuple
 
-from ..errors import DataError
+from mometas_ds.errors import DataError
 
 
 def run_in_processes(func: Callable, items: Sequence, processes: int, what: str, initializer=None,

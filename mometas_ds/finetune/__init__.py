@@ -1,7 +1,2 @@
-"""Downstream evaluation: ``mometas-finetune`` (``python -m mometas_ds.finetune``). See docs/finetuning.md."""
-
-
-def main(argv=None) -> int:
-    from .cli import main as cli_main  # not at the top: `python -m mometas_ds.finetune.cli` would import cli twice
-
-    return cli_main(argv)
+"""Downstream evaluation: the tasks, their readers and metrics, the runner behind ``mometas-finetune``
+(mometas_ds.cli.finetune; ``python -m mometas_ds.finetune``). See docs/finetuning.md."""

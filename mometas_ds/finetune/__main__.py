@@ -1,5 +1,6 @@
+"""``python -m mometas_ds.finetune``: mometas-finetune."""
 import sys
 
-from .cli import main
+from mometas_ds.cli.finetune import main
 
 sys.exit(main())

@@ -8,9 +8,10 @@ import json
 import os
 import sys
 
-from . import metrics, synthetic
-from .cli import main
-from .runner import predictions_path
+from mometas_ds.finetune import metrics, synthetic
+from mometas_ds.cli.finetune import main
+from mometas_ds.finetune.runner import predictions_path
+from mometas_ds.config.paths import RunPaths
 
 
 def finetune_demo(run_dir: str, seed: int = 1) -> int:
@@ -18,7 +19,7 @@ def finetune_demo(run_dir: str, seed: int = 1) -> int:
     RUN_DIR/hf_model on it into RUN_DIR/eval and print the dev accuracy next to the majority baseline."""
     data = synthetic.write_glue(os.path.join(run_dir, "finetune_data"), ["sst2"], n_train=400, n_dev=200, seed=seed)
     out = os.path.join(run_dir, "eval")
-    code = main(["--model_name_or_path", os.path.join(run_dir, "hf_model"), "--data_dir", data, "--tasks", "sst2",
+    code = main(["--model_name_or_path", RunPaths(run_dir).hf_model, "--data_dir", data, "--tasks", "sst2",
                  "--output_dir", out, "--seeds", str(seed), "--learning_rates", "5e-4", "--epochs", "4",
                  "--batch_size", "16", "--max_seq_len", "48", "--overwrite", "--log_level", "error"])
     if code != 0:

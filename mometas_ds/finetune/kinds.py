@@ -26,9 +26,9 @@ from transformers import DataCollatorForTokenClassification, DataCollatorWithPad
 
 from mometas_ds.config import ConfigError, DataError
 
-from . import metrics as glue_metrics
-from .readers import glue_files, is_saved_dataset, read_glue_tsv, read_saved_dataset, read_task_file
-from .tasks import TaskSpec
+from mometas_ds.finetune import metrics as glue_metrics
+from mometas_ds.finetune.readers import glue_files, is_saved_dataset, read_glue_tsv, read_saved_dataset, read_task_file
+from mometas_ds.finetune.tasks import TaskSpec
 
 
 @dataclass

@@ -19,7 +19,7 @@ import datasets
 
 from mometas_ds.config import DataError
 
-from .tasks import TaskSpec
+from mometas_ds.finetune.tasks import TaskSpec
 
 Examples = List[dict]
 

@@ -19,11 +19,11 @@ import transformers
 from transformers import Trainer, TrainingArguments, set_seed
 
 from mometas_ds.config import ConfigError, DataError
-from mometas_ds.tokenizer import load_tokenizer
+from mometas_ds.data.tokenizer import load_tokenizer
 
-from .kinds import kind_for
-from .summary import RESULTS_FILE, read_results, write_summary
-from .tasks import TASKS, TaskSpec, custom_task
+from mometas_ds.finetune.kinds import kind_for
+from mometas_ds.finetune.summary import RESULTS_FILE, read_results, write_summary
+from mometas_ds.finetune.tasks import TASKS, TaskSpec, custom_task
 
 logger = logging.getLogger("mometas_ds.finetune")
 

@@ -13,7 +13,7 @@ from typing import Dict, List, Optional, Tuple
 
 from mometas_ds.config import DataError
 
-from .tasks import TASKS
+from mometas_ds.finetune.tasks import TASKS
 
 RESULTS_FILE = "results.jsonl"
 

@@ -17,10 +17,10 @@ from typing import List, Optional, Tuple
 import torch
 from transformers import BertConfig, BertForMaskedLM
 
-from mometas_ds.demo_corpus import FIRST_NAMES, LAST_NAMES, PLACES, TOPICS
-from mometas_ds.tokenizer import train_wordpiece_tokenizer
+from mometas_ds.data.demo_corpus import FIRST_NAMES, LAST_NAMES, PLACES, TOPICS
+from mometas_ds.data.tokenizer import train_wordpiece_tokenizer
 
-from .tasks import TASKS
+from mometas_ds.finetune.tasks import TASKS
 
 GOOD = ["wonderful", "great", "excellent", "delightful", "superb"]
 BAD = ["terrible", "awful", "boring", "dreadful", "poor"]

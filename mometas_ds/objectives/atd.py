@@ -23,10 +23,10 @@ from torch import nn
 
 from mometas_ds import kernels
 
-from .base import (
+from mometas_ds.objectives.base import (
     IGNORE_INDEX, Objective, gather_labeled, rand, real_token_mask, reject_unknown_kwargs, validate_batch, zero_loss,
 )
-from .registry import register_objective
+from mometas_ds.objectives.registry import register_objective
 
 
 class TokenDetectionHead(nn.Module):

@@ -18,8 +18,8 @@ from torch import nn
 
 from mometas_ds import kernels
 
-from .base import Objective, reject_unknown_kwargs, validate_batch
-from .registry import register_objective
+from mometas_ds.objectives.base import Objective, reject_unknown_kwargs, validate_batch
+from mometas_ds.objectives.registry import register_objective
 
 TEMPERATURE = 0.05
 # Stands in for -inf on the diagonal: exp(-1e4) is 0 in every float type, and

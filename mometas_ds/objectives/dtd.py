@@ -15,9 +15,11 @@ from typing import Dict, Optional
 import torch
 from torch import nn
 
-from .atd import TokenDetectionHead
-from .base import IGNORE_INDEX, Objective, rand, real_token_mask, reject_unknown_kwargs, validate_batch
-from .registry import register_objective
+from mometas_ds.objectives.atd import TokenDetectionHead
+from mometas_ds.objectives.base import (
+    IGNORE_INDEX, Objective, rand, real_token_mask, reject_unknown_kwargs, validate_batch,
+)
+from mometas_ds.objectives.registry import register_objective
 
 
 @register_objective("dtd")

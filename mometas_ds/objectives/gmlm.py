@@ -32,9 +32,11 @@ from typing import Dict, Optional
 
 import torch
 
-from .base import any_piece_per_word, per_word, rand, real_token_mask, reject_unknown_kwargs, whole_words
-from .mlm import MaskedLM
-from .registry import register_objective
+from mometas_ds.objectives.base import (
+    any_piece_per_word, per_word, rand, real_token_mask, reject_unknown_kwargs, whole_words,
+)
+from mometas_ds.objectives.mlm import MaskedLM
+from mometas_ds.objectives.registry import register_objective
 
 
 @register_objective("gmlm")

@@ -21,11 +21,11 @@ from torch import nn
 
 from mometas_ds import kernels
 
-from .base import (
+from mometas_ds.objectives.base import (
     IGNORE_INDEX, Objective, SpecialTokens, gather_labeled, per_word, rand, real_token_mask, reject_unknown_kwargs,
     validate_batch, whole_words, zero_loss,
 )
-from .registry import register_objective
+from mometas_ds.objectives.registry import register_objective
 
 MASK_FRACTION = 0.8    # chosen -> mask_id
 RANDOM_FRACTION = 0.1  # chosen -> random non-special id; the remaining 10% stay unchanged
@@ -99,7 +99,7 @@ class MaskedLM(Objective):
         if whole_word_mask and not special.continuation_ids:
             raise ValueError(
                 f"{self.name}: whole_word_mask needs the vocabulary's '##' continuation pieces, but "
-                "SpecialTokens.continuation_ids is empty (build it with mometas_ds.tokenizer.special_tokens_of)"
+                "SpecialTokens.continuation_ids is empty (build it with mometas_ds.data.tokenizer.special_tokens_of)"
             )
         self.whole_word_mask = whole_word_mask
 

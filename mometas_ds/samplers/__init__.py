@@ -7,18 +7,18 @@
 
 Samplers deal in objective indices; the trainer maps them to objective names.
 """
-from .base import Sampler, inverse_cdf, relative_loss_drop, uniform_from
-from .registry import available_samplers, build_sampler, register_sampler, sampler_options
+from mometas_ds.samplers.base import Sampler, inverse_cdf, relative_loss_drop, uniform_from
+from mometas_ds.samplers.registry import available_samplers, build_sampler, register_sampler, sampler_options
 
 # Built-ins register in this order; available_samplers() keeps it.
-from .mometas import MometasSampler  # noqa: E402
-from .uniform import UniformSampler  # noqa: E402
-from .round_robin import RoundRobinSampler  # noqa: E402
-from .fixed import FixedSampler  # noqa: E402
-from .temperature import TemperatureSampler  # noqa: E402
-from .exp3 import Exp3Sampler  # noqa: E402
-from .credit import MometasCreditSampler  # noqa: E402
-from .distributed import meta_update_distributed, shard_range  # noqa: E402
+from mometas_ds.samplers.mometas import MometasSampler  # noqa: E402
+from mometas_ds.samplers.uniform import UniformSampler  # noqa: E402
+from mometas_ds.samplers.round_robin import RoundRobinSampler  # noqa: E402
+from mometas_ds.samplers.fixed import FixedSampler  # noqa: E402
+from mometas_ds.samplers.temperature import TemperatureSampler  # noqa: E402
+from mometas_ds.samplers.exp3 import Exp3Sampler  # noqa: E402
+from mometas_ds.samplers.credit import MometasCreditSampler  # noqa: E402
+from mometas_ds.samplers.distributed import meta_update_distributed, shard_range  # noqa: E402
 
 DEFAULT_SAMPLER = "mometas"
 

@@ -39,8 +39,8 @@ from typing import List
 
 import torch
 
-from .base import Sampler, check_float, check_int
-from .registry import register_sampler
+from mometas_ds.samplers.base import Sampler, check_float, check_int
+from mometas_ds.samplers.registry import register_sampler
 
 
 def learnt_mask(initial: torch.Tensor, current: torch.Tensor, margin: float = 0.02) -> torch.Tensor:

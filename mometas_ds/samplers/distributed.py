@@ -15,7 +15,7 @@ from typing import Dict, Optional, Tuple
 import torch
 import torch.distributed as dist
 
-from .base import Sampler
+from mometas_ds.samplers.base import Sampler
 
 _INFO_SCALARS = ("reward", "advantage", "policy_loss", "skipped")
 

@@ -20,8 +20,8 @@ from typing import List, Optional
 
 import torch
 
-from .base import Sampler, check_float
-from .registry import register_sampler
+from mometas_ds.samplers.base import Sampler, check_float
+from mometas_ds.samplers.registry import register_sampler
 
 
 def odm_exploration(num_arms: int, rounds: int) -> float:

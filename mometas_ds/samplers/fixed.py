@@ -5,8 +5,8 @@ from typing import Sequence
 
 import torch
 
-from .base import Sampler, check_weights
-from .registry import register_sampler
+from mometas_ds.samplers.base import Sampler, check_weights
+from mometas_ds.samplers.registry import register_sampler
 
 
 @register_sampler("fixed")

@@ -23,8 +23,8 @@ from typing import List, Optional
 
 import torch
 
-from .base import Sampler, check_float
-from .registry import register_sampler
+from mometas_ds.samplers.base import Sampler, check_float
+from mometas_ds.samplers.registry import register_sampler
 
 
 @register_sampler("mometas")

@@ -4,8 +4,8 @@ from __future__ import annotations
 import inspect
 from typing import List, Type
 
-from ..registry import Registry
-from .base import Sampler
+from mometas_ds.registry import Registry
+from mometas_ds.samplers.base import Sampler
 
 SAMPLERS: Registry[Sampler] = Registry("sampler", Sampler)
 _SHARED_ARGS = ("num_objectives", "seed", "interval")

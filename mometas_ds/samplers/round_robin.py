@@ -1,8 +1,8 @@
 """Round robin: objective = step mod N, the sequential multi-objective scheme. The seed plays no part."""
 from __future__ import annotations
 
-from .registry import register_sampler
-from .uniform import UniformSampler
+from mometas_ds.samplers.registry import register_sampler
+from mometas_ds.samplers.uniform import UniformSampler
 
 
 @register_sampler("round_robin")

@@ -14,8 +14,8 @@ from typing import List, Optional, Sequence
 
 import torch
 
-from .base import Sampler, check_int, check_weights, inverse_cdf, uniform_from
-from .registry import register_sampler
+from mometas_ds.samplers.base import Sampler, check_int, check_weights, inverse_cdf, uniform_from
+from mometas_ds.samplers.registry import register_sampler
 
 
 @register_sampler("temperature")

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import torch
 
-from .base import Sampler
-from .registry import register_sampler
+from mometas_ds.samplers.base import Sampler
+from mometas_ds.samplers.registry import register_sampler
 
 
 @register_sampler("uniform")

@@ -5,12 +5,11 @@
   runs.py     the corpus split and tokenizer, the mometas-pretrain processes (finished runs reused), their logs
   heldout.py  the final checkpoints and their held-out loss per objective
   report.py   the checks, the study.md tables and the figures
-  cli.py      the flags and their checks, run_study (the whole study) and main
+
+The command (its flags and checks, run_study: the whole study) is mometas_ds.cli.study.
 """
 
-from .cli import _check_args as _check_args
-from .cli import build_arg_parser, main, run_study
-from .common import (
+from mometas_ds.study.common import (
     DEFAULT_BAD,
     DEFAULT_OBJECTIVES,
     DEFAULT_SAMPLERS,
@@ -23,12 +22,9 @@ from .common import (
     logger,
     parse_sampler_spec,
 )
-from .heldout import HeldOutEvaluator
-from .heldout import _module_state as _module_state
-from .report import _mean_std as _mean_std
-from .report import check_criteria, plot_study, summary_table
-from .runs import _child_env as _child_env
-from .runs import pretrain_command, prepare_inputs, read_run, run_dir, split_corpus, train_one
+from mometas_ds.study.heldout import HeldOutEvaluator
+from mometas_ds.study.report import check_criteria, plot_study, summary_table
+from mometas_ds.study.runs import pretrain_command, prepare_inputs, read_run, run_dir, split_corpus, train_one
 
 __all__ = [
     "DEFAULT_BAD",
@@ -41,17 +37,14 @@ __all__ = [
     "HeldOutEvaluator",
     "SamplerSpec",
     "StudyError",
-    "build_arg_parser",
     "check_criteria",
     "logger",
-    "main",
     "parse_sampler_spec",
     "plot_study",
     "prepare_inputs",
     "pretrain_command",
     "read_run",
     "run_dir",
-    "run_study",
     "split_corpus",
     "summary_table",
     "train_one",

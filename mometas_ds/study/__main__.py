@@ -2,6 +2,6 @@
 
 import sys
 
-from .cli import main
+from mometas_ds.cli.study import main
 
 sys.exit(main())

@@ -9,18 +9,21 @@ from typing import Dict
 
 import torch
 
-from .. import checkpoint as ckpt
-from ..config import DataError
-from ..model import MultiObjectiveBert, build_bert_config
-from ..objectives import build_objective
-from ..tokenizer import load_tokenizer, special_tokens_of
+from mometas_ds import checkpoint as ckpt
+from mometas_ds.config import DataError
+from mometas_ds.model import MultiObjectiveBert, build_bert_config
+from mometas_ds.objectives import build_objective
+from mometas_ds.data.tokenizer import load_tokenizer, special_tokens_of
+from mometas_ds.config.paths import RunPaths
 
 
 class HeldOutEvaluator:
     """Every objective's loss on the same held-out rows with the same corruption seeds, for any checkpoint."""
 
     def __init__(self, args, inputs: Dict[str, str]):
-        from ..data import DataConfig, prepare_data, rows_as_tensors  # imports HF datasets (~0.5 s): only when used
+        from mometas_ds.data import (  # imports HF datasets (~0.5 s): only when used
+            DataConfig, prepare_data, rows_as_tensors,
+        )
 
         self.args = args
         self.tokenizer = load_tokenizer(inputs["tokenizer"])
@@ -37,13 +40,11 @@ class HeldOutEvaluator:
         self.objectives = {name: build_objective(name, self.special) for name in args.objectives}
 
     def _model(self, out_dir: str):
-        root = os.path.join(out_dir, "checkpoints")
+        root = RunPaths(out_dir).checkpoints
         tag = ckpt.latest_complete_tag(root)
         if tag is None:
             raise DataError(f"{root}: no complete checkpoint")
-        config = build_bert_config(
-            self.args.model_config, vocab_size=len(self.tokenizer), max_position_embeddings=max(512, self.args.seq_len)
-        )
+        config = build_bert_config(self.args.model_config, vocab_size=len(self.tokenizer), seq_len=self.args.seq_len)
         model = MultiObjectiveBert.from_config(config, self.objectives)
         model.load_state_dict(_module_state(root, tag))  # strict: every head must be in the checkpoint
         return model.float().eval()

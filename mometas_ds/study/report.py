@@ -132,7 +132,7 @@ def plot_study(runs: List[dict], objectives: List[str], out_dir: str) -> List[st
     # matplotlib (~0.2 s) only for the figures
     from matplotlib.figure import Figure
 
-    from ..plot import _colours
+    from mometas_ds.plot import _colours
 
     labels = list(dict.fromkeys(run["label"] for run in runs))
     colours = _colours(objectives)

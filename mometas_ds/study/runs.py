@@ -11,16 +11,19 @@ import sys
 import time
 from typing import Dict, List, Sequence
 
-from ..demo_corpus import write_demo_corpus
-from ..tokenizer import train_wordpiece_tokenizer
-from .common import REPO_ROOT, RESULT_FILE, SamplerSpec, StudyError, logger
+from mometas_ds.data.demo_corpus import write_demo_corpus
+from mometas_ds.data.tokenizer import train_wordpiece_tokenizer
+from mometas_ds.study.common import REPO_ROOT, RESULT_FILE, SamplerSpec, StudyError, logger
+from mometas_ds.config.paths import RunPaths
 
 # ------------------------------------------------------------------------------------------------ data
 
 
 def split_corpus(train_files: Sequence[str], text_field: str, every: int, out_dir: str):
     """Write train.jsonl and heldout.jsonl: every ``every``-th usable document goes to the held-out file."""
-    from ..data import CorpusReport, iter_texts  # imports HF datasets (~0.5 s): not needed for --help or a bad flag
+    from mometas_ds.data import (  # imports HF datasets (~0.5 s): not needed for --help or a bad flag
+        CorpusReport, iter_texts,
+    )
 
     os.makedirs(out_dir, exist_ok=True)
     train_path, heldout_path = os.path.join(out_dir, "train.jsonl"), os.path.join(out_dir, "heldout.jsonl")
@@ -134,7 +137,7 @@ def _child_env() -> dict:
 
 def train_one(args, inputs, spec: SamplerSpec, seed: int) -> dict:
     out = run_dir(args.output_dir, spec, seed)
-    if os.path.isfile(os.path.join(out, RESULT_FILE)) or os.path.isdir(os.path.join(out, "hf_model")):
+    if os.path.isfile(os.path.join(out, RESULT_FILE)) or os.path.isdir(RunPaths(out).hf_model):
         return {"label": spec.label, "seed": seed, "returncode": 0, "seconds": None, "reused": True}  # finished
     shutil.rmtree(out, ignore_errors=True)  # a run stopped part-way starts afresh
     os.makedirs(out, exist_ok=True)
@@ -158,7 +161,7 @@ def read_run(out_dir: str, objectives: List[str]) -> dict:
         trace = f.read().split()
     draws = {name: trace.count(name) for name in objectives}
     trajectory = []
-    with open(os.path.join(out_dir, "sampler.jsonl"), encoding="utf-8") as f:
+    with open(RunPaths(out_dir).sampler, encoding="utf-8") as f:
         for line in f:
             if line.strip():
                 record = json.loads(line)

@@ -1,31 +1,33 @@
 """The checks that run before any work: every flag (validate_config), then, once the ranks are up, what
 needs their number (check_world_size), the run's identity and the resume match. ``preflight`` runs them
-all, once, before the trainer is built."""
+all, once, before the trainer is built.
+
+Each subsystem owns the checks of its own fields (train.ds_config: the DeepSpeed config; model_config_check: the
+BertConfig; objectives and samplers: their names and options; safe_io: the output folders); this module composes
+them in order and owns the run's identity (what a resume must match)."""
 from __future__ import annotations
 
-import importlib
-import importlib.util
 import json
 import math
 import os
-import socket
-import sys
 from dataclasses import dataclass
 from typing import List, Optional
 
-import torch
-
-from ..checkpoint import find_resume_checkpoint, latest_complete_tag, resume_checkpoint, run_identity_of
-from ..ds_config_check import check_ds_config
-from ..errors import ConfigError, read_json_object
-from ..launch import LaunchInfo, init_distributed
-from .choices import MODEL_PRESETS
-from ..data.parts import MIN_SHARD_SIZE_MB, input_bytes
-from ..model_config_check import check_model_config_fields
-from ..safe_io import check_resume_objectives, check_writable_dir, read_client_state
-from ..objectives import available_objectives, objective_class
-from ..samplers import available_samplers, build_sampler
-from .settings import PretrainConfig, sampler_kwargs
+from mometas_ds.checkpoint import find_resume_checkpoint, latest_complete_tag, resume_checkpoint, run_identity_of
+from mometas_ds.checkpoint.loading import read_client_state
+from mometas_ds.config.choices import MODEL_PRESETS
+from mometas_ds.config.settings import PretrainConfig, sampler_kwargs
+from mometas_ds.data.parts import MIN_SHARD_SIZE_MB, input_bytes
+from mometas_ds.distributed.launch import LaunchInfo, init_distributed
+from mometas_ds.errors import ConfigError, read_json_object
+from mometas_ds.model import position_embeddings
+from mometas_ds.model_config_check import check_model_config_fields, read_model_config
+from mometas_ds.objectives import objective_class, objective_names_problem
+from mometas_ds.registry import import_user_module
+from mometas_ds.safe_io import check_writable, check_writable_dir
+from mometas_ds.samplers import available_samplers, build_sampler
+from mometas_ds.train.ds_config import check_batch_fields, check_ds_config, check_optimizer, check_with_deepspeed
+from mometas_ds.config.paths import RunPaths
 
 
 @dataclass
@@ -47,52 +49,6 @@ def preflight(cfg: PretrainConfig) -> Preflight:
     launch = init_distributed(cfg.dist_timeout_minutes)
     check_world_size(cfg, ds_config, launch.world_size)
     return Preflight(ds_config, launch, run_identity(cfg, ds_config, launch.world_size))
-
-
-def check_writable(output_dir: str, sub: str = "") -> None:
-    """Create output_dir[/sub] and write a probe file in it, or stop with a ConfigError naming --output_dir."""
-    path = os.path.join(output_dir, sub) if sub else output_dir
-    probe = os.path.join(path, f".write_test.{socket.gethostname()}.{os.getpid()}")
-    try:
-        os.makedirs(path, exist_ok=True)
-        with open(probe, "w") as f:
-            f.write("ok")
-        os.remove(probe)
-    except OSError as exc:
-        raise ConfigError(f"--output_dir: {path} cannot be written ({exc})") from exc
-
-
-def import_user_module(spec: str):
-    """Import a ``.py`` file (by path) or a module (dotted name) once; its registrations take effect."""
-    if spec.endswith(".py"):
-        path = os.path.abspath(spec)
-        if not os.path.isfile(path):
-            raise FileNotFoundError(f"no such file: {spec}")
-        name = "mometas_user_" + os.path.splitext(os.path.basename(path))[0]
-        if name in sys.modules:
-            return sys.modules[name]
-        module_spec = importlib.util.spec_from_file_location(name, path)
-        module = importlib.util.module_from_spec(module_spec)
-        sys.modules[name] = module
-        try:
-            module_spec.loader.exec_module(module)
-        except BaseException:
-            del sys.modules[name]
-            raise
-        return module
-    return importlib.import_module(spec)
-
-
-def objective_names_problem(names: List[str]) -> Optional[str]:
-    """What is wrong with a list of objective names (empty, unknown, repeated), or None."""
-    if not names:
-        return "no objective given"
-    unknown = [name for name in names if name not in available_objectives()]
-    if unknown:
-        return f"unknown objective(s) {', '.join(unknown)}; available: {', '.join(available_objectives())}"
-    if len(set(names)) != len(names):
-        return f"duplicate names in {','.join(names)}"
-    return None
 
 
 def validate_config(cfg: PretrainConfig) -> dict:
@@ -180,7 +136,7 @@ def validate_config(cfg: PretrainConfig) -> dict:
     if not math.isfinite(cfg.setup_timeout_minutes) or cfg.setup_timeout_minutes <= 0:
         fail("setup_timeout_minutes", f"must be a finite number > 0, got {cfg.setup_timeout_minutes}")
     check_batch_fields(ds_config, cfg.deepspeed_config)
-    _check_optimizer(ds_config, cfg.deepspeed_config)
+    check_optimizer(ds_config, cfg.deepspeed_config)
     if (ds_config.get("checkpoint") or {}).get("writer") or (ds_config.get("datastates_ckpt") or {}).get("enabled"):
         # Checkpoints are published (COMPLETE) once every rank's save returned: a writer that finishes later
         # would let a resume take a checkpoint whose files are still being written.
@@ -189,14 +145,14 @@ def validate_config(cfg: PretrainConfig) -> dict:
     if cfg.save_total_limit is not None and cfg.save_total_limit < 1:
         fail("save_total_limit", f"must be >= 1, got {cfg.save_total_limit}")
     if cfg.resume in (None, "", "none"):
-        earlier = latest_complete_tag(os.path.join(cfg.output_dir, "checkpoints"))
+        earlier = latest_complete_tag(RunPaths(cfg.output_dir).checkpoints)
         if earlier is not None:
             # Starting over here would overwrite that run's checkpoints and logs as this one reaches them.
             fail("resume", f"{cfg.output_dir} holds checkpoint {earlier} of an earlier run: add --resume to continue "
                            "it, or give a new --output_dir")
     elif cfg.resume != "auto":
         try:
-            find_resume_checkpoint(os.path.join(cfg.output_dir, "checkpoints"), cfg.resume)
+            find_resume_checkpoint(RunPaths(cfg.output_dir).checkpoints, cfg.resume)
         except ValueError as exc:
             fail("resume", str(exc).split(": ", 1)[-1])
     # The sampler checks its own options: build one now so a bad --sampler_args stops the run here.
@@ -208,89 +164,10 @@ def validate_config(cfg: PretrainConfig) -> dict:
     return ds_config
 
 
-def read_model_config(model_dir: str) -> dict:
-    """The config.json of a local HF checkpoint, as a dict; ConfigError naming the flag if unreadable."""
-    return read_json_object(os.path.join(model_dir, "config.json"), "--model_name_or_path")
-
-
-def check_tokenizer_fits_model(cfg: PretrainConfig, num_tokens: int) -> None:
-    """The tokenizer must not have ids beyond the embedding rows (of the checkpoint, or of a
-    --model_config JSON that sets vocab_size); checked before the corpus is tokenized."""
-    if cfg.model_name_or_path is not None:
-        vocab_size = read_model_config(cfg.model_name_or_path).get("vocab_size")
-        flag, source = ("--tokenizer" if cfg.tokenizer else "--model_name_or_path"), cfg.model_name_or_path
-    elif cfg.model_config not in MODEL_PRESETS:
-        vocab_size = read_json_object(cfg.model_config, "--model_config").get("vocab_size")
-        flag, source = "--model_config", cfg.model_config
-    else:
-        return  # a preset takes its vocab_size from the tokenizer
-    if vocab_size is not None and num_tokens > vocab_size:
-        raise ConfigError(
-            f"{flag}: the tokenizer has {num_tokens} tokens but the embeddings of {source} hold {vocab_size}")
-
-
-def _check_optimizer(ds_config: dict, path: str) -> None:
-    optimizer = ds_config.get("optimizer", {})
-    stage = ds_config.get("zero_optimization", {}).get("stage", 0)
-    if isinstance(optimizer, dict) and "type" in optimizer:
-        # Here, not at the top: importing DeepSpeed takes seconds, and --help or a table of the options needs none
-        # of it.
-        from deepspeed.runtime.config import DEEPSPEED_OPTIMIZERS
-
-        name = str(optimizer["type"])
-        # What deepspeed.initialize accepts: its own optimizers (any case), else a torch.optim class.
-        if name.lower() not in DEEPSPEED_OPTIMIZERS and not isinstance(getattr(torch.optim, name, None), type):
-            raise ConfigError(f"{path}: optimizer.type {name!r} is neither a DeepSpeed optimizer "
-                              f"({', '.join(DEEPSPEED_OPTIMIZERS)}) nor a torch.optim class")
-    if isinstance(optimizer, dict) and str(optimizer.get("type", "")).lower() == "lamb" and stage:
-        raise ConfigError(
-            f"{path}: optimizer.type Lamb with zero_optimization.stage {stage}: ZeRO hands the optimizer flat "
-            "partitions, so LAMB's per-layer trust ratio would span whole parameter groups (DeepSpeed lists LAMB "
-            "as untested under ZeRO); use AdamW, or Lamb with stage 0"
-        )
-
-
-def check_batch_fields(ds_config: dict, path: str, world_size: Optional[int] = None) -> Optional[int]:
-    """Check DeepSpeed's three batch keys; with ``world_size``, return the micro-batch per rank.
-
-    Any two of them may be given and DeepSpeed infers the third (train_batch_size alone means
-    no accumulation); the inferred value must be a whole number.
-    """
-    micro = ds_config.get("train_micro_batch_size_per_gpu")
-    gas = ds_config.get("gradient_accumulation_steps")
-    total = ds_config.get("train_batch_size")
-    for key, value in (("train_micro_batch_size_per_gpu", micro), ("gradient_accumulation_steps", gas),
-                       ("train_batch_size", total)):
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-            raise ConfigError(f"{path}: {key} must be a positive integer, got {value!r}")
-    if micro is None and total is None:
-        raise ConfigError(f"{path}: set train_micro_batch_size_per_gpu (and optionally gradient_accumulation_steps)")
-    if world_size is None:
-        return None
-    if total is None:
-        return micro
-    if micro is not None and gas is not None:
-        if total != micro * gas * world_size:
-            raise ConfigError(
-                f"{path}: train_batch_size={total} != train_micro_batch_size_per_gpu={micro} x "
-                f"gradient_accumulation_steps={gas} x world_size={world_size}"
-            )
-        return micro
-    given, key = ((micro, "train_micro_batch_size_per_gpu") if micro is not None
-                  else (gas or 1, "gradient_accumulation_steps"))
-    if total % (given * world_size):
-        missing = "gradient_accumulation_steps" if micro is not None else "train_micro_batch_size_per_gpu"
-        raise ConfigError(
-            f"{path}: train_batch_size={total} is not a multiple of {key}={given} x world_size={world_size}, "
-            f"so {missing} cannot be inferred"
-        )
-    return micro if micro is not None else total // (given * world_size)
-
-
 def check_world_size(cfg: PretrainConfig, ds_config: dict, world_size: int) -> None:
     """Checks that need the number of ranks; still before any work."""
     micro = check_batch_fields(ds_config, cfg.deepspeed_config, world_size)
-    _check_with_deepspeed(ds_config, cfg.deepspeed_config)
+    check_with_deepspeed(ds_config, cfg.deepspeed_config)
     check_resume_matches(cfg, ds_config, world_size)
     if cfg.meta_batch_size % world_size:
         raise ConfigError(
@@ -304,18 +181,6 @@ def check_world_size(cfg: PretrainConfig, ds_config: dict, world_size: int) -> N
         if cfg.meta_batch_size // world_size < need:
             raise ConfigError(f"--meta_batch_size: {cfg.meta_batch_size} over {world_size} rank(s) leaves "
                               f"{cfg.meta_batch_size // world_size} per rank; objective {name} needs at least {need}")
-
-
-def _check_with_deepspeed(ds_config: dict, path: str) -> None:
-    """Parse the config as deepspeed.initialize will, now rather than after the corpus is tokenized.
-
-    Needs the process group (DeepSpeed reads the world size for its batch arithmetic)."""
-    from deepspeed.runtime.config import DeepSpeedConfig  # heavy: see _check_optimizer
-
-    try:
-        DeepSpeedConfig(json.loads(json.dumps(ds_config)))
-    except Exception as exc:  # pydantic's ValidationError names the key; DeepSpeed's asserts say what is wrong
-        raise ConfigError(f"{path}: DeepSpeed rejects this config: {type(exc).__name__}: {exc}") from None
 
 
 def run_identity(cfg: PretrainConfig, ds_config: dict, world_size: int) -> dict:
@@ -399,24 +264,10 @@ def elastic_changes(saved: Optional[dict], ours: dict) -> dict:
     return {key: (saved[key], ours[key]) for key in ELASTIC if key in saved and key in ours and saved[key] != ours[key]}
 
 
-def _position_embeddings(cfg: PretrainConfig, seq_len: int) -> Optional[int]:
-    """The position embeddings a from-scratch model gets (Trainer._build_model), or None when they do not
-    follow --seq_len (a checkpoint's config, or a --model_config JSON that sets them)."""
-    if cfg.model_config is None:
-        return None
-    if cfg.model_config not in MODEL_PRESETS:
-        fields = read_json_object(cfg.model_config, "--model_config")
-        if "max_position_embeddings" in fields:
-            return None
-    elif "max_position_embeddings" in MODEL_PRESETS[cfg.model_config]:
-        return None
-    return max(512, seq_len)
-
-
 def check_inputs_stay_whole(cfg: PretrainConfig, tag_dir: str) -> None:
     """A checkpoint written before --shard_size_mb was trained on every input read whole: stop a resume whose
     --shard_size_mb would split one of them (other rows, another order), naming the value that keeps them."""
-    from ..data.readers import resolve_files
+    from mometas_ds.data.readers import resolve_files
 
     limit = cfg.shard_size_mb * (1 << 20)
     for path in resolve_files(cfg.train_files)[0]:
@@ -437,7 +288,7 @@ def check_resume_matches(cfg: PretrainConfig, ds_config: dict, world_size: int) 
 
     The ELASTIC settings may differ; what else differs stops the run, naming each field."""
     # Rank 0 picks and verifies the checkpoint now, before any work (a damaged or foreign one: ConfigError).
-    found = resume_checkpoint(os.path.join(cfg.output_dir, "checkpoints"), cfg.resume, cfg.verify_checkpoint,
+    found = resume_checkpoint(RunPaths(cfg.output_dir).checkpoints, cfg.resume, cfg.verify_checkpoint,
                               wait_minutes=cfg.setup_timeout_minutes)
     if found is None:
         return
@@ -463,10 +314,25 @@ def check_resume_matches(cfg: PretrainConfig, ds_config: dict, world_size: int) 
     changes = elastic_changes(saved, ours)
     if "--seq_len" in changes:
         was, now = changes["--seq_len"]
-        saved_positions, positions = _position_embeddings(cfg, was), _position_embeddings(cfg, now)
+        saved_positions, positions = (position_embeddings(cfg.model_config, was),
+                                       position_embeddings(cfg.model_config, now))
         if saved_positions != positions:
             raise ConfigError(
                 f"--seq_len: {now} would build a model with {positions} position embeddings, but checkpoint "
                 f"{tag_dir} (written at --seq_len {was}) holds {saved_positions} (from scratch they are "
                 f"max(512, --seq_len)): resume with --seq_len {'<= 512' if was <= 512 else was}, or set "
                 f"max_position_embeddings in a --model_config JSON from the first run on")
+
+
+def check_resume_objectives(client_state: dict, objectives: List[str], checkpoint: str) -> None:
+    """ConfigError naming --objectives if the checkpoint's client state was written for other objectives
+    (or the same ones in another order: the sampler's probabilities are indexed by position)."""
+    saved = (client_state.get("mometas") or {}).get("objectives", client_state.get("objectives"))
+    if saved is None:
+        return  # nothing recorded to compare
+    if list(saved) != list(objectives):
+        order = " (the same ones in another order: the sampler's policy is indexed by position)" \
+            if sorted(saved) == sorted(objectives) else ""
+        raise ConfigError(f"--objectives: checkpoint {checkpoint} was trained with {','.join(saved)}, this run has "
+                          f"{','.join(objectives)}{order}. Resume with --objectives {','.join(saved)}, or give a new "
+                          "--output_dir to start afresh")

@@ -78,7 +78,7 @@ def pretrain_flags(ns: argparse.Namespace) -> List[str]:
 def _prepare(ns: argparse.Namespace) -> int:
     from mometas_ds.data import DataConfig, prepare_data  # imports HF datasets: not for --help
     from mometas_ds.safe_io import check_writable_dir, disk_errors
-    from mometas_ds.tokenizer import load_tokenizer
+    from mometas_ds.data.tokenizer import load_tokenizer
 
     if not ns.tokenizer and not ns.model_name_or_path:
         raise ConfigError("--tokenizer: give the tokenizer directory (or --model_name_or_path, to use its tokenizer)")

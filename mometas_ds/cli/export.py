@@ -24,10 +24,11 @@ import torch
 from mometas_ds.checkpoint import COMPLETE_MARKER
 from mometas_ds.config import ConfigError
 from mometas_ds.safe_io import write_dir_atomically
+from mometas_ds.config.paths import RunPaths
 
 PROG = "mometas-export"
 EXPORT_MARKER = "exported_from.json"  # which checkpoint an export came from; marks a directory as ours
-logger = logging.getLogger("mometas_ds.export")
+logger = logging.getLogger("mometas_ds.cli.export")
 
 
 def _split_checkpoint(path: str) -> Tuple[str, str]:
@@ -56,7 +57,7 @@ def _tokenizer_dir(run_dir: str, cfg: dict, override: Optional[str]) -> str:
     if cfg.get("tokenizer"):
         return cfg["tokenizer"]
     if cfg.get("train_tokenizer") is not None:
-        return os.path.join(run_dir, "tokenizer")
+        return RunPaths(run_dir).tokenizer
     if cfg.get("model_name_or_path"):
         return cfg["model_name_or_path"]
     raise ConfigError(f"{run_dir}/run_config.json names no tokenizer; give --tokenizer")
@@ -71,8 +72,7 @@ def _bert_config(cfg: dict, vocab_size: int, model_config: Optional[str]):
         return BertConfig.from_pretrained(cfg["model_name_or_path"], local_files_only=True)
     preset = model_config or cfg.get("model_config") or "base"
     try:
-        return build_bert_config(preset, vocab_size=vocab_size,
-                                 max_position_embeddings=max(512, int(cfg.get("seq_len") or 512)))
+        return build_bert_config(preset, vocab_size=vocab_size, seq_len=int(cfg.get("seq_len") or 512))
     except ValueError as err:
         raise ConfigError(f"--model_config: {err}") from None
 
@@ -112,7 +112,7 @@ def export_checkpoint(checkpoint: str, out_dir: str, tokenizer: Optional[str] = 
 
     The directory is written beside ``out_dir`` and renamed into place: ``out_dir`` is whole or as it was."""
     from mometas_ds.model import MultiObjectiveBert  # heavy (transformers): not for --help
-    from mometas_ds.tokenizer import load_tokenizer  # heavy (transformers): not for --help
+    from mometas_ds.data.tokenizer import load_tokenizer  # heavy (transformers): not for --help
 
     _check_out(out_dir)
     tags_dir, tag = _split_checkpoint(checkpoint)

@@ -7,15 +7,17 @@ from __future__ import annotations
 import logging
 import os
 
-from .. import faults
-from ..config import PretrainConfig, check_tokenizer_fits_model
-from ..ranks import Ranks
-from ..safe_io import disk_errors
-from ..tokenizer import load_tokenizer, special_tokens_of, train_wordpiece_tokenizer
-from .batches import ShardedBatches, rows_as_tensors
-from .cache import DataConfig, PreparedData, prepare_data
-from .prefetch import prefetched
-from .readers import CorpusReport, iter_texts
+from mometas_ds.train import faults
+from mometas_ds.config import PretrainConfig
+from mometas_ds.model_config_check import check_tokenizer_fits_model
+from mometas_ds.distributed.ranks import Ranks
+from mometas_ds.safe_io import disk_errors
+from mometas_ds.data.tokenizer import load_tokenizer, special_tokens_of, train_wordpiece_tokenizer
+from mometas_ds.data.batches import ShardedBatches, rows_as_tensors
+from mometas_ds.data.cache import DataConfig, PreparedData, prepare_data
+from mometas_ds.data.prefetch import prefetched
+from mometas_ds.data.readers import CorpusReport, iter_texts
+from mometas_ds.config.paths import RunPaths
 
 logger = logging.getLogger("mometas_ds")
 
@@ -91,7 +93,7 @@ def load_run_tokenizer(cfg: PretrainConfig, ranks: Ranks):
         return load_tokenizer(cfg.tokenizer)
     if cfg.train_tokenizer is None:
         return load_tokenizer(cfg.model_name_or_path, flag="--model_name_or_path")
-    out_dir = os.path.join(cfg.output_dir, "tokenizer")
+    out_dir = RunPaths(cfg.output_dir).tokenizer
 
     def train():
         if not os.path.exists(os.path.join(out_dir, "tokenizer.json")):

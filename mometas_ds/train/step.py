@@ -15,9 +15,9 @@ import deepspeed.utils
 import torch
 import torch.distributed as dist
 
-from . import faults
-from .meta_validation import MetaValidation
-from .train_state import TrainState, seed_for
+from mometas_ds.train import faults
+from mometas_ds.train.meta_validation import MetaValidation
+from mometas_ds.train.state import TrainState, seed_for
 
 logger = logging.getLogger("mometas_ds")
 

@@ -14,7 +14,8 @@ import os
 import sys
 from typing import List, Optional, Tuple
 
-from . import checkpoint as ckpt
+from mometas_ds import checkpoint as ckpt
+from mometas_ds.config.paths import RunPaths
 
 PROG = "mometas-checkpoint"
 
@@ -30,7 +31,7 @@ def _targets(path: str) -> Tuple[str, Optional[str]]:
         raise UsageError(f"{path}: no such directory")
     if ckpt.step_of(os.path.basename(path)) is not None:
         return os.path.dirname(path) or ".", os.path.basename(path)
-    if os.path.isdir(os.path.join(path, "checkpoints")) and not _tags_in(path):
+    if os.path.isdir(RunPaths(path).checkpoints) and not _tags_in(path):
         path = os.path.join(path, "checkpoints")  # a run's output_dir
     if not _tags_in(path):
         raise UsageError(f"{path}: holds no checkpoint tags (step<N> directories)")
@@ -60,12 +61,12 @@ def _identity(tag_dir: str):
         return "unreadable", None
     if identity is None:
         return "-", None
-    record = ckpt._text_record(json.dumps(identity, sort_keys=True))
+    record = ckpt.text_record(json.dumps(identity, sort_keys=True))
     return record[ckpt.HASH][:8], identity
 
 
 def _pointer_problem(tags_dir: str) -> Optional[str]:
-    pointer = ckpt._read_pointer(tags_dir)
+    pointer = ckpt.read_pointer(tags_dir)
     if pointer is not None and ckpt.step_of(pointer) is None:
         return (f"{os.path.join(tags_dir, ckpt.LATEST_FILE)} holds {pointer[:200]!r}, not a tag (step<N>): "
                 "--resume auto refuses it")
@@ -76,7 +77,7 @@ def _auto_choice(tags_dir: str, level: str) -> str:
     """What --resume auto would do with this directory (the same rule, without its warnings)."""
     if _pointer_problem(tags_dir):
         return "--resume auto stops with exit 2 (see latest_complete above)"
-    verdict, damaged = ckpt._newest_intact(tags_dir, level)
+    verdict, damaged = ckpt.newest_intact(tags_dir, level)
     if verdict is not None:
         return f"--resume auto resumes from {verdict.tag}"
     return ("--resume auto stops with exit 2: no complete tag is intact" if damaged
@@ -117,7 +118,7 @@ def cmd_verify(args) -> int:
 def cmd_list(args) -> int:
     tags_dir, only = _targets(args.path)
     tags = [only] if only else _tags_in(tags_dir)
-    pointer = ckpt._read_pointer(tags_dir)
+    pointer = ckpt.read_pointer(tags_dir)
     rows, identities = [], {}
     for tag in tags:
         verdict = ckpt.verify_tag(tags_dir, tag, args.level)

@@ -17,8 +17,8 @@ import time
 
 import psutil  # a DeepSpeed dependency (its launcher uses it)
 
-from .config import bundled_ds_config
-from .demo_corpus import write_demo_corpus
+from mometas_ds.config import bundled_ds_config
+from mometas_ds.data.demo_corpus import write_demo_corpus
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MARKER = ".mometas_demo"  # written first into every directory the demo creates; --overwrite needs it
@@ -30,7 +30,7 @@ DEMO_OUTPUTS = ("corpus.jsonl", "checkpoints", "trace", "tokenizer", "cache", "h
 def _own_outputs(out: str) -> list:
     """The entries of an earlier demo output directory that carry the names the demo writes (a new
     step of the demo adds its output's name to DEMO_OUTPUTS); never anything else."""
-    from .plot import FIGURE_NAMES  # heavy (matplotlib): not for --help
+    from mometas_ds.plot import FIGURE_NAMES  # heavy (matplotlib): not for --help
 
     own = set(DEMO_OUTPUTS) | set(FIGURE_NAMES)
     temporary = ("hf_model.tmp-", "hf_model.old-")
@@ -39,7 +39,7 @@ def _own_outputs(out: str) -> list:
 
 def _write_marker(out: str) -> None:
     with open(os.path.join(out, MARKER), "w", encoding="utf-8") as f:
-        json.dump({"written_by": "mometas_ds.demo", "deleted_by": "--overwrite, only the names in DEMO_OUTPUTS"}, f)
+        json.dump({"written_by": "mometas_ds.cli.demo", "deleted_by": "--overwrite, only the names in DEMO_OUTPUTS"}, f)
 
 
 def prepare_output_dir(p: argparse.ArgumentParser, out: str, overwrite: bool, keep: bool) -> None:
@@ -105,7 +105,7 @@ def run_pretraining(cmd: list, env: dict) -> tuple:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m mometas_ds.demo", description=__doc__,
+    p = argparse.ArgumentParser(prog="python -m mometas_ds.cli.demo", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--output_dir", default="runs/demo",
                    help="where everything goes (default: runs/demo, relative to the current directory); a non-empty "
@@ -165,7 +165,7 @@ def main(argv=None) -> int:
         print(f"demo: pre-training stopped early with a checkpoint in {os.path.join(out, 'checkpoints')}; "
               f"run the demo again with --keep --output_dir {out} to continue it", flush=True)
 
-    from .plot import plot_run  # heavy (matplotlib): not for --help
+    from mometas_ds.plot import plot_run  # heavy (matplotlib): not for --help
 
     figures = plot_run(out)
     print(f"\ndemo finished in {time.time() - started:.0f} s")
@@ -179,7 +179,9 @@ def main(argv=None) -> int:
     if interrupted:
         print("demo: fine-tuning skipped: the pre-training was stopped before its end (no hf_model/ yet)", flush=True)
         return 0
-    from .finetune.demo import finetune_demo  # heavy (transformers' Trainer, datasets); pre-train -> fine-tune -> score
+    from mometas_ds.finetune.demo import (  # heavy (transformers' Trainer, datasets); pre-train -> fine-tune -> score
+        finetune_demo,
+    )
 
     return finetune_demo(out)
 

@@ -17,19 +17,22 @@ from typing import Optional
 import numpy as np
 import torch
 
-from . import faults, stop_signals
-from .checkpoint.checkpointer import Checkpointer
-from .config import ConfigError, Preflight, PretrainConfig, check_writable, preflight, sampler_kwargs
-from .data.pretrain_data import PretrainData
-from .engine import build_engine
-from .meta_validation import MetaValidation
-from .model import MultiObjectiveBert, build_bert_config
-from .objectives import build_objective, objective_class
-from .ranks import Ranks
-from .run_logs import RunLogs, as_float
-from .samplers import build_sampler
-from .step import Corruption, NonFiniteLossError, StopRequest, TrainStep
-from .train_state import TrainState
+from mometas_ds.train import faults, signals as stop_signals
+from mometas_ds.train.checkpointer import Checkpointer
+from mometas_ds.config import ConfigError, PretrainConfig, sampler_kwargs
+from mometas_ds.train.preflight import Preflight, preflight
+from mometas_ds.safe_io import check_writable
+from mometas_ds.train.data import PretrainData
+from mometas_ds.train.engine import build_engine
+from mometas_ds.train.meta_validation import MetaValidation
+from mometas_ds.model import MultiObjectiveBert, build_bert_config
+from mometas_ds.objectives import build_objective, objective_class
+from mometas_ds.distributed.ranks import Ranks
+from mometas_ds.train.logs import RunLogs, as_float
+from mometas_ds.samplers import build_sampler
+from mometas_ds.train.step import Corruption, NonFiniteLossError, StopRequest, TrainStep
+from mometas_ds.train.state import TrainState
+from mometas_ds.config.paths import RunPaths
 
 logger = logging.getLogger("mometas_ds")
 
@@ -49,7 +52,7 @@ class Trainer:
             logger.info("launcher: %s, %d rank(s)", self.launch.launcher, self.world_size)
 
         self.stop = StopRequest()
-        # INT (Ctrl-C), TERM, USR1: finish the step, save, exit 0 (mometas_ds/stop_signals.py).
+        # INT (Ctrl-C), TERM, USR1: finish the step, save, exit 0 (mometas_ds/train/signals.py).
         self.signals = stop_signals.install(self.rank, lambda: setattr(self.stop, "requested", True))
         self._check_output_dir()
 
@@ -98,18 +101,17 @@ class Trainer:
 
         def prepare():
             check_writable(cfg.output_dir, "checkpoints")
-            with open(os.path.join(cfg.output_dir, "run_config.json"), "w") as f:
+            with open(RunPaths(cfg.output_dir).run_config, "w") as f:
                 f.write(cfg.to_json())
 
         self.ranks.rank0_first(prepare)  # a failure stops every rank, not just rank 0
-        os.makedirs(os.path.join(cfg.output_dir, "trace"), exist_ok=True)
+        os.makedirs(RunPaths(cfg.output_dir).trace_dir, exist_ok=True)
 
     def _build_model(self) -> MultiObjectiveBert:
         cfg = self.cfg
         if cfg.model_name_or_path:
             return MultiObjectiveBert.from_pretrained(cfg.model_name_or_path, self.objectives)
-        config = build_bert_config(cfg.model_config, vocab_size=len(self.tokenizer),
-                                   max_position_embeddings=max(512, cfg.seq_len))
+        config = build_bert_config(cfg.model_config, vocab_size=len(self.tokenizer), seq_len=cfg.seq_len)
         return MultiObjectiveBert.from_config(config, self.objectives)
 
     # ---------------------------------------------------------------- training

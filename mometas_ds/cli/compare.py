@@ -21,7 +21,7 @@ import numpy as np
 
 from mometas_ds.config import ConfigError, DataError
 
-from .finetune.summary import _task_order, glue_score, per_task, read_results
+from mometas_ds.finetune.summary import _task_order, glue_score, per_task, read_results
 
 PROG = "mometas-compare"
 ALPHA = 0.05

@@ -18,7 +18,7 @@ from typing import List
 
 from mometas_ds.config import ConfigError, DataError
 
-from .tasks import GLUE_TASKS, TASKS, parse_task_names
+from mometas_ds.finetune.tasks import GLUE_TASKS, TASKS, parse_task_names
 
 PROG = "mometas-finetune"
 
@@ -168,7 +168,7 @@ def main(argv=None) -> int:
     try:
         validate(args)
         _setup_logging(args.log_level)
-        from . import runner  # heavy (transformers' Trainer, datasets): not for --help
+        from mometas_ds.finetune import runner  # heavy (transformers' Trainer, datasets): not for --help
 
         if args.merge:
             md = runner.merge(args.output_dir, args.merge)

@@ -12,16 +12,19 @@ import logging
 import os
 from typing import List, Optional
 
-from ..config import ConfigError, PretrainConfig, elastic_changes
-from ..ranks import Ranks
-from ..safe_io import export_retry_hint, write_dir_atomically
-from ..train_state import TrainState, rng_state, seeded_rng_state, set_rng_state
-from .export import consolidated_state_dict
-from .layout import latest_complete_tag, read_run_identity
-from .loading import load
-from .saving import prune, save
-from .universal import convert_to_universal, needs_universal
-from .verify import resume_checkpoint
+from mometas_ds.config import ConfigError, PretrainConfig
+
+from mometas_ds.train.preflight import elastic_changes
+from mometas_ds.distributed.ranks import Ranks
+from mometas_ds.safe_io import export_retry_hint, write_dir_atomically
+from mometas_ds.train.state import TrainState, rng_state, seeded_rng_state, set_rng_state
+from mometas_ds.checkpoint.export import consolidated_state_dict
+from mometas_ds.checkpoint.layout import latest_complete_tag, read_run_identity
+from mometas_ds.checkpoint.loading import load
+from mometas_ds.checkpoint.saving import prune, save
+from mometas_ds.checkpoint.universal import convert_to_universal, load_universal, needs_universal
+from mometas_ds.checkpoint.verify import resume_checkpoint
+from mometas_ds.config.paths import RunPaths
 
 logger = logging.getLogger("mometas_ds")
 
@@ -32,7 +35,7 @@ class Checkpointer:
         self.cfg, self.engine, self.ranks, self.run_identity = cfg, engine, ranks, run_identity
         self.state, self.sampler, self.data, self.objective_names = state, sampler, data, list(objective_names)
         self.signals = signals  # a signal during a save or the export waits for its end (stop_signals)
-        self.root = os.path.join(cfg.output_dir, "checkpoints")
+        self.root = RunPaths(cfg.output_dir).checkpoints
 
     # ---------------------------------------------------------------- the client state
     def state_dict(self) -> dict:
@@ -92,7 +95,8 @@ class Checkpointer:
         universal = needs_universal(self.engine, tag_dir)
         if universal:
             self.ranks.rank0_first(lambda: _convert_to_universal(tags_dir, tag))
-        client_state = load(self.engine, tags_dir, tag, universal)  # weights_only loads; failure: ConfigError
+        # weights_only loads; a failure is a ConfigError
+        client_state = load(self.engine, tags_dir, tag, load_universal if universal else None)
         self.load_state_dict(client_state["mometas"], tag_dir, saved)
         if rank == 0:
             logger.info("resumed from %s at step %d%s", tag_dir, self.state.step,
@@ -121,7 +125,7 @@ class Checkpointer:
     # ---------------------------------------------------------------- export
     def export_hf(self, model, tokenizer) -> None:
         """The final weights and the tokenizer in HF format (output_dir/hf_model), whole or absent."""
-        out_dir = os.path.join(self.cfg.output_dir, "hf_model")
+        out_dir = RunPaths(self.cfg.output_dir).hf_model
         state_dict = consolidated_state_dict(self.engine, self.root, self.state.step)
 
         def write():  # whole or absent (safe_io); a failure stops every rank, with a message

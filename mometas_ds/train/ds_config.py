@@ -8,40 +8,19 @@ any work; the valid top-level names are the ones DeepSpeed's own config parser r
 """
 from __future__ import annotations
 
-import difflib
 import functools
-import math
-from typing import Callable, Dict, Iterable, Optional, Tuple
+import json
+from typing import Dict, Iterable, Optional
 
-from .errors import ConfigError
+from mometas_ds.config.fields import (
+    BOOL, INT, NON_NEGATIVE, NON_NEGATIVE_INT, NUMBER, OPTIONAL_STRING, POSITIVE_INT, STRING, Check, check_fields,
+    is_int, is_number, suggestion,
+)
+from mometas_ds.errors import ConfigError
 
-# A type check: (predicate, what the message says the value must be).
-Check = Tuple[Callable[[object], bool], str]
-
-
-def _is_bool(value) -> bool:
-    return isinstance(value, bool)
-
-
-def _is_int(value) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_number(value) -> bool:
-    return (isinstance(value, (int, float)) and not isinstance(value, bool)) and math.isfinite(value)
-
-
-BOOL: Check = (_is_bool, "true or false (a JSON boolean, not a string)")
-INT: Check = (_is_int, "a whole number")
-POSITIVE_INT: Check = (lambda v: _is_int(v) and v >= 1, "a positive whole number")
-NON_NEGATIVE_INT: Check = (lambda v: _is_int(v) and v >= 0, "a whole number >= 0")
-NUMBER: Check = (_is_number, "a finite number (not a string)")
-NON_NEGATIVE: Check = (lambda v: _is_number(v) and v >= 0, "a finite number >= 0")
-STRING: Check = (lambda v: isinstance(v, str), "a string")
-OPTIONAL_STRING: Check = (lambda v: v is None or isinstance(v, str), "a string or null")
-BETAS: Check = (lambda v: isinstance(v, (list, tuple)) and len(v) == 2 and all(_is_number(b) and 0 <= b < 1 for b in v),
+BETAS: Check = (lambda v: isinstance(v, (list, tuple)) and len(v) == 2 and all(is_number(b) and 0 <= b < 1 for b in v),
                 "a list of two numbers in [0, 1), e.g. [0.9, 0.999]")
-STAGE: Check = (lambda v: _is_int(v) and v >= 0, "a whole number (0, 1, 2 or 3)")  # the range: DeepSpeed says
+STAGE: Check = (lambda v: is_int(v) and v >= 0, "a whole number (0, 1, 2 or 3)")  # the range: DeepSpeed says
 WARMUP_TYPE: Check = (lambda v: v in ("linear", "log"), '"linear" or "log"')
 OBJECT: Check = (lambda v: isinstance(v, dict), "a JSON object")
 
@@ -146,22 +125,10 @@ def deepspeed_top_level_keys() -> frozenset:
     return frozenset(seen | extra | set(TOP_LEVEL))
 
 
-def suggestion(name: str, valid: Iterable[str]) -> str:
-    """' (did you mean X?)' for the nearest valid name, or ''."""
-    close = difflib.get_close_matches(name, sorted(valid), n=1, cutoff=0.75)
-    return f" (did you mean {close[0]}?)" if close else ""
-
-
-def _check_fields(section: dict, table: Dict[str, Check], where: str, path: str) -> None:
-    for key, (ok, must_be) in table.items():
-        if key in section and not ok(section[key]):
-            raise ConfigError(f"{path}: {where}{key} must be {must_be}, got {section[key]!r}")
-
-
 def _check_params(params: dict, table: Dict[str, Check], where: str, path: str) -> None:
     """Known keys by type; an unknown key close to a known one is a typo (another optimizer's own
     keys, far from every known one, pass through to it)."""
-    _check_fields(params, table, where, path)
+    check_fields(params, table, where, path)
     for key in params:
         if key not in table:
             hint = suggestion(key, table)
@@ -186,12 +153,83 @@ def _check_ds_config(ds_config: dict, path: str, known_keys: Optional[Iterable[s
         if key not in known:
             raise ConfigError(f"{path}: unknown top-level field {key!r}{suggestion(key, known)}; DeepSpeed would "
                               "ignore it without a word")
-    _check_fields(ds_config, TOP_LEVEL, "", path)
+    check_fields(ds_config, TOP_LEVEL, "", path)
     for name, table in SECTIONS.items():
         section = ds_config.get(name)
         if isinstance(section, dict):
-            _check_fields(section, table, f"{name}.", path)
+            check_fields(section, table, f"{name}.", path)
     for name, table in (("optimizer", OPTIMIZER_PARAMS), ("scheduler", SCHEDULER_PARAMS)):
         params = (ds_config.get(name) or {}).get("params")
         if isinstance(params, dict):
             _check_params(params, table, f"{name}.params.", path)
+
+
+def check_batch_fields(ds_config: dict, path: str, world_size: Optional[int] = None) -> Optional[int]:
+    """Check DeepSpeed's three batch keys; with ``world_size``, return the micro-batch per rank.
+
+    Any two of them may be given and DeepSpeed infers the third (train_batch_size alone means
+    no accumulation); the inferred value must be a whole number.
+    """
+    micro = ds_config.get("train_micro_batch_size_per_gpu")
+    gas = ds_config.get("gradient_accumulation_steps")
+    total = ds_config.get("train_batch_size")
+    for key, value in (("train_micro_batch_size_per_gpu", micro), ("gradient_accumulation_steps", gas),
+                       ("train_batch_size", total)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise ConfigError(f"{path}: {key} must be a positive integer, got {value!r}")
+    if micro is None and total is None:
+        raise ConfigError(f"{path}: set train_micro_batch_size_per_gpu (and optionally gradient_accumulation_steps)")
+    if world_size is None:
+        return None
+    if total is None:
+        return micro
+    if micro is not None and gas is not None:
+        if total != micro * gas * world_size:
+            raise ConfigError(
+                f"{path}: train_batch_size={total} != train_micro_batch_size_per_gpu={micro} x "
+                f"gradient_accumulation_steps={gas} x world_size={world_size}"
+            )
+        return micro
+    given, key = ((micro, "train_micro_batch_size_per_gpu") if micro is not None
+                  else (gas or 1, "gradient_accumulation_steps"))
+    if total % (given * world_size):
+        missing = "gradient_accumulation_steps" if micro is not None else "train_micro_batch_size_per_gpu"
+        raise ConfigError(
+            f"{path}: train_batch_size={total} is not a multiple of {key}={given} x world_size={world_size}, "
+            f"so {missing} cannot be inferred"
+        )
+    return micro if micro is not None else total // (given * world_size)
+
+
+def check_optimizer(ds_config: dict, path: str) -> None:
+    optimizer = ds_config.get("optimizer", {})
+    stage = ds_config.get("zero_optimization", {}).get("stage", 0)
+    if isinstance(optimizer, dict) and "type" in optimizer:
+        # Here, not at the top: importing DeepSpeed takes seconds, and --help or a table of the options needs none
+        # of it.
+        import torch
+        from deepspeed.runtime.config import DEEPSPEED_OPTIMIZERS
+
+        name = str(optimizer["type"])
+        # What deepspeed.initialize accepts: its own optimizers (any case), else a torch.optim class.
+        if name.lower() not in DEEPSPEED_OPTIMIZERS and not isinstance(getattr(torch.optim, name, None), type):
+            raise ConfigError(f"{path}: optimizer.type {name!r} is neither a DeepSpeed optimizer "
+                              f"({', '.join(DEEPSPEED_OPTIMIZERS)}) nor a torch.optim class")
+    if isinstance(optimizer, dict) and str(optimizer.get("type", "")).lower() == "lamb" and stage:
+        raise ConfigError(
+            f"{path}: optimizer.type Lamb with zero_optimization.stage {stage}: ZeRO hands the optimizer flat "
+            "partitions, so LAMB's per-layer trust ratio would span whole parameter groups (DeepSpeed lists LAMB "
+            "as untested under ZeRO); use AdamW, or Lamb with stage 0"
+        )
+
+
+def check_with_deepspeed(ds_config: dict, path: str) -> None:
+    """Parse the config as deepspeed.initialize will, now rather than after the corpus is tokenized.
+
+    Needs the process group (DeepSpeed reads the world size for its batch arithmetic)."""
+    from deepspeed.runtime.config import DeepSpeedConfig  # heavy: see check_optimizer
+
+    try:
+        DeepSpeedConfig(json.loads(json.dumps(ds_config)))
+    except Exception as exc:  # pydantic's ValidationError names the key; DeepSpeed's asserts say what is wrong
+        raise ConfigError(f"{path}: DeepSpeed rejects this config: {type(exc).__name__}: {exc}") from None

@@ -7,7 +7,7 @@ import logging
 import deepspeed
 from deepspeed.accelerator import get_accelerator
 
-from .optim import Lamb, bert_param_groups
+from mometas_ds.train.optim import Lamb, bert_param_groups
 
 logger = logging.getLogger("mometas_ds")
 

@@ -10,7 +10,8 @@ from typing import List, Optional
 
 from tqdm.auto import tqdm
 
-from .train_state import TrainState
+from mometas_ds.train.state import TrainState
+from mometas_ds.config.paths import RunPaths
 
 
 class RunLogs:
@@ -25,19 +26,19 @@ class RunLogs:
         Every step writes one metrics line, every sampler update one sampler line, every micro-step
         one trace line; a kill may also have left half a line.
         """
-        out = self.output_dir
-        keep_first_lines(os.path.join(out, "trace", f"rank{self.rank}.txt"), state.micro_step)
+        out = RunPaths(self.output_dir)
+        keep_first_lines(out.trace(self.rank), state.micro_step)
         if self.rank == 0:
-            keep_first_lines(os.path.join(out, "metrics.jsonl"), state.step)
-            keep_first_lines(os.path.join(out, "sampler.jsonl"), state.num_updates)
+            keep_first_lines(out.metrics, state.step)
+            keep_first_lines(out.sampler, state.num_updates)
 
     def open(self, state: TrainState, max_steps: int) -> "RunLogs":
-        out = self.output_dir
+        out = RunPaths(self.output_dir)
         if self.rank == 0:
-            self.metrics = open(os.path.join(out, "metrics.jsonl"), "a")
-            self.sampler = open(os.path.join(out, "sampler.jsonl"), "a")
+            self.metrics = open(out.metrics, "a")
+            self.sampler = open(out.sampler, "a")
             self.progress = tqdm(total=max_steps, initial=state.step, desc="pre-training", mininterval=1.0)
-        self.trace = open(os.path.join(out, "trace", f"rank{self.rank}.txt"), "a")
+        self.trace = open(out.trace(self.rank), "a")
         return self
 
     def close(self) -> None:

@@ -4,7 +4,7 @@ Each document picks a topic and writes 3-8 sentences from templates filled with 
 verbs and adjectives, people, places, numbers and years, so a tiny BERT has regularities to learn
 (topic words co-occur, entities recur within a document).
 
-    python -m mometas_ds.demo_corpus runs/demo/corpus.jsonl --num_docs 2000 --seed 0
+    python -m mometas_ds.data.demo_corpus runs/demo/corpus.jsonl --num_docs 2000 --seed 0
 """
 from __future__ import annotations
 

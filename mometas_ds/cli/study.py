@@ -33,10 +33,14 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from ..config import ConfigError, DataError, bundled_ds_config, check_writable, import_user_module
-from ..objectives import available_objectives
-from ..samplers import available_samplers, build_sampler
-from .common import (
+from mometas_ds.config import ConfigError, DataError, bundled_ds_config
+
+from mometas_ds.safe_io import check_writable
+
+from mometas_ds.registry import import_user_module
+from mometas_ds.objectives import available_objectives
+from mometas_ds.samplers import available_samplers, build_sampler
+from mometas_ds.study.common import (
     DEFAULT_BAD,
     DEFAULT_OBJECTIVES,
     DEFAULT_SAMPLERS,
@@ -48,9 +52,9 @@ from .common import (
     logger,
     parse_sampler_spec,
 )
-from .heldout import HeldOutEvaluator
-from .report import check_criteria, plot_study, summary_table
-from .runs import prepare_inputs, read_run, run_dir, train_one
+from mometas_ds.study.heldout import HeldOutEvaluator
+from mometas_ds.study.report import check_criteria, plot_study, summary_table
+from mometas_ds.study.runs import prepare_inputs, read_run, run_dir, train_one
 
 
 def build_arg_parser() -> argparse.ArgumentParser:

@@ -7,7 +7,7 @@ from typing import Callable, Optional, TypeVar
 
 import torch.distributed as dist
 
-from .errors import ConfigError, DataError
+from mometas_ds.errors import ConfigError, DataError
 
 T = TypeVar("T")
 

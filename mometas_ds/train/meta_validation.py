@@ -10,8 +10,8 @@ from typing import Callable, Dict, List, Tuple
 
 import torch
 
-from .samplers import meta_update_distributed, shard_range
-from .train_state import seed_for
+from mometas_ds.samplers import meta_update_distributed, shard_range
+from mometas_ds.train.state import seed_for
 
 
 def meta_chunks(rows: torch.Tensor, size: int, min_rows: int) -> List[torch.Tensor]:

@@ -10,10 +10,10 @@ import subprocess
 import sys
 from typing import List
 
-from ..launch import detect_launcher
-from .options import REPO_ROOT, BenchConfig, BenchError, parse_args
-from .report import format_report
-from .runner import Bench
+from mometas_ds.distributed.launch import detect_launcher
+from mometas_ds.bench.options import REPO_ROOT, BenchConfig, BenchError, parse_args
+from mometas_ds.bench.report import format_report
+from mometas_ds.bench.runner import Bench
 
 
 def check_json_path(path: str) -> None:
