@@ -18,6 +18,7 @@ from typing import List
 
 from mometas_ds.config import ConfigError, DataError
 
+from mometas_ds.registry import import_user_module
 from mometas_ds.finetune.tasks import GLUE_TASKS, TASKS, parse_task_names
 
 PROG = "mometas-finetune"
@@ -33,6 +34,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--overwrite", action="store_true",
                    help="start OUTPUT_DIR/results.jsonl afresh (default: runs already in it are not redone)")
     g = p.add_argument_group("tasks and data")
+    g.add_argument("--user_modules", default="", help="comma-separated .py files or modules to import first: "
+                   "your own task kinds and tasks (docs/finetuning-kinds.md)")
     g.add_argument("--tasks", default="", help=f"comma-separated: {', '.join(TASKS)}; glue = "
                    f"{','.join(GLUE_TASKS)}")
     g.add_argument("--data_dir", help="root of the task data: GLUE's download layout (CoLA/, SST-2/, ... with "
@@ -105,6 +108,11 @@ def validate(args: argparse.Namespace) -> argparse.Namespace:
         return args
     if not args.model_name_or_path:
         raise ConfigError("--model_name_or_path is required")
+    for module in [m.strip() for m in args.user_modules.split(",") if m.strip()]:
+        try:
+            import_user_module(module)
+        except Exception as exc:  # a user's file: report whatever it raised, naming it
+            raise ConfigError(f"--user_modules: could not import {module}: {type(exc).__name__}: {exc}") from None
     args.task_names = parse_task_names(args.tasks) if args.tasks else []
     if args.task_file:
         if not args.dev_file:

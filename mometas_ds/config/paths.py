@@ -19,6 +19,11 @@ class RunPaths:
         return self._in("checkpoints")
 
     @property
+    def cache(self) -> str:
+        """The tokenized corpus when no --cache_dir is given."""
+        return self._in("cache")
+
+    @property
     def hf_model(self) -> str:
         """The final weights and tokenizer in HF format."""
         return self._in("hf_model")

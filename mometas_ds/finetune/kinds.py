@@ -1,22 +1,13 @@
-"""Task kinds: how a task's files become examples, features, a transformers task model, and scores.
-
-A kind has four steps, called by the runner (``runner.py``) for every task:
-
-- ``load(spec, args) -> TaskData``: read train and dev (``dev`` maps a split name to its examples);
-- ``model_class`` and ``model_kwargs(data)``: the ``AutoModelFor...`` class and its config overrides;
-- ``train_dataset(data, tokenizer, args)`` / ``eval_inputs(data, tokenizer, args)``: features;
-- ``evaluate(trainer, data, inputs, args) -> (metrics, rows)``: predict the dev splits, score them, and
-  one prediction row per dev example (``{"prediction", "label", ...}``) so every number can be recomputed.
+"""The built-in task kinds (``base.TaskKind``: what each step does): how a task's files become examples,
+features, a transformers task model, and scores.
 
 Sequence classification / regression (GLUE, --task_file) is written here; QA, multiple choice and NER call
 the building blocks in ``qa.py``, ``multiple_choice.py`` and ``ner.py``.
 """
 from __future__ import annotations
 
-import importlib
 import os
 from collections import Counter
-from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Tuple
 
 import datasets
@@ -25,69 +16,16 @@ import torch
 from transformers import DataCollatorForTokenClassification, DataCollatorWithPadding
 
 from mometas_ds.config import ConfigError, DataError
-
 from mometas_ds.finetune import metrics as glue_metrics
+from mometas_ds.finetune.base import (
+    TaskData, TaskKind, building_block, cap, kind_for, predict, read_train_dev, register_kind, split_skips,
+)
 from mometas_ds.finetune.readers import glue_files, is_saved_dataset, read_glue_tsv, read_saved_dataset, read_task_file
 from mometas_ds.finetune.tasks import TaskSpec
 
 
-@dataclass
-class TaskData:
-    train: list
-    dev: Dict[str, list]             # split name -> examples
-    skipped: Counter = field(default_factory=Counter)
-    labels: Optional[List[str]] = None  # classification / NER label list (id order)
-    files: Dict[str, str] = field(default_factory=dict)
-
-
-def _building_block(module: str, task: str):
-    """mometas_ds.finetune.<module>, or a ConfigError saying the task kind is not available yet."""
-    try:
-        return importlib.import_module(f"mometas_ds.finetune.{module}")
-    except ModuleNotFoundError as err:
-        if err.name != f"mometas_ds.finetune.{module}":
-            raise
-        raise ConfigError(f"--tasks {task}: not available yet (mometas_ds/finetune/{module}.py is not in this "
-                          f"installation)") from None
-
-
-def _split_skips(s_train, s_dev) -> Counter:
-    """Both splits' skip counts in one Counter, each reason prefixed with its split."""
-    skipped = Counter({f"train: {k}": v for k, v in s_train.items()})
-    skipped.update({f"dev: {k}": v for k, v in s_dev.items()})
-    return skipped
-
-
-def _read_train_dev(reader, spec: TaskSpec, args) -> TaskData:
-    """``reader(path) -> (examples, skipped)`` on the task's train and dev files; an empty split is a DataError."""
-    paths = {"train": _path(args, spec, "train"), "dev": _path(args, spec, "dev")}
-    train, s_train = reader(paths["train"])
-    dev, s_dev = reader(paths["dev"])
-    for examples, path in ((train, paths["train"]), (dev, paths["dev"])):
-        if not examples:
-            raise DataError(f"{path}: no examples (empty split)")
-    return TaskData(train=train, dev={"dev": dev}, skipped=_split_skips(s_train, s_dev), files=paths)
-
-
-def _path(args, spec: TaskSpec, which: str) -> str:
-    override = getattr(args, f"{which}_file", None)
-    if override:
-        return override
-    if not args.data_dir:
-        raise ConfigError(f"--tasks {spec.name}: give --data_dir (or --train_file and --dev_file)")
-    return os.path.join(args.data_dir, spec.train_path if which == "train" else spec.dev_path)
-
-
-def _cap(examples: list, limit: Optional[int]) -> list:
-    return examples if not limit else examples[:limit]
-
-
-def _predict(trainer, dataset):
-    return trainer.predict(dataset).predictions
-
-
 # --------------------------------------------------------------------------- sequence classification
-class SequenceClassification:
+class SequenceClassification(TaskKind):
     """GLUE tasks, a save_to_disk copy of them, and a user's own --task_file (classification or regression)."""
 
     model_class = "AutoModelForSequenceClassification"
@@ -149,7 +87,7 @@ class SequenceClassification:
         if not self.regression and len(labels) < 2:
             raise DataError(f"{args.task_file}: every training label is {labels[0]!r}; a classifier needs two or more")
         dev, s_dev = read_task_file(args.dev_file, *columns, regression=self.regression, labels=labels)
-        skipped = _split_skips(s_train, s_dev)
+        skipped = split_skips(s_train, s_dev)
         return TaskData(train=train, dev={"dev": dev}, skipped=skipped, labels=labels,
                         files={"train": args.task_file, "dev": args.dev_file})
 
@@ -173,11 +111,11 @@ class SequenceClassification:
         return datasets.Dataset.from_dict(dict(enc))
 
     def train_dataset(self, data: TaskData, tokenizer, args):
-        return self._encode(_cap(data.train, args.max_train_examples), tokenizer, args, data.labels)
+        return self._encode(cap(data.train, args.max_train_examples), tokenizer, args, data.labels)
 
     def eval_inputs(self, data: TaskData, tokenizer, args):
-        return {name: (_cap(ex, args.max_eval_examples),
-                       self._encode(_cap(ex, args.max_eval_examples), tokenizer, args, data.labels))
+        return {name: (cap(ex, args.max_eval_examples),
+                       self._encode(cap(ex, args.max_eval_examples), tokenizer, args, data.labels))
                 for name, ex in data.dev.items()}
 
     def collator(self, tokenizer):
@@ -188,7 +126,7 @@ class SequenceClassification:
         metric_task = self.spec.extra.get("metrics", self.spec.name)
         metrics, rows = {}, []
         for split, (examples, dataset) in inputs.items():
-            logits = np.asarray(_predict(trainer, dataset))
+            logits = np.asarray(predict(trainer, dataset))
             if self.regression:
                 predictions = [float(v) for v in logits.reshape(len(examples), -1)[:, 0]]
             else:
@@ -217,28 +155,28 @@ def _label_sort_key(label: str):
 
 
 # --------------------------------------------------------------------------- extractive QA
-class QuestionAnswering:
+class QuestionAnswering(TaskKind):
     model_class = "AutoModelForQuestionAnswering"
 
     def __init__(self, spec: TaskSpec):
         self.spec = spec
-        self.qa = _building_block("qa", spec.name)
+        self.qa = building_block("qa", spec.name)
         self.version_2 = bool(spec.extra.get("version_2"))
 
     def load(self, spec: TaskSpec, args) -> TaskData:
-        return _read_train_dev(self.qa.read_squad, spec, args)
+        return read_train_dev(self.qa.read_squad, spec, args)
 
     def model_kwargs(self, data: TaskData) -> dict:
         return {}
 
     def train_dataset(self, data: TaskData, tokenizer, args):
-        feats = self.qa.prepare_train_features(_cap(data.train, args.max_train_examples), tokenizer,
+        feats = self.qa.prepare_train_features(cap(data.train, args.max_train_examples), tokenizer,
                                                args.max_seq_len, args.doc_stride, args.max_query_len)
         keep = ("input_ids", "token_type_ids", "attention_mask", "start_positions", "end_positions")
         return datasets.Dataset.from_dict({k: feats[k] for k in keep if k in feats})
 
     def eval_inputs(self, data: TaskData, tokenizer, args):
-        examples = _cap(data.dev["dev"], args.max_eval_examples)
+        examples = cap(data.dev["dev"], args.max_eval_examples)
         feats = self.qa.prepare_eval_features(examples, tokenizer, args.max_seq_len, args.doc_stride,
                                               args.max_query_len)
         model_inputs = datasets.Dataset.from_dict(
@@ -250,7 +188,7 @@ class QuestionAnswering:
 
     def evaluate(self, trainer, data: TaskData, inputs, args) -> Tuple[dict, list]:
         examples, feats, model_inputs = inputs["dev"]
-        start_logits, end_logits = _predict(trainer, model_inputs)[:2]
+        start_logits, end_logits = predict(trainer, model_inputs)[:2]
         answers = self.qa.postprocess_predictions(
             examples, feats, start_logits, end_logits, n_best=args.n_best, max_answer_len=args.max_answer_len,
             version_2=self.version_2, null_threshold=args.null_threshold)
@@ -261,16 +199,16 @@ class QuestionAnswering:
 
 
 # --------------------------------------------------------------------------- multiple choice
-class MultipleChoice:
+class MultipleChoice(TaskKind):
     model_class = "AutoModelForMultipleChoice"
 
     def __init__(self, spec: TaskSpec):
         self.spec = spec
-        self.mc = _building_block("multiple_choice", spec.name)
+        self.mc = building_block("multiple_choice", spec.name)
         self.reader = self.mc.read_swag if spec.extra.get("format") == "swag" else self.mc.read_hellaswag
 
     def load(self, spec: TaskSpec, args) -> TaskData:
-        return _read_train_dev(self.reader, spec, args)
+        return read_train_dev(self.reader, spec, args)
 
     def model_kwargs(self, data: TaskData) -> dict:
         return {}
@@ -281,10 +219,10 @@ class MultipleChoice:
         return datasets.Dataset.from_dict({k: feats[k] for k in keep if k in feats})
 
     def train_dataset(self, data: TaskData, tokenizer, args):
-        return self._features(_cap(data.train, args.max_train_examples), tokenizer, args)
+        return self._features(cap(data.train, args.max_train_examples), tokenizer, args)
 
     def eval_inputs(self, data: TaskData, tokenizer, args):
-        examples = _cap(data.dev["dev"], args.max_eval_examples)
+        examples = cap(data.dev["dev"], args.max_eval_examples)
         return {"dev": (examples, self._features(examples, tokenizer, args))}
 
     def collator(self, tokenizer):
@@ -292,7 +230,7 @@ class MultipleChoice:
 
     def evaluate(self, trainer, data: TaskData, inputs, args) -> Tuple[dict, list]:
         examples, dataset = inputs["dev"]
-        logits = np.asarray(_predict(trainer, dataset))
+        logits = np.asarray(predict(trainer, dataset))
         predictions = [int(i) for i in logits.argmax(-1)]
         labels = [int(e["label"]) for e in examples]
         metrics = {"accuracy": 100.0 * self.mc.accuracy(predictions, labels)}  # a fraction -> percent
@@ -320,15 +258,15 @@ class ChoicePadding:
 
 
 # --------------------------------------------------------------------------- token classification
-class TokenClassification:
+class TokenClassification(TaskKind):
     model_class = "AutoModelForTokenClassification"
 
     def __init__(self, spec: TaskSpec):
         self.spec = spec
-        self.ner = _building_block("ner", spec.name)
+        self.ner = building_block("ner", spec.name)
 
     def load(self, spec: TaskSpec, args) -> TaskData:
-        data = _read_train_dev(self.ner.read_conll, spec, args)
+        data = read_train_dev(self.ner.read_conll, spec, args)
         paths = data.files
         labels = list(self.ner.label_list(data.train))
         known = set(labels)
@@ -354,10 +292,10 @@ class TokenClassification:
         return datasets.Dataset.from_dict({k: feats[k] for k in keep if k in feats})
 
     def train_dataset(self, data: TaskData, tokenizer, args):
-        return self._dataset(self._features(_cap(data.train, args.max_train_examples), tokenizer, args, data.labels))
+        return self._dataset(self._features(cap(data.train, args.max_train_examples), tokenizer, args, data.labels))
 
     def eval_inputs(self, data: TaskData, tokenizer, args):
-        examples = _cap(data.dev["dev"], args.max_eval_examples)
+        examples = cap(data.dev["dev"], args.max_eval_examples)
         feats = self._features(examples, tokenizer, args, data.labels)
         return {"dev": (examples, feats, self._dataset(feats))}
 
@@ -366,7 +304,7 @@ class TokenClassification:
 
     def evaluate(self, trainer, data: TaskData, inputs, args) -> Tuple[dict, list]:
         examples, feats, dataset = inputs["dev"]
-        logits = _predict(trainer, dataset)
+        logits = predict(trainer, dataset)
         pred_ids = [list(np.asarray(row).argmax(-1)) for row in logits]
         id_to_label = dict(enumerate(data.labels))
         predicted = self.ner.align_predictions(pred_ids, feats, id_to_label)
@@ -379,9 +317,8 @@ class TokenClassification:
         return metrics, rows
 
 
-KINDS = {"classification": SequenceClassification, "regression": SequenceClassification,
-         "qa": QuestionAnswering, "multiple_choice": MultipleChoice, "ner": TokenClassification}
+for _name, _kind in (("classification", SequenceClassification), ("regression", SequenceClassification),
+                     ("qa", QuestionAnswering), ("multiple_choice", MultipleChoice), ("ner", TokenClassification)):
+    register_kind(_name, _kind)
 
-
-def kind_for(spec: TaskSpec):
-    return KINDS[spec.kind](spec)
+__all__ = ["SequenceClassification", "QuestionAnswering", "MultipleChoice", "TokenClassification", "kind_for"]

@@ -86,6 +86,17 @@ def custom_task(name: str, task_type: str) -> TaskSpec:
     return TaskSpec(name=name, kind="classification", main_metric="accuracy", extra={"metrics": "classification"})
 
 
+def register_task(spec: TaskSpec, *, overwrite: bool = False) -> TaskSpec:
+    """Add a task ``--tasks`` accepts (a module of yours, given to mometas-finetune --user_modules); its
+    ``kind`` must be a registered task kind (finetune.base.register_kind)."""
+    if not isinstance(spec, TaskSpec):
+        raise TypeError(f"register_task: {spec!r} is not a TaskSpec")
+    if spec.name in TASKS and TASKS[spec.name] is not spec and not overwrite:
+        raise ValueError(f"task {spec.name!r} is already registered")
+    TASKS[spec.name] = spec
+    return spec
+
+
 def parse_task_names(value: str) -> List[str]:
     """``--tasks`` (comma-separated names, ``glue`` = the eight GLUE tasks) as registry names, in order."""
     names: List[str] = []

@@ -17,6 +17,7 @@ from mometas_ds.config import ConfigError, PretrainConfig
 from mometas_ds.train.preflight import elastic_changes
 from mometas_ds.distributed.ranks import Ranks
 from mometas_ds.safe_io import export_retry_hint, write_dir_atomically
+from mometas_ds.train.faults import Faults
 from mometas_ds.train.state import TrainState, rng_state, seeded_rng_state, set_rng_state
 from mometas_ds.checkpoint.export import consolidated_state_dict
 from mometas_ds.checkpoint.layout import latest_complete_tag, read_run_identity
@@ -31,9 +32,10 @@ logger = logging.getLogger("mometas_ds")
 
 class Checkpointer:
     def __init__(self, cfg: PretrainConfig, engine, ranks: Ranks, run_identity: dict, *, state: TrainState,
-                 sampler, data, objective_names: List[str], signals):
+                 sampler, data, objective_names: List[str], signals, faults: Optional[Faults] = None):
         self.cfg, self.engine, self.ranks, self.run_identity = cfg, engine, ranks, run_identity
         self.state, self.sampler, self.data, self.objective_names = state, sampler, data, list(objective_names)
+        self.faults = faults
         self.signals = signals  # a signal during a save or the export waits for its end (stop_signals)
         self.root = RunPaths(cfg.output_dir).checkpoints
 
@@ -108,7 +110,8 @@ class Checkpointer:
         """A complete checkpoint of this step (every rank), then --save_total_limit's pruning (rank 0)."""
         with self.signals.saving():
             save(self.engine, self.root, self.state.step, {"mometas": self.state_dict()}, self.ranks.rank,
-                 self.ranks.barrier, self.run_identity)
+                 self.ranks.barrier, self.run_identity,
+                 before_publish=self.faults.sleep_in_save if self.faults is not None else None)
         if self.ranks.rank == 0:
             logger.info("saved checkpoint step%d in %s", self.state.step, self.root)
             if self.cfg.save_total_limit is not None:

@@ -6,8 +6,9 @@ from __future__ import annotations
 
 import logging
 import os
+from typing import Optional
 
-from mometas_ds.train import faults
+from mometas_ds.train.faults import Faults
 from mometas_ds.config import PretrainConfig
 from mometas_ds.model_config_check import check_tokenizer_fits_model
 from mometas_ds.distributed.ranks import Ranks
@@ -23,8 +24,8 @@ logger = logging.getLogger("mometas_ds")
 
 
 class PretrainData:
-    def __init__(self, cfg: PretrainConfig, ranks: Ranks):
-        self.cfg, self.ranks = cfg, ranks
+    def __init__(self, cfg: PretrainConfig, ranks: Ranks, faults: Optional[Faults] = None):
+        self.cfg, self.ranks, self.faults = cfg, ranks, faults
         self.tokenizer = load_run_tokenizer(cfg, ranks)
         check_tokenizer_fits_model(cfg, len(self.tokenizer))
         self.special = special_tokens_of(self.tokenizer, tokenizer_flag(cfg))
@@ -33,14 +34,15 @@ class PretrainData:
 
     def _prepare(self) -> PreparedData:
         cfg, rank = self.cfg, self.ranks.rank
-        cache_dir = cfg.cache_dir or os.path.join(cfg.output_dir, "cache")
+        cache_dir = cfg.cache_dir or RunPaths(cfg.output_dir).cache
         data_cfg = DataConfig(train_files=list(cfg.train_files), text_field=cfg.text_field, seq_len=cfg.seq_len,
                               cache_dir=cache_dir, num_proc=cfg.num_proc, packing=cfg.packing,
                               shard_size_mb=cfg.shard_size_mb,
                               meta_sequences=2 * cfg.meta_batch_size, seed=cfg.seed)
 
         def prepare_on_rank0():
-            faults.sleep_in_setup()
+            if self.faults is not None:
+                self.faults.sleep_in_setup()
             with disk_errors("--cache_dir" if cfg.cache_dir else "--output_dir", cache_dir):
                 return prepare_data(data_cfg, self.tokenizer)
 

@@ -14,6 +14,10 @@ The tests start every rank as its own process, so a fault can be given to one ra
                                          "FILE (part 1/3)") kills itself; read in data.shards (no torch there)
 
 Each hook logs a line starting with "fault injection:" when it fires, so a test can wait for it.
+
+The variables are read once, when the trainer starts (``Faults.from_env``): a run without any gets None, and
+its loop makes no fault call at all (one ``if`` per micro-step). The hooks ship in the package because the
+tests inject them into real pre-training processes.
 """
 from __future__ import annotations
 
@@ -21,6 +25,7 @@ import logging
 import math
 import os
 import time
+from typing import Mapping, Optional
 
 import torch
 
@@ -29,26 +34,13 @@ logger = logging.getLogger("mometas_ds")
 ENV_PREFIX = "MOMETAS_FAULT_"
 
 
-def _steps(var: str, step: int) -> bool:
-    """Whether ``step`` is in the set the variable names: "5,6,9-11,20-"."""
-    spec = os.environ.get(var, "").strip()
-    if not spec:
-        return False
+def _step_set(spec: str):
+    """A predicate for the steps a spec names: "5,6,9-11,20-"."""
+    ranges = []
     for part in spec.split(","):
         lo, dash, hi = part.strip().partition("-")
-        if not dash:
-            if step == int(lo):
-                return True
-        elif int(lo) <= step and (not hi or step <= int(hi)):
-            return True
-    return False
-
-
-def nonfinite_loss(loss: torch.Tensor, micro_step: int) -> torch.Tensor:
-    if not _steps(ENV_PREFIX + "NONFINITE_LOSS", micro_step):
-        return loss
-    logger.warning("fault injection: NaN loss at micro-step %d", micro_step)
-    return loss * math.nan
+        ranges.append((int(lo), int(lo) if not dash else (int(hi) if hi else None)))
+    return lambda step: any(lo <= step and (hi is None or step <= hi) for lo, hi in ranges)
 
 
 class _NaNGradient(torch.autograd.Function):
@@ -63,30 +55,52 @@ class _NaNGradient(torch.autograd.Function):
         return grad * math.nan
 
 
-def nonfinite_grad(loss: torch.Tensor, micro_step: int) -> torch.Tensor:
-    if not _steps(ENV_PREFIX + "NONFINITE_GRAD", micro_step):
-        return loss
-    logger.warning("fault injection: NaN gradients at micro-step %d", micro_step)
-    return _NaNGradient.apply(loss)
+class Faults:
+    """The faults this process's MOMETAS_FAULT_* variables ask for."""
 
+    def __init__(self, environ: Mapping[str, str]):
+        def spec(name):
+            return environ.get(ENV_PREFIX + name, "").strip()
 
-def sleep_in_save(step: int) -> None:
-    seconds = float(os.environ.get(ENV_PREFIX + "SLEEP_IN_SAVE", "0") or 0)
-    if seconds > 0:
-        logger.warning("fault injection: sleeping %.0f s before publishing checkpoint step%d", seconds, step)
-        time.sleep(seconds)
+        self._nan_loss = _step_set(spec("NONFINITE_LOSS")) if spec("NONFINITE_LOSS") else None
+        self._nan_grad = _step_set(spec("NONFINITE_GRAD")) if spec("NONFINITE_GRAD") else None
+        self._sleep_in_save = float(spec("SLEEP_IN_SAVE") or 0)
+        self._sleep_in_setup = float(spec("SLEEP_IN_SETUP") or 0)
+        self._hang_at = int(spec("HANG_AT_STEP")) if spec("HANG_AT_STEP") else None
 
+    @classmethod
+    def from_env(cls, environ: Optional[Mapping[str, str]] = None) -> Optional["Faults"]:
+        """The faults asked for, or None when no MOMETAS_FAULT_ variable is set (every real run)."""
+        environ = os.environ if environ is None else environ
+        if not any(key.startswith(ENV_PREFIX) and value.strip() for key, value in environ.items()):
+            return None
+        return cls(environ)
 
-def sleep_in_setup() -> None:
-    """Rank 0's data preparation takes this long (a large corpus being tokenized) while the others wait."""
-    seconds = float(os.environ.get(ENV_PREFIX + "SLEEP_IN_SETUP", "0") or 0)
-    if seconds > 0:
-        logger.warning("fault injection: sleeping %.0f s in data preparation", seconds)
-        time.sleep(seconds)
+    def nonfinite_loss(self, loss: torch.Tensor, micro_step: int) -> torch.Tensor:
+        if self._nan_loss is None or not self._nan_loss(micro_step):
+            return loss
+        logger.warning("fault injection: NaN loss at micro-step %d", micro_step)
+        return loss * math.nan
 
+    def nonfinite_grad(self, loss: torch.Tensor, micro_step: int) -> torch.Tensor:
+        if self._nan_grad is None or not self._nan_grad(micro_step):
+            return loss
+        logger.warning("fault injection: NaN gradients at micro-step %d", micro_step)
+        return _NaNGradient.apply(loss)
 
-def hang_at_step(step: int) -> None:
-    at = os.environ.get(ENV_PREFIX + "HANG_AT_STEP", "").strip()
-    if at and int(at) == step:
-        logger.warning("fault injection: hanging after step %d", step)
-        time.sleep(3600)
+    def sleep_in_save(self, step: int) -> None:
+        if self._sleep_in_save > 0:
+            logger.warning("fault injection: sleeping %.0f s before publishing checkpoint step%d",
+                           self._sleep_in_save, step)
+            time.sleep(self._sleep_in_save)
+
+    def sleep_in_setup(self) -> None:
+        """Rank 0's data preparation takes this long (a large corpus being tokenized) while the others wait."""
+        if self._sleep_in_setup > 0:
+            logger.warning("fault injection: sleeping %.0f s in data preparation", self._sleep_in_setup)
+            time.sleep(self._sleep_in_setup)
+
+    def hang_at_step(self, step: int) -> None:
+        if self._hang_at is not None and self._hang_at == step:
+            logger.warning("fault injection: hanging after step %d", step)
+            time.sleep(3600)

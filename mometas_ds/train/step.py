@@ -15,7 +15,7 @@ import deepspeed.utils
 import torch
 import torch.distributed as dist
 
-from mometas_ds.train import faults
+from mometas_ds.train.faults import Faults
 from mometas_ds.train.meta_validation import MetaValidation
 from mometas_ds.train.state import TrainState, seed_for
 
@@ -54,7 +54,8 @@ class Corruption:
 class TrainStep:
     def __init__(self, engine, model, objectives: Dict[str, object], sampler, batches, meta: MetaValidation,
                  corrupt: Callable, state: TrainState, *, seed: int, rank: int = 0, world_size: int = 1,
-                 max_skipped_steps: int = 10, stop: Optional[StopRequest] = None):
+                 max_skipped_steps: int = 10, stop: Optional[StopRequest] = None,
+                 faults: Optional[Faults] = None):
         self.engine, self.model, self.objectives = engine, model, objectives
         self.objective_names: List[str] = list(objectives)
         self.sampler, self.batches, self.meta, self.corrupt, self.state = sampler, batches, meta, corrupt, state
@@ -63,6 +64,7 @@ class TrainStep:
         self.max_skipped_steps = max_skipped_steps
         self.stop = stop or StopRequest()
         self._boundary_done = False
+        self.faults = faults  # None unless a test injects faults (train.faults)
 
     def optimizer_step(self, trace, on_micro_step: Optional[Callable] = None) -> Tuple[List[str], List[float]]:
         """Micro-steps until DeepSpeed's accumulation boundary, then ``state.step += 1``; the names and losses of
@@ -110,7 +112,9 @@ class TrainStep:
         trace.write(name + "\n")
         trace.flush()
         state.micro_step += 1
-        loss = faults.nonfinite_loss(self.engine(batch, name)["loss"], state.micro_step - 1)
+        loss = self.engine(batch, name)["loss"]
+        if self.faults is not None:
+            loss = self.faults.nonfinite_loss(loss, state.micro_step - 1)
         # The loss value comes back in the same host read as the skip/stop flags: one sync per micro-step.
         all_finite, loss_value = self._all_finite(loss)
         if not all_finite:
@@ -120,7 +124,7 @@ class TrainStep:
                            self.rank, state.micro_step - 1, name)
             self._boundary_done = False
             return name, None
-        self.engine.backward(faults.nonfinite_grad(loss, state.micro_step - 1))
+        self.engine.backward(loss if self.faults is None else self.faults.nonfinite_grad(loss, state.micro_step - 1))
         self._boundary_done = self.engine.is_gradient_accumulation_boundary()
         if self._boundary_done and self.engine.zero_optimization_stage() == 3:
             self._zero_unused_head_grads(name)

@@ -17,7 +17,8 @@ from typing import Optional
 import numpy as np
 import torch
 
-from mometas_ds.train import faults, signals as stop_signals
+from mometas_ds.train import signals as stop_signals
+from mometas_ds.train.faults import Faults
 from mometas_ds.train.checkpointer import Checkpointer
 from mometas_ds.config import ConfigError, PretrainConfig, sampler_kwargs
 from mometas_ds.train.preflight import Preflight, preflight
@@ -60,7 +61,9 @@ class Trainer:
         np.random.seed(cfg.seed)
         torch.manual_seed(cfg.seed)
 
-        self.data = PretrainData(cfg, self.ranks)  # the tokenizer, then the corpus cache and its meta split
+        self.faults = Faults.from_env()  # None: no fault injection (every real run)
+        # The tokenizer, then the corpus cache and its meta split.
+        self.data = PretrainData(cfg, self.ranks, self.faults)
         self.tokenizer = self.data.tokenizer
         self.objectives = build_objectives(cfg, self.data.special)
         self.objective_names = list(cfg.objectives)
@@ -80,11 +83,11 @@ class Trainer:
         self.state = TrainState()
         self.steps = TrainStep(self.engine, self.model, self.objectives, self.sampler, self.batches, meta, corrupt,
                                self.state, seed=cfg.seed, rank=self.rank, world_size=self.world_size,
-                               max_skipped_steps=cfg.max_skipped_steps, stop=self.stop)
+                               max_skipped_steps=cfg.max_skipped_steps, stop=self.stop, faults=self.faults)
         self.logs = RunLogs(cfg.output_dir, self.rank, self.objective_names, getattr(self.engine, "monitor", None))
         self.checkpointer = Checkpointer(cfg, self.engine, self.ranks, self.run_identity, state=self.state,
                                          sampler=self.sampler, data=self.data, objective_names=self.objective_names,
-                                         signals=self.signals)
+                                         signals=self.signals, faults=self.faults)
         if cfg.resume:
             self.checkpointer.resume(cfg.resume)
         # Cut the logs back to the resumed step (a fresh run's start empty: one killed before its first save
@@ -133,7 +136,8 @@ class Trainer:
         while state.step < end_step:
             started = time.perf_counter()
             names, losses = self._optimizer_step()
-            faults.hang_at_step(state.step)
+            if self.faults is not None:
+                self.faults.hang_at_step(state.step)
             elapsed = time.perf_counter() - started
             logs.step({
                 "step": state.step, "objective": ",".join(dict.fromkeys(names)),
