@@ -44,4 +44,4 @@ clean:
 # Sampler study (docs/sampler_study.md): 4 samplers x 5 seeds on the generated corpus, 2 runs at a time.
 .PHONY: study
 study: venv
-	$(PY) -m mometas_ds.study --output_dir runs/study --jobs 2
+	$(PY) -m mometas_ds.cli.study --output_dir runs/study --jobs 2

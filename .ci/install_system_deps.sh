@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # System packages the tests need: make (for `make test`), munge + slurm-wlm (a live one-node SLURM for
-# tests/test_cluster.py and tests/test_launch.py) and OpenMPI (mpirun). `make test` runs this first.
+# tests/integration/distributed/test_cluster.py and tests/unit/distributed/test_launch.py) and OpenMPI (mpirun). `make test` runs this first.
 # Quick and idempotent: when every binary below is on PATH it does nothing. Otherwise, as root, it installs the
 # missing Debian/Ubuntu packages with apt-get; without root it prints the one command to run and exits 1.
 set -euo pipefail

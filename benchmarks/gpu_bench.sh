@@ -33,12 +33,12 @@ EOF
 COMMON=(--model base --seq_len 256 --micro_batch 32 --interval 100 --torch_adam)
 
 echo "== mometas-bench: BERT-base, 128 meta-validation sequences per objective on this rank =="
-timeout 300 "$PYTHON" -m mometas_ds.bench "${COMMON[@]}" --meta_batch_size 128 --rounds 5 \
+timeout 300 "$PYTHON" -m mometas_ds.cli.bench "${COMMON[@]}" --meta_batch_size 128 --rounds 5 \
     --json "$OUT/mometas_base_gpu.json" 2>&1 | tee "$OUT/mometas_base_gpu.txt"
 full_status=${PIPESTATUS[0]}
 
 echo "== mometas-bench: BERT-base, 16 per objective (one rank's share of 128 on 8 ranks) =="
-timeout 200 "$PYTHON" -m mometas_ds.bench "${COMMON[@]}" --meta_batch_size 16 --rounds 3 \
+timeout 200 "$PYTHON" -m mometas_ds.cli.bench "${COMMON[@]}" --meta_batch_size 16 --rounds 3 \
     --json "$OUT/mometas_base_gpu_meta16.json" 2>&1 | tee "$OUT/mometas_base_gpu_meta16.txt"
 share_status=${PIPESTATUS[0]}
 

@@ -5,7 +5,7 @@
 #
 #   OUT=/path/to/dir bash benchmarks/gpu_kernels.sh
 #
-# 1. tests/test_kernels.py under real Triton (TRITON_INTERPRET unset), its CUDA cases and the
+# 1. tests/unit/kernels/test_kernels.py under real Triton (TRITON_INTERPRET unset), its CUDA cases and the
 #    device-free ones (-k "not cpu"; the CPU cases are what CI runs, through the interpreter).
 #    Log: $OUT/kernels_gpu_pytest.txt
 # 2. benchmarks/bench_kernels.py --device cuda: MLM head + loss at 32 x 256 tokens, 15% masked,
@@ -33,8 +33,8 @@ EOF
 
 tests_status=0
 if "$PYTHON" -c "import pytest" 2>/dev/null; then
-    echo "== tests/test_kernels.py (real Triton) =="
-    timeout 150 "$PYTHON" -m pytest tests/test_kernels.py -k "not cpu" -q -rs -p no:cacheprovider 2>&1 | tee "$OUT/kernels_gpu_pytest.txt"
+    echo "== tests/unit/kernels/test_kernels.py (real Triton) =="
+    timeout 150 "$PYTHON" -m pytest tests/unit/kernels/test_kernels.py -k "not cpu" -q -rs -p no:cacheprovider 2>&1 | tee "$OUT/kernels_gpu_pytest.txt"
     tests_status=${PIPESTATUS[0]}
 else
     echo "gpu_kernels.sh: pytest is not importable by $PYTHON; correctness tests NOT run" | tee "$OUT/kernels_gpu_pytest.txt"

@@ -46,7 +46,7 @@ if [ "$SMOKE" = 1 ]; then
     run ours_tiny_max 300 "${OURS[@]}" --micro_batch max
     run peer_tiny 120 "${PEER[@]}"
     run peer_tiny_max 120 "${PEER[@]}" --micro_batch max --max_micro_batch 8
-    run overhead 600 "$PYTHON" -m mometas_ds.bench --quick --rounds 2 --objectives mlm,atd --json "$OUT/overhead.json"
+    run overhead 600 "$PYTHON" -m mometas_ds.cli.bench --quick --rounds 2 --objectives mlm,atd --json "$OUT/overhead.json"
     run kernels 300 "$PYTHON" benchmarks/bench_kernels.py --device cpu --variants sparse,fused --batch 2 --seq-len 64 \
         --vocab 2048 --json "$OUT/kernels.json"
 else
@@ -63,7 +63,7 @@ else
     run peer_large128_max 180 "${PEER[@]}" --model large --seq_len 128 --micro_batch max --max_micro_batch 512
     run peer_large512 90 "${PEER[@]}" --model large --seq_len 512 --micro_batch 32
     run peer_base128 90 "${PEER[@]}" --model base --seq_len 128 --micro_batch 32
-    run overhead 300 "$PYTHON" -m mometas_ds.bench --model large --seq_len 128 --micro_batch 32 --interval 100 \
+    run overhead 300 "$PYTHON" -m mometas_ds.cli.bench --model large --seq_len 128 --micro_batch 32 --interval 100 \
         --meta_batch_size 16 --rounds 3 --torch_adam --deepspeed_config ds_configs/bert_large_zero2.json \
         --json "$OUT/overhead.json"
     run kernels 180 "$PYTHON" benchmarks/bench_kernels.py --device cuda --dtypes bf16 --variants sparse,fused \

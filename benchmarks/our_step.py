@@ -7,7 +7,7 @@ figures benchmarks/gpu_pretrain.sh compares side by side with the HF peer (bench
     python benchmarks/our_step.py ... --micro_batch max      # the largest micro-batch that fits
     python benchmarks/our_step.py --quick                    # CPU smoke mode
 
-Every flag other than the ones below is mometas-bench's (``python -m mometas_ds.bench --help``).
+Every flag other than the ones below is mometas-bench's (``python -m mometas_ds.cli.bench --help``).
 """
 from __future__ import annotations
 

@@ -44,7 +44,7 @@ def main(argv=None) -> int:
         print(f"run_all: {kernels} not found, kernel benchmark skipped", flush=True)
     sampler_json = os.path.join(out, "mometas_quick.json" if args.ranks == 1
                                 else f"mometas_quick_{args.ranks}ranks.json")
-    jobs.append(("sampler overhead", [py, "-m", "mometas_ds.bench", "--quick", "--ranks", str(args.ranks),
+    jobs.append(("sampler overhead", [py, "-m", "mometas_ds.cli.bench", "--quick", "--ranks", str(args.ranks),
                                       "--json", sampler_json], 420))
 
     results = []

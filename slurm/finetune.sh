@@ -5,7 +5,7 @@
 #   MODEL=runs/mometas/hf_model DATA_DIR=glue_data OUTPUT_DIR=runs/mometas/eval TASKS=glue SEEDS=1,2,3,4,5 \
 #       bash slurm/finetune.sh            # submits the array and the summary job (afterany), prints their ids
 #
-# Each array task runs `python -m mometas_ds.finetune --tasks T --seeds S` into OUTPUT_DIR/parts/T_seedS
+# Each array task runs `python -m mometas_ds.cli.finetune --tasks T --seeds S` into OUTPUT_DIR/parts/T_seedS
 # (every learning rate of LRS; a requeued or resubmitted task redoes only the runs missing from its
 # results.jsonl); the summary job merges the parts into OUTPUT_DIR/results.jsonl, predictions/, summary.md
 # and summary.csv. Submit from the repository root.
@@ -48,7 +48,7 @@ IFS=, read -r -a SEED_LIST <<< "$SEEDS"
 N=$(( ${#TASK_LIST[@]} * ${#SEED_LIST[@]} ))
 
 if [ "${MODE:-}" = summary ]; then
-    run "$PYTHON" -m mometas_ds.finetune --output_dir "$OUTPUT_DIR" --merge "$OUTPUT_DIR"/parts/*
+    run "$PYTHON" -m mometas_ds.cli.finetune --output_dir "$OUTPUT_DIR" --merge "$OUTPUT_DIR"/parts/*
     exit 0
 fi
 
@@ -78,4 +78,4 @@ ARGS=(--model_name_or_path "$MODEL" --tasks "$TASK" --seeds "$SEED" --learning_r
 [ -n "${DS_CONFIG:-}" ] && ARGS+=(--deepspeed "$DS_CONFIG")
 # shellcheck disable=SC2206
 [ -n "${EXTRA_ARGS:-}" ] && ARGS+=(${EXTRA_ARGS})
-run "$PYTHON" -m mometas_ds.finetune "${ARGS[@]}" "$@"
+run "$PYTHON" -m mometas_ds.cli.finetune "${ARGS[@]}" "$@"

@@ -41,7 +41,7 @@ def _relaunch(cfg: BenchConfig, argv: List[str]) -> int:
     env["OMP_NUM_THREADS"] = "1"  # the launcher does not pin ranks to cores
     env["PYTHONPATH"] = REPO_ROOT + os.pathsep + env.get("PYTHONPATH", "")
     cmd = [sys.executable, "-m", "deepspeed.launcher.runner", "--num_gpus", str(cfg.ranks),
-           "--master_port", str(port), "--module", "mometas_ds.bench"] + list(argv)
+           "--master_port", str(port), "--module", "mometas_ds.cli.bench"] + list(argv)
     print("mometas-bench: running " + " ".join(cmd), flush=True)
     return subprocess.run(cmd, env=env).returncode
 
@@ -82,3 +82,7 @@ def main(argv=None) -> int:
         return 1
     return 0
 
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -18,6 +18,7 @@ import time
 import psutil  # a DeepSpeed dependency (its launcher uses it)
 
 from mometas_ds.config import bundled_ds_config
+from mometas_ds.config.paths import RunPaths
 from mometas_ds.data.demo_corpus import write_demo_corpus
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -179,11 +180,36 @@ def main(argv=None) -> int:
     if interrupted:
         print("demo: fine-tuning skipped: the pre-training was stopped before its end (no hf_model/ yet)", flush=True)
         return 0
-    from mometas_ds.finetune.demo import (  # heavy (transformers' Trainer, datasets); pre-train -> fine-tune -> score
-        finetune_demo,
-    )
+    return finetune_demo(out)  # pre-train -> fine-tune -> score
 
-    return finetune_demo(out)
+
+def finetune_demo(run_dir: str, seed: int = 1) -> int:
+    """Generate a sentiment task (good/bad cue words, SST-2's layout) in RUN_DIR/finetune_data, fine-tune
+    RUN_DIR/hf_model on it into RUN_DIR/eval and print the dev accuracy next to the majority baseline."""
+    # Heavy (transformers' Trainer, datasets): imported only once pre-training is done.
+    from mometas_ds.cli.finetune import main as finetune_main
+    from mometas_ds.finetune import metrics, synthetic
+    from mometas_ds.finetune.runner import predictions_path
+
+    data = synthetic.write_glue(os.path.join(run_dir, "finetune_data"), ["sst2"], n_train=400, n_dev=200, seed=seed)
+    out = os.path.join(run_dir, "eval")
+    code = finetune_main(["--model_name_or_path", RunPaths(run_dir).hf_model, "--data_dir", data, "--tasks", "sst2",
+                 "--output_dir", out, "--seeds", str(seed), "--learning_rates", "5e-4", "--epochs", "4",
+                 "--batch_size", "16", "--max_seq_len", "48", "--overwrite", "--log_level", "error"])
+    if code != 0:
+        return code
+    with open(os.path.join(out, "results.jsonl"), encoding="utf-8") as f:
+        result = json.loads(f.readline())
+    with open(predictions_path(out, "sst2", 5e-4, seed), encoding="utf-8") as f:
+        labels = [json.loads(line)["label"] for line in f]
+    train_labels = [line.rstrip("\n").split("\t")[1] for line in
+                    open(os.path.join(data, "SST-2", "train.tsv"), encoding="utf-8").readlines()[1:]]
+    baseline = metrics.majority_baseline(train_labels, labels)
+    print(f"\nfine-tuned {os.path.join(run_dir, 'hf_model')} on a generated sentiment task "
+          f"({result['train_examples']} train / {len(labels)} dev examples, {result['wall_s']:.0f} s): "
+          f"dev accuracy {result['metrics']['accuracy']:.1f}% (majority class: {baseline:.1f}%)")
+    print(f"  fine-tuning:  {out}  (results.jsonl, predictions/, summary.md; see docs/finetuning.md)")
+    return 0
 
 
 if __name__ == "__main__":

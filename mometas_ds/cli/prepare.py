@@ -20,8 +20,8 @@ from mometas_ds.errors import ConfigError, DataError
 
 PROG = "mometas-prepare"
 # The PretrainConfig fields that decide the cached rows (and where they go), in mometas-pretrain's spelling.
-FLAGS = ("train_files", "text_field", "tokenizer", "model_name_or_path", "seq_len", "packing", "cache_dir", "num_proc",
-         "shard_size_mb")
+FLAGS = ("user_modules", "train_files", "text_field", "tokenizer", "model_name_or_path", "seq_len", "packing",
+         "cache_dir", "num_proc", "shard_size_mb")
 REQUIRED = ("train_files", "cache_dir")
 _EXTRA_HELP = {
     "model_name_or_path": " (mometas-prepare reads only its tokenizer, when --tokenizer is not given)",
@@ -64,7 +64,8 @@ def build_arg_parser() -> argparse.ArgumentParser:
 
 def pretrain_flags(ns: argparse.Namespace) -> List[str]:
     """The mometas-pretrain flags that find this cache (absolute paths: the job may start elsewhere)."""
-    flags = ["--train_files", *[os.path.abspath(os.path.expanduser(f)) for f in ns.train_files],
+    flags = ["--user_modules", *ns.user_modules] if ns.user_modules else []
+    flags += ["--train_files", *[os.path.abspath(os.path.expanduser(f)) for f in ns.train_files],
              "--text_field", ns.text_field]
     if ns.tokenizer:
         flags += ["--tokenizer", os.path.abspath(ns.tokenizer)]
@@ -79,13 +80,19 @@ def _prepare(ns: argparse.Namespace) -> int:
     from mometas_ds.data import DataConfig, prepare_data  # imports HF datasets: not for --help
     from mometas_ds.safe_io import check_writable_dir, disk_errors
     from mometas_ds.data.tokenizer import load_tokenizer
+    from mometas_ds.registry import import_user_module
 
+    for module in ns.user_modules:
+        try:
+            import_user_module(module)
+        except Exception as exc:  # a user's file: report whatever it raised, naming it
+            raise ConfigError(f"--user_modules: could not import {module}: {type(exc).__name__}: {exc}") from None
     if not ns.tokenizer and not ns.model_name_or_path:
         raise ConfigError("--tokenizer: give the tokenizer directory (or --model_name_or_path, to use its tokenizer)")
     try:
         config = DataConfig(train_files=list(ns.train_files), text_field=ns.text_field, seq_len=ns.seq_len,
                             cache_dir=ns.cache_dir, num_proc=ns.num_proc, packing=ns.packing,
-                            shard_size_mb=ns.shard_size_mb)
+                            shard_size_mb=ns.shard_size_mb, user_modules=tuple(ns.user_modules))
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
     check_writable_dir(config.cache_dir, "--cache_dir")

@@ -265,3 +265,7 @@ def main(argv=None) -> int:
     except (StudyError, ConfigError, DataError) as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -53,7 +53,7 @@ _LAZY = {
     "PrefetchedBatches": "prefetch", "prefetched": "prefetch",
     "CACHE_FORMAT_VERSION": "shards", "PACKING_MODES": "shards", "REPORT_FILE": "shards", "ROWS_FILE": "shards",
     "DataConfig": "cache", "PreparedData": "cache", "meta_split_rows": "cache", "prepare_data": "cache",
-    "read_shard": "cache", "MIN_DOC_TOKENS": "readers", "SKIP_REASONS": "readers", "CorpusReport": "readers",
+    "read_shard": "cache", "MIN_DOC_TOKENS": "report", "SKIP_REASONS": "report", "CorpusReport": "report",
     "iter_documents": "readers", "iter_path": "readers", "iter_texts": "readers", "resolve_files": "readers",
 }
 __all__ = ["DataError", *_LAZY]

@@ -22,8 +22,9 @@ from mometas_ds.errors import DataError
 from mometas_ds.data.tokenizer import required_token_id
 
 from mometas_ds.data import readers
-from mometas_ds.data.parts import MIN_SHARD_SIZE_MB, Part, file_kind, plan_parts, scan_ranges, with_scans
-from mometas_ds.data.readers import MIN_DOC_TOKENS, CorpusReport
+from mometas_ds.data.formats import Part, format_of
+from mometas_ds.data.parts import MIN_SHARD_SIZE_MB, plan_parts, scan_ranges, with_scans
+from mometas_ds.data.report import MIN_DOC_TOKENS, CorpusReport
 from mometas_ds.data.shards import (
     CACHE_FORMAT_VERSION, PACKING_MODES, REPORT_FILE, ROWS_FILE, ShardJob, build_shards, is_complete,
 )
@@ -47,6 +48,7 @@ class DataConfig:
     max_examples: int = 5  # "file:line" examples kept per skip reason
     packing: str = "packed"  # one of PACKING_MODES (see the package's docstring)
     shard_size_mb: float = 64.0  # an input larger than this is split into shards of about this size (data.parts)
+    user_modules: Sequence[str] = ()  # imported by every shard-building process: your corpus formats (not in the key)
 
     def __post_init__(self):
         if isinstance(self.train_files, (str, os.PathLike)):
@@ -123,7 +125,7 @@ def prepare_data(config: DataConfig, tokenizer) -> PreparedData:
         jobs = [ShardJob(shard.path, os.path.join(root, shard.key), config.text_field, config.seq_len,
                          config.packing, special, config.max_examples, shard.part)
                 for shard in _scanned(shards, todo, config.num_proc)]
-        build_shards(jobs, config.num_proc, _tokenizer_spec(tokenizer, backend))
+        build_shards(jobs, config.num_proc, _tokenizer_spec(tokenizer, backend), tuple(config.user_modules))
         logger.info("wrote %d tokenized shard(s) in %s (reused %d)", len(todo), root, len(shards) - len(todo))
     else:
         logger.info("reusing tokenized cache at %s (%d shard(s), nothing to tokenize)", root, len(shards))
@@ -151,7 +153,7 @@ def _scanned(shards: List[_Shard], todo: List[_Shard], num_proc: int) -> List[_S
     filled, done = {}, 0
     for path in paths:
         count = len(parts[path])
-        for part in with_scans(parts[path], scans[done: done + count], file_kind(path)):
+        for part in with_scans(parts[path], scans[done: done + count], format_of(path).name):
             filled[path, part.index] = part
         done += count
     return [replace(s, part=filled.get((s.path, s.part.index), s.part)) if s.part else s for s in todo]

@@ -1,8 +1,9 @@
 """Splitting one large input into several shards (``--shard_size_mb``), so that one big file or one
 ``save_to_disk`` dataset is tokenized by several processes, not one.
 
-* uncompressed ``.jsonl`` / ``.json`` / ``.txt``: byte ranges that start at line starts;
-* ``.parquet``: ranges of row groups (a file with one row group stays whole);
+* uncompressed files of a line-based format (``.jsonl`` / ``.json`` / ``.txt``; data.formats ``split="lines"``):
+  byte ranges that start at line starts;
+* ``.parquet`` (``split="row_groups"``): ranges of row groups (a file with one row group stays whole);
 * a ``save_to_disk`` directory: row ranges of each split it is read from;
 * ``.gz`` files stay whole (a gzip stream cannot be entered in the middle).
 
@@ -21,33 +22,10 @@ from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from mometas_ds.data.formats import Part, format_of, get_format, is_gzip
+
 _SCAN_BLOCK = 1 << 20  # bytes read at a time by the split-point search
 MIN_SHARD_SIZE_MB = 0.001  # --shard_size_mb's floor, about 1 kB: smaller parts only multiply processes and rows
-
-
-@dataclass(frozen=True)
-class Part:
-    """A contiguous piece of one input that one process tokenizes into its own shard."""
-
-    index: int  # 0-based, within the input (a save_to_disk directory: over all of its splits)
-    count: int  # parts of the input
-    unit: str  # "bytes" | "row_groups" | "rows"
-    start: int
-    stop: int
-    split: Optional[str] = None  # "rows" of a DatasetDict: the split's name
-    # Filled in before reading, from the pre-scan or the file's metadata (not in the cache key: they follow
-    # from the file's content, which the key covers):
-    first_line: int = 1  # the line (row) number of the part's first line (row)
-    paragraphs: bool = False  # .txt: the whole file's layout (readers' docstring)
-    prev_blank: bool = True  # "bytes": the line before the part is blank (a .txt paragraph may not continue)
-    file_has_text: bool = True  # "bytes": some line of the whole file is not blank (else: empty_file)
-
-    def key(self) -> list:
-        """What of the part decides its rows, for the shard's cache key."""
-        return [self.unit, self.split, self.start, self.stop]
-
-    def label(self) -> str:
-        return f"part {self.index + 1}/{self.count}"
 
 
 def input_bytes(path: str) -> int:
@@ -57,36 +35,20 @@ def input_bytes(path: str) -> int:
     return sum(os.path.getsize(os.path.join(root, name)) for root, _, names in os.walk(path) for name in names)
 
 
-def file_kind(path: str) -> Optional[str]:
-    """'jsonl', 'txt' or 'parquet' by the file's name (a trailing .gz allowed but for parquet), else None."""
-    name = path.lower()
-    if name.endswith(".parquet"):
-        return "parquet"
-    if name.endswith(".gz"):
-        name = name[:-3]
-    if name.endswith((".jsonl", ".json")):
-        return "jsonl"
-    if name.endswith(".txt"):
-        return "txt"
-    return None
-
-
 def plan_parts(path: str, text_field: str, shard_bytes: int) -> Optional[List[Part]]:
     """The parts of one resolved input larger than ``shard_bytes``, or None to read it whole (small, gzip,
     unsupported, or anything the reader will report as unusable). Cheap: seeks and metadata only."""
     try:
         if os.path.isdir(path):
             return _plan_saved_dataset(path, text_field, shard_bytes)
-        kind = file_kind(path)
+        fmt = format_of(path)
         size = os.path.getsize(path)
     except OSError:
         return None  # vanished or unreadable: the reader reports it
-    if kind is None or size <= shard_bytes:
+    if fmt is None or fmt.split is None or size <= shard_bytes or is_gzip(path):
         return None
-    if kind == "parquet":
+    if fmt.split == "row_groups":
         return _plan_parquet(path, text_field, size, shard_bytes)
-    if path.lower().endswith(".gz"):
-        return None
     starts = line_starts(path, size, math.ceil(size / shard_bytes))
     if len(starts) < 2:
         return None  # one line longer than the parts would be
@@ -246,10 +208,11 @@ def txt_is_paragraphs(scans: Sequence[RangeScan]) -> bool:
 
 
 def with_scans(parts: Sequence[Part], scans: Sequence[RangeScan], kind: str) -> List[Part]:
+    # ``kind``: the name of the file's corpus format (data.formats).
     """The byte-range parts with what their pre-scans say: first line numbers, the .txt layout, whether the
     line before each is blank, whether the file has any text."""
     first_lines = np.concatenate([[1], 1 + np.cumsum([scan.lines for scan in scans])])
-    paragraphs = kind == "txt" and txt_is_paragraphs(scans)
+    paragraphs = get_format(kind).paragraphs and txt_is_paragraphs(scans)
     has_text = any(scan.has_text for scan in scans)
     return [replace(part, first_line=int(first_lines[i]), paragraphs=paragraphs, file_has_text=has_text,
                     prev_blank=i == 0 or scans[i - 1].last_blank) for i, part in enumerate(parts)]

@@ -18,9 +18,11 @@ import pyarrow as pa
 import tokenizers
 
 from mometas_ds.data import readers
-from mometas_ds.data.parts import Part, input_bytes
-from mometas_ds.data.readers import MIN_DOC_TOKENS, CorpusReport
+from mometas_ds.data.formats import Part
+from mometas_ds.data.parts import input_bytes
+from mometas_ds.data.report import MIN_DOC_TOKENS, CorpusReport
 from mometas_ds.data.workers import run_in_processes
+from mometas_ds.registry import import_user_module
 
 logger = logging.getLogger(__name__)
 
@@ -80,9 +82,9 @@ class ShardJob:
         return self.path if self.part is None else f"{self.path} ({self.part.label()})"
 
 
-def build_shards(jobs: List[ShardJob], num_proc: int, spec: tuple) -> None:
+def build_shards(jobs: List[ShardJob], num_proc: int, spec: tuple, user_modules: Tuple[str, ...] = ()) -> None:
     """Build every job's shard, in ``num_proc`` processes (each builds whole shards, so the rows do not
-    depend on it)."""
+    depend on it); each process imports ``user_modules`` first (corpus formats of the user's)."""
     processes = min(num_proc, len(jobs))
     logger.info("tokenizing %d file(s) into shards with %d process(es)", len(jobs), processes)
 
@@ -97,7 +99,7 @@ def build_shards(jobs: List[ShardJob], num_proc: int, spec: tuple) -> None:
     # This module imports neither torch nor transformers, so a spawned worker starts small. Largest first:
     # a big input that cannot be split (.gz) started last would leave one process working alone at the end.
     finished = run_in_processes(_build_shard_in_worker, largest_first(jobs), processes, "shard-building",
-                                initializer=_init_worker, initargs=(spec,))
+                                initializer=_init_worker, initargs=(spec, user_modules))
     for i, (_, (label, rows)) in enumerate(finished, 1):
         done(i, label, rows)
 
@@ -119,15 +121,18 @@ def largest_first(jobs: List[ShardJob]) -> List[ShardJob]:
 _WORKER_ENCODE = None
 
 
-def _init_worker(spec: tuple) -> None:
+def _init_worker(spec: tuple, user_modules: Tuple[str, ...] = ()) -> None:
     global _WORKER_ENCODE
+    for module in user_modules:  # a spawned process starts without the parent's registrations
+        import_user_module(module)
     # Tokenizer threads in many processes oversubscribe the cores; the processes are the parallelism.
     os.environ["TOKENIZERS_PARALLELISM"] = "false"
     _WORKER_ENCODE = _encoder(spec)
 
 
 def _build_shard_in_worker(job: ShardJob) -> Tuple[str, int]:
-    # TEST-ONLY fault (tests/test_parts.py; listed in mometas_ds.train.faults): the worker building this shard dies.
+    # TEST-ONLY fault (tests/unit/data/test_parts.py; listed in mometas_ds.train.faults): the worker building
+    # this shard dies.
     if os.environ.get("MOMETAS_FAULT_KILL_SHARD_WORKER") and job.label().endswith(
             os.environ["MOMETAS_FAULT_KILL_SHARD_WORKER"]):
         os.kill(os.getpid(), signal.SIGKILL)

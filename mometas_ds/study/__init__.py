@@ -1,4 +1,4 @@
-"""``mometas-study`` (``python -m mometas_ds.study``): samplers x seeds on one corpus, each run a real
+"""``mometas-study`` (``python -m mometas_ds.cli.study``): samplers x seeds on one corpus, each run a real
 ``mometas-pretrain``; held-out loss of each. See docs/sampler_study.md.
 
   common.py   constants, StudyError, the sampler specs (LABEL=NAME[:JSON])

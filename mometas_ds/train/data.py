@@ -17,7 +17,8 @@ from mometas_ds.data.tokenizer import load_tokenizer, special_tokens_of, train_w
 from mometas_ds.data.batches import ShardedBatches, rows_as_tensors
 from mometas_ds.data.cache import DataConfig, PreparedData, prepare_data
 from mometas_ds.data.prefetch import prefetched
-from mometas_ds.data.readers import CorpusReport, iter_texts
+from mometas_ds.data.readers import iter_texts
+from mometas_ds.data.report import CorpusReport
 from mometas_ds.config.paths import RunPaths
 
 logger = logging.getLogger("mometas_ds")
@@ -37,7 +38,7 @@ class PretrainData:
         cache_dir = cfg.cache_dir or RunPaths(cfg.output_dir).cache
         data_cfg = DataConfig(train_files=list(cfg.train_files), text_field=cfg.text_field, seq_len=cfg.seq_len,
                               cache_dir=cache_dir, num_proc=cfg.num_proc, packing=cfg.packing,
-                              shard_size_mb=cfg.shard_size_mb,
+                              shard_size_mb=cfg.shard_size_mb, user_modules=tuple(cfg.user_modules),
                               meta_sequences=2 * cfg.meta_batch_size, seed=cfg.seed)
 
         def prepare_on_rank0():

@@ -1,4 +1,4 @@
-"""Fault injection for tests/test_faults.py. TEST-ONLY: each hook reads an environment variable that
+"""Fault injection for tests/integration/train/test_faults.py. TEST-ONLY: each hook reads an environment variable that
 real runs never set, and does nothing without it.
 
 The tests start every rank as its own process, so a fault can be given to one rank only.

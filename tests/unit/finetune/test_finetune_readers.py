@@ -192,12 +192,12 @@ def test_bad_flags_and_a_model_dir_that_is_not_bert_exit_2(tmp_path, capsys):
 
 
 def test_a_task_kind_missing_from_the_installation_is_reported_as_not_available(monkeypatch):
-    from mometas_ds.finetune import kinds
+    from mometas_ds.finetune import base, kinds
 
     def missing(name):
         raise ModuleNotFoundError(f"No module named {name!r}", name=name)
 
-    monkeypatch.setattr(kinds.importlib, "import_module", missing)
+    monkeypatch.setattr(base.importlib, "import_module", missing)
     with pytest.raises(ConfigError, match="--tasks squad: not available yet"):
         kinds.kind_for(TASKS["squad"])
 

@@ -141,7 +141,7 @@ def test_resume_takes_a_tag_here_or_a_checkpoint_path_where_it_is(tmp_path):
 def test_resume_refuses_a_checkpoint_written_by_a_run_with_other_settings(tmp_path):
     """A resume that would mix two experiments (another objective order, sampler, model, seed, precision...)
     stops before any work, naming what differs; the same settings resume, and so does another number of
-    ranks (tests/test_elastic.py has the rest of what may change)."""
+    ranks (tests/unit/train/test_elastic.py has the rest of what may change)."""
     from mometas_ds.checkpoint import COMPLETE_MARKER, LATEST_FILE, RUN_IDENTITY_FILE
     from mometas_ds.config import ConfigError, PretrainConfig
     from mometas_ds.train.preflight import check_world_size, run_identity, validate_config

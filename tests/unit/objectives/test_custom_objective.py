@@ -9,7 +9,7 @@ from mometas_ds.objectives import (
     IGNORE_INDEX, Objective, SpecialTokens, available_objectives, build_objective, register_objective,
 )
 
-EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "custom_objective.py"
+EXAMPLE = Path(__file__).resolve().parents[3] / "examples" / "custom_objective.py"
 SPECIAL = SpecialTokens(pad_id=0, cls_id=1, sep_id=2, mask_id=3, vocab_size=100)
 
 

@@ -12,8 +12,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from mometas_ds.data import CorpusReport, DataConfig, iter_path, prepare_data
-from mometas_ds.data.parts import file_kind, plan_parts, scan_ranges, txt_is_paragraphs, with_scans
-from mometas_ds.data.readers import _txt_is_paragraphs
+from mometas_ds.data.formats import format_of
+from mometas_ds.data.parts import plan_parts, scan_ranges, txt_is_paragraphs, with_scans
+from mometas_ds.data.formats.txt import txt_is_paragraphs as _txt_is_paragraphs
 from mometas_ds.data.demo_corpus import generate_documents
 from mometas_ds.data.tokenizer import train_wordpiece_tokenizer
 
@@ -74,7 +75,7 @@ def read_parts(path, shard_bytes, num_proc=1):
     assert parts is not None and len(parts) > 1
     if parts[0].unit == "bytes":
         scans = scan_ranges([(str(path), p.start, p.stop) for p in parts], num_proc)
-        parts = with_scans(parts, scans, file_kind(str(path)))
+        parts = with_scans(parts, scans, format_of(str(path)).name)
     documents, merged = [], CorpusReport()
     for part in parts:
         report = CorpusReport()

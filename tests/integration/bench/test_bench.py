@@ -25,7 +25,7 @@ TINY_RUN = [
 @pytest.fixture(scope="module")
 def result(tmp_path_factory):
     path = tmp_path_factory.mktemp("bench") / "bench.json"
-    proc = subprocess.run([sys.executable, "-m", "mometas_ds.bench", *TINY_RUN, "--json", str(path)],
+    proc = subprocess.run([sys.executable, "-m", "mometas_ds.cli.bench", *TINY_RUN, "--json", str(path)],
                           env=subprocess_env(), cwd=REPO_ROOT, capture_output=True, text=True, timeout=180)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "MOMETAS overhead vs uniform" in proc.stdout  # the printed table

@@ -8,7 +8,7 @@ import torch
 
 from mometas_ds.objectives import IGNORE_INDEX, SpecialTokens, build_objective
 from mometas_ds.objectives.base import rand, real_token_mask
-from tests.test_whole_word_mask import todays_gmlm, todays_mlm
+from tests.unit.objectives.test_whole_word_mask import todays_gmlm, todays_mlm
 
 # Special ids in the middle of the vocabulary; ids 250..399 are "##" continuation pieces; 1 is unk (reserved:
 # never drawn at random, but an ordinary token to corrupt, as before).

@@ -11,7 +11,7 @@ import pytest
 
 pytestmark = pytest.mark.integration  # builds a wheel with pip
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
 
 def _build_wheel(tmp_path) -> str:

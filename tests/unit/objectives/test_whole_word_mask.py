@@ -329,7 +329,7 @@ def assert_same(out, reference):
 def test_option_off_is_todays_output_bit_for_bit():
     gen = torch.Generator().manual_seed(13)
     for seed in range(8):
-        # Rows without an inner sep: across one, gmlm's spans now stop (tests/test_inner_separators.py).
+        # Rows without an inner sep: across one, gmlm's spans now stop (tests/unit/data/test_inner_separators.py).
         ids, mask = make_batch(gen, 8, 48, pairs=False)
         guide = torch.rand(ids.shape, generator=gen) < 0.3
         for special in (SPECIAL, NO_CONT):

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import mometas_ds.kernels as kernels
+from tests.pretrain_helpers import REPO_ROOT
 from mometas_ds.kernels import cross_entropy, fused_linear_cross_entropy
 from mometas_ds.kernels.reference import reference_cross_entropy, reference_linear_cross_entropy
 
@@ -556,7 +557,7 @@ def test_bad_inputs_raise_value_errors(monkeypatch):
 
 def test_fused_backward_issues_one_scale_launch_for_all_gradients():
     """benchmarks/count_head_launches.py: the host's launches for a 2-chunk forward + backward."""
-    script = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks",
+    script = os.path.join(REPO_ROOT, "benchmarks",
                           "count_head_launches.py")
     done = subprocess.run([sys.executable, script], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
