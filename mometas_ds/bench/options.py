@@ -8,6 +8,7 @@ import sys
 from dataclasses import dataclass, field
 from typing import List, Optional
 
+from mometas_ds.config.choices import MIN_SEQ_LEN
 from mometas_ds.config import bundled_ds_config, read_json_object
 
 from mometas_ds.train.ds_config import check_batch_fields
@@ -147,8 +148,8 @@ def validate(cfg: BenchConfig) -> None:
     for flag in ("seq_len", "interval", "meta_batch_size", "rounds", "block_steps", "turn_steps", "probe_reps"):
         if getattr(cfg, flag) < 1:
             fail(flag, f"must be >= 1, got {getattr(cfg, flag)}")
-    if cfg.seq_len < 8:
-        fail("seq_len", f"must be >= 8, got {cfg.seq_len}")
+    if cfg.seq_len < MIN_SEQ_LEN:
+        fail("seq_len", f"must be >= {MIN_SEQ_LEN}, got {cfg.seq_len}")
     if cfg.warmup_steps < 0:
         fail("warmup_steps", f"must be >= 0, got {cfg.warmup_steps}")
     if cfg.micro_batch is not None and cfg.micro_batch < 1:

@@ -14,5 +14,9 @@ MODEL_PRESETS: Dict[str, dict] = {
 
 DEFAULT_OBJECTIVES = ("mlm", "gmlm", "atd", "dtd", "cse")  # the built-in objectives, in registration order
 
+# The shortest --seq_len: [CLS] and [SEP] plus room for what the objectives corrupt (one check, in
+# train.preflight, mometas-bench and data.cache, which mometas-prepare uses).
+MIN_SEQ_LEN = 8
+
 # How --resume checks a checkpoint against its manifest (checkpoint.layout re-exports it).
 VERIFY_LEVELS = ("auto", "size", "full")

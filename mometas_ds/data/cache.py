@@ -22,6 +22,7 @@ from mometas_ds.errors import DataError
 from mometas_ds.data.tokenizer import required_token_id
 
 from mometas_ds.data import readers
+from mometas_ds.config.choices import MIN_SEQ_LEN
 from mometas_ds.data.formats import Part, format_of
 from mometas_ds.data.parts import MIN_SHARD_SIZE_MB, plan_parts, scan_ranges, with_scans
 from mometas_ds.data.report import MIN_DOC_TOKENS, CorpusReport
@@ -58,7 +59,7 @@ class DataConfig:
             raise ValueError("--train_files: give at least one file, directory or glob")
         if not isinstance(self.text_field, str) or not self.text_field:
             raise ValueError(f"--text_field must be a non-empty string, got {self.text_field!r}")
-        for name, flag, minimum in (("seq_len", "--seq_len", 3), ("num_proc", "--num_proc", 1),
+        for name, flag, minimum in (("seq_len", "--seq_len", MIN_SEQ_LEN), ("num_proc", "--num_proc", 1),
                                     ("meta_sequences", "meta_sequences (from --meta_batch_size)", 0),
                                     ("max_examples", "max_examples", 0)):
             value = getattr(self, name)

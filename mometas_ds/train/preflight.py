@@ -15,7 +15,7 @@ from typing import List, Optional
 
 from mometas_ds.checkpoint import find_resume_checkpoint, latest_complete_tag, resume_checkpoint, run_identity_of
 from mometas_ds.checkpoint.loading import read_client_state
-from mometas_ds.config.choices import MODEL_PRESETS
+from mometas_ds.config.choices import MIN_SEQ_LEN, MODEL_PRESETS
 from mometas_ds.config.settings import PretrainConfig, sampler_kwargs
 from mometas_ds.data.parts import MIN_SHARD_SIZE_MB, input_bytes
 from mometas_ds.distributed.launch import LaunchInfo, init_distributed
@@ -97,8 +97,8 @@ def validate_config(cfg: PretrainConfig) -> dict:
     if cfg.tokenizer_sample is not None and cfg.train_tokenizer is None:
         fail("tokenizer_sample", "samples the corpus for --train_tokenizer; give --train_tokenizer VOCAB_SIZE too "
                                  "(a given --tokenizer is used as it is)")
-    if cfg.seq_len < 8:
-        fail("seq_len", f"must be >= 8, got {cfg.seq_len}")
+    if cfg.seq_len < MIN_SEQ_LEN:
+        fail("seq_len", f"must be >= {MIN_SEQ_LEN}, got {cfg.seq_len}")
     if cfg.model_name_or_path is not None:
         model_config = read_model_config(cfg.model_name_or_path)
         if model_config.get("model_type") != "bert":
