@@ -7,7 +7,8 @@ The tests start every rank as its own process, so a fault can be given to one ra
                                          turns into NaN; "12-" means 12 and every later one
   MOMETAS_FAULT_NONFINITE_GRAD=9         micro-steps whose gradients this rank turns into NaN (loss stays finite)
   MOMETAS_FAULT_SLEEP_IN_SAVE=60         seconds rank 0 sleeps inside a checkpoint save, after every rank
-                                         wrote its shards and before the tag is published
+                                         wrote its shards and before the tag is published; "60@4": in
+                                         the save of step 4 only
   MOMETAS_FAULT_SLEEP_IN_SETUP=20        seconds rank 0 sleeps in data preparation while the others wait
   MOMETAS_FAULT_HANG_AT_STEP=6           this rank stops answering (sleeps an hour) when optimizer step 6 is done
   MOMETAS_FAULT_KILL_SHARD_WORKER=1/3)   the --num_proc worker building the shard whose label ends so (here:
@@ -71,8 +72,9 @@ def nonfinite_grad(loss: torch.Tensor, micro_step: int) -> torch.Tensor:
 
 
 def sleep_in_save(step: int) -> None:
-    seconds = float(os.environ.get(ENV_PREFIX + "SLEEP_IN_SAVE", "0") or 0)
-    if seconds > 0:
+    seconds, _, at = (os.environ.get(ENV_PREFIX + "SLEEP_IN_SAVE", "") or "0").partition("@")
+    seconds = float(seconds)
+    if seconds > 0 and (not at or int(at) == step):
         logger.warning("fault injection: sleeping %.0f s before publishing checkpoint step%d", seconds, step)
         time.sleep(seconds)
 
