@@ -19,7 +19,8 @@ import torch
 
 from . import faults, stop_signals
 from .checkpoint.checkpointer import Checkpointer
-from .config import ConfigError, Preflight, PretrainConfig, check_writable, preflight, sampler_kwargs
+from .config import (TOKENIZER_KEY, ConfigError, Preflight, PretrainConfig, check_writable, preflight, sampler_kwargs,
+                     tokenizer_identity)
 from .data.pretrain_data import PretrainData
 from .engine import build_engine
 from .meta_validation import MetaValidation
@@ -59,6 +60,8 @@ class Trainer:
 
         self.data = PretrainData(cfg, self.ranks)  # the tokenizer, then the corpus cache and its meta split
         self.tokenizer = self.data.tokenizer
+        # Pinned by content: a resume with another vocabulary (even the same tokens with other ids) stops.
+        self.run_identity = {**self.run_identity, TOKENIZER_KEY: tokenizer_identity(self.tokenizer)}
         self.objectives = build_objectives(cfg, self.data.special)
         self.objective_names = list(cfg.objectives)
         self.model = self._build_model()

@@ -10,9 +10,10 @@ from .cli import build_arg_parser, markdown_table, parse_args
 from .settings import PretrainConfig, bundled_ds_config, option, sampler_kwargs
 
 _CHECKS = (
-    "ELASTIC", "Preflight", "check_batch_fields", "check_resume_matches", "check_tokenizer_fits_model",
-    "check_world_size", "check_writable", "elastic_changes", "import_user_module", "objective_names_problem",
-    "preflight", "read_model_config", "run_identity", "validate_config",
+    "ELASTIC", "MODEL_CONFIG_KEY", "TOKENIZER_KEY", "Preflight", "check_batch_fields", "check_resume_matches",
+    "check_tokenizer_fits_model", "check_world_size", "check_writable", "elastic_changes", "import_user_module",
+    "objective_names_problem", "preflight", "read_model_config", "run_identity", "tokenizer_identity",
+    "tokenizer_refusal", "validate_config",
 )
 
 __all__ = [
