@@ -326,23 +326,49 @@ def test_stale_files_of_a_killed_2_rank_save_never_reach_a_1_rank_resume_and_uni
 
 
 @pytest.mark.integration
-def test_two_runs_on_one_output_dir_the_second_stops_with_exit_2_naming_the_first(assets, tmp_path):
+def test_two_runs_on_one_output_dir_the_second_stops_naming_the_first_and_a_requeue_checks_the_tokenizer(
+        assets, tmp_path):
+    from mometas_ds.config import TOKENIZER_KEY, tokenizer_identity
+    from mometas_ds.tokenizer import load_tokenizer, train_wordpiece_tokenizer
+
     out = str(tmp_path / "run")
-    first = subprocess.Popen([sys.executable, "-m", "mometas_ds.pretrain"] + _args(assets, out, max_steps=200),
+    forever = ["--save_total_limit", "2"]  # a long run (killed below) that keeps two tags
+    first = subprocess.Popen([sys.executable, "-m", "mometas_ds.pretrain"] + _args(assets, out, 10**6, forever),
                              env=subprocess_env(), cwd=REPO_ROOT, stdout=subprocess.DEVNULL,
                              stderr=subprocess.DEVNULL)
     try:
-        lock = os.path.join(out, run_lock.LOCK_FILE)
-        deadline = time.monotonic() + 300
-        while not (os.path.isfile(lock) and os.path.getsize(lock)) and first.poll() is None:
-            assert time.monotonic() < deadline, "the first run never took the lock"
+        deadline = time.monotonic() + 600
+        while ckpt.latest_complete_tag(os.path.join(out, "checkpoints")) is None:
+            assert first.poll() is None and time.monotonic() < deadline, "the first run never saved a checkpoint"
             time.sleep(0.2)
-        second = run_pretrain(_args(assets, out, extra=["--resume"]))
+        # A double submit: the second run stops before reading anything; the first goes on.
+        second = run_pretrain(_args(assets, out, 10**6, forever + ["--resume"]))
         assert second.returncode == 2, _log(second)[-4000:]
         assert (f"mometas-pretrain: error: --output_dir {out}: another run is writing to it (host "
                 in second.stderr) and f", pid {first.pid}, started " in second.stderr
         assert "Traceback" not in _log(second)
         assert first.poll() is None, "the first run goes on"
     finally:
-        first.kill()
+        first.kill()  # the job is killed (SIGKILL)
         first.wait()
+    # The requeue starts at once (the lock went with the killed run). With the same tokens under other ids, or
+    # another vocabulary size, it stops naming the tokenizer (before, the first trained on to exit 0, the second
+    # was called "damaged").
+    permuted = str(tmp_path / "permuted")
+    _permuted_tokenizer(assets["tokenizer"], permuted)
+    with open(os.path.join(assets["corpus"]), encoding="utf-8") as f:
+        texts = [json.loads(line)["text"] for line in f]
+    bigger = str(tmp_path / "bigger")
+    train_wordpiece_tokenizer(texts, 500, bigger)
+    tokens = tokenizer_identity(load_tokenizer(assets["tokenizer"]))["tokens"]
+    again = forever + ["--resume", "--steps_this_run", "2"]
+    for tokenizer in (permuted, bigger):
+        args = _args(assets, out, 10**6, again)
+        args[args.index("--tokenizer") + 1] = tokenizer
+        result = run_pretrain(args)
+        log = _log(result)
+        assert result.returncode == 2, log[-4000:]
+        assert f"was written by a run with another tokenizer: {TOKENIZER_KEY} was {tokens} tokens" in log, log[-3000:]
+        assert "damaged" not in log and "Traceback" not in log
+    # The same tokenizer resumes.
+    assert "resumed from" in _ok(run_pretrain(_args(assets, out, 10**6, again)))
