@@ -94,6 +94,25 @@ def test_rewriting_a_tag_unpublishes_it_first_then_clears_it_with_its_universal_
     assert sorted(os.listdir(root)) == [ckpt.LATEST_FILE, "step4", "step6"]
 
 
+def test_the_universal_converter_and_the_study_loader_read_a_tag_only_through_its_manifest(tmp_path):
+    from mometas_ds.config import DataError
+    from mometas_ds.study.heldout import _module_state
+
+    root = str(tmp_path / "checkpoints")
+    step4 = _tag(root, 4)
+    with open(os.path.join(step4, OPTIM.format(1)), "wb") as f:
+        f.write(b"stale")
+    with pytest.raises(ckpt.ResumeRefused, match=f"checkpoint {step4} is damaged: .*{OPTIM.format(1)}: not in the"):
+        ckpt.convert_to_universal(root, "step4")
+    assert not os.path.exists(os.path.join(root, ckpt.universal_tag("step4")))
+    with pytest.raises(DataError, match=f"checkpoint {step4} is damaged: .*not in the manifest"):
+        _module_state(root, "step4")
+    os.remove(os.path.join(step4, OPTIM.format(1)))
+    os.truncate(os.path.join(step4, "mp_rank_00_model_states.pt"), 10)
+    with pytest.raises(DataError, match="mp_rank_00_model_states.pt: 10 bytes, the manifest records 2000"):
+        _module_state(root, "step4")
+
+
 # ---------------------------------------------------------------- 3. one writer per run directory
 _HOLDER = """
 import os, sys, time
