@@ -27,7 +27,7 @@ DISK_ERRNOS = {errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota i
                errno.ENOTDIR: "a file is in the way of a directory", errno.EEXIST: "a file is in the way"}
 
 
-def _describe(exc: OSError) -> str:
+def describe(exc: OSError) -> str:
     what = DISK_ERRNOS.get(exc.errno, exc.strerror or type(exc).__name__)
     where = exc.filename if exc.filename else None
     return f"{what} ({where})" if where else what
@@ -46,7 +46,7 @@ def check_writable_dir(path: str, flag: str) -> None:
     except OSError as exc:
         with contextlib.suppress(OSError):
             os.remove(probe)
-        raise ConfigError(f"{flag}: {path} cannot be written: {_describe(exc)}; give a writable directory "
+        raise ConfigError(f"{flag}: {path} cannot be written: {describe(exc)}; give a writable directory "
                           f"with {flag}") from None
 
 
@@ -75,7 +75,7 @@ def disk_errors(flag: str, path: str, what_to_do: str = ""):
         cause = disk_error_in(exc)
         if cause is None:
             raise
-        raise ConfigError(f"{flag}: writing {path} failed: {_describe(cause)}. "
+        raise ConfigError(f"{flag}: writing {path} failed: {describe(cause)}. "
                           f"{what_to_do or f'Free some space or give another {flag}, then run again.'}") from None
 
 

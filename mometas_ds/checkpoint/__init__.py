@@ -34,7 +34,7 @@ from mometas_ds.checkpoint.universal import (
     UNIVERSAL_SUFFIX, convert_to_universal, needs_universal, universal_intact, universal_tag, zero_partitions,
 )
 from mometas_ds.checkpoint.verify import (
-    Verdict, newest_intact, read_manifest, resume_checkpoint, run_identity_of, verify_tag,
+    Verdict, describe, newest_intact, read_manifest, resume_checkpoint, run_identity_of, verify_tag,
 )
 
 __all__ = [
@@ -45,7 +45,7 @@ __all__ = [
     "step_of", "tag_for", "text_record",
     # saving, verify, loading, export, universal
     "file_records", "prune", "publish", "save",
-    "Verdict", "newest_intact", "read_manifest", "resume_checkpoint", "run_identity_of", "verify_tag",
+    "Verdict", "describe", "newest_intact", "read_manifest", "resume_checkpoint", "run_identity_of", "verify_tag",
     "load", "read_client_state", "safe_load", "weights_only_loads",
     "UNIVERSAL_SUFFIX", "convert_to_universal", "needs_universal", "universal_intact", "universal_tag",
     "zero_partitions",

@@ -10,12 +10,15 @@ import torch.distributed as dist
 from torch._utils import _unflatten_dense_tensors
 
 from mometas_ds.checkpoint.layout import tag_for
+from mometas_ds.checkpoint.verify import describe, verify_tag
+from mometas_ds.errors import ConfigError
 
 logger = logging.getLogger(__package__)  # one logger for the package: "mometas_ds.checkpoint", as before the split
 
 
 def consolidated_state_dict(engine, root: str, step: int) -> Optional[dict]:
-    """Full fp32 weights on rank 0 (None elsewhere), for the HF export."""
+    """Full fp32 weights on rank 0 (None elsewhere), for the HF export. Stage 0: a collective (every rank);
+    ZeRO: rank 0 alone reads the tag ``step`` (checked against its manifest first: a ConfigError if damaged)."""
     rank = dist.get_rank() if dist.is_initialized() else 0
     if engine.zero_optimization_stage() == 0:
         state = _stage0_fp32_state_dict(engine)  # every rank: the bf16 optimizer gathers by all-reduce
@@ -24,6 +27,11 @@ def consolidated_state_dict(engine, root: str, step: int) -> Optional[dict]:
         return None
     from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint  # heavy; --help imports this
 
+    # ZeRO's consolidation reads every partition file in the tag: check them against its manifest first (sizes
+    # and names: a file the manifest does not list would be read beside the tag's own).
+    verdict = verify_tag(root, tag_for(step), "size")
+    if verdict.intact is False:
+        raise ConfigError(f"HF export: {describe(verdict)}; the checkpoint was changed after it was saved")
     return get_fp32_state_dict_from_zero_checkpoint(root, tag=tag_for(step))
 
 

@@ -96,6 +96,25 @@ def safe_load(path: str, map_location=None):
             "so it is refused (see docs/security.md)") from None
 
 
+def _why_not_loaded(tags_dir: str, tag: str) -> str:
+    """What a failed load says of the tag: "damaged" only when its manifest could not rule that out."""
+    # Here: verify needs torch.distributed, and this module is imported for safe_load alone.
+    from mometas_ds.checkpoint.verify import verified
+
+    verdict = verified(tags_dir, tag)
+    if verdict is not None and verdict.intact and verdict.level == "full":
+        return ("The checkpoint is intact (every file matches the size and checksum its manifest records), so it "
+                "does not fit this run: another model (--model_config, --model_name_or_path), tokenizer or "
+                "DeepSpeed version wrote it. Resume with the settings that wrote it, or give a new --output_dir "
+                "to start afresh")
+    checked = ("its files have the sizes its manifest records (checksums not compared: --verify_checkpoint full "
+               "compares them)" if verdict is not None and verdict.intact else
+               "it has no manifest to check it against" if verdict is None or verdict.intact is None else "")
+    return (f"The checkpoint is damaged, or another model, tokenizer or DeepSpeed version wrote it ({checked}): "
+            "resume with the settings that wrote it, or from an earlier tag (mometas-checkpoint verify shows which "
+            "are intact)")
+
+
 def load(engine, tags_dir: str, tag: str, load_ds: Optional[Callable] = None) -> dict:
     """engine.load_checkpoint of a chosen tag, its files read by safe_load; returns our client state.
 
@@ -119,10 +138,9 @@ def load(engine, tags_dir: str, tag: str, load_ds: Optional[Callable] = None) ->
         client_state = _unplain(safe_load(own)) if os.path.isfile(own) else ds_client_state
     except ResumeRefused as exc:
         raise _config_error(f"--resume: {exc}") from None
-    except Exception as exc:  # a damaged file a manifest could not catch (a checkpoint written before them)
-        raise _config_error(f"--resume: loading checkpoint {tag_dir} failed: {type(exc).__name__}: {exc}. The "
-                            "checkpoint is damaged or from another DeepSpeed version: resume from an earlier tag "
-                            "(mometas-checkpoint list shows which are intact)") from None
+    except Exception as exc:
+        raise _config_error(f"--resume: loading checkpoint {tag_dir} failed: {type(exc).__name__}: {exc}. "
+                            + _why_not_loaded(tags_dir, tag)) from None
     finally:
         del writer.load  # back to the class's method
     if load_path is None or not isinstance(client_state, dict) or "mometas" not in client_state:

@@ -21,12 +21,18 @@ def save(engine, root: str, step: int, client_state: dict, rank: int, barrier: C
          run_identity: Optional[dict] = None, before_publish: Optional[Callable[[int], None]] = None) -> str:
     tag = tag_for(step)
     tag_dir = os.path.join(root, tag)
-    if rank == 0 and os.path.exists(os.path.join(tag_dir, COMPLETE_MARKER)):
-        # Re-saving the same step (a stop right after a periodic save): unpublish first.
-        os.remove(os.path.join(tag_dir, COMPLETE_MARKER))
+    cleared = []
+    if rank == 0:
+        # The tag is written into an empty directory, so its manifest names every file in it: a directory left by
+        # a killed save, or an earlier save of this step (a resume from an earlier tag, a stop right after a
+        # periodic save) is unpublished and cleared first, with its universal copy.
+        try:
+            clear_tag(root, tag)
+        except OSError as exc:
+            cleared.append(f"rank 0: clearing {tag_dir} before the save: {exc}")
     barrier()
     written: Dict[str, dict] = {}  # this rank's files: name in the tag -> size, checksum
-    errors = _save_recording_errors(engine, root, tag, written)
+    errors = cleared + _save_recording_errors(engine, root, tag, written)
     if rank == 0:
         path = os.path.join(tag_dir, CLIENT_STATE_FILE)
         try:
@@ -68,6 +74,27 @@ def publish(root: str, step: int, files: Dict[str, dict]) -> None:
     marker = {"step": step, "manifest": MANIFEST_FILE, **text_record(manifest)}
     _atomic_write(os.path.join(tag_dir, COMPLETE_MARKER), json.dumps(marker))
     _atomic_write(os.path.join(root, LATEST_FILE), tag)
+
+
+def unpublish(root: str, tag: str) -> None:
+    """Make ``tag`` not complete (its COMPLETE marker removed, before anything else of it is touched) and remove its
+    universal copy: no reader takes it from now on."""
+    marker = os.path.join(root, tag, COMPLETE_MARKER)
+    if os.path.lexists(marker):
+        os.remove(marker)
+    universal = os.path.join(root, universal_tag(tag))
+    if os.path.lexists(universal):
+        shutil.rmtree(universal)
+
+
+def clear_tag(root: str, tag: str) -> None:
+    """Unpublish ``tag`` and delete its directory, so that a new save of it starts from an empty one."""
+    unpublish(root, tag)
+    tag_dir = os.path.join(root, tag)
+    if os.path.islink(tag_dir) or os.path.isfile(tag_dir):
+        os.remove(tag_dir)
+    elif os.path.isdir(tag_dir):
+        shutil.rmtree(tag_dir)
 
 
 def file_records(tag_dir: str, rank: int = 0) -> Dict[str, dict]:
@@ -149,12 +176,10 @@ def prune(root: str, keep: int) -> list:
     latest_step = step_of(latest)
     doomed = [name for step, name in steps if name not in newest and step < latest_step]
     for name in doomed:
-        # Unpublish first: a kill mid-delete must not leave a COMPLETE tag with missing files.
-        marker = os.path.join(root, name, COMPLETE_MARKER)
-        if os.path.exists(marker):
-            os.remove(marker)
+        # Unpublish first (and drop its universal copy): a kill mid-delete must not leave a COMPLETE tag with
+        # missing files.
+        unpublish(root, name)
         shutil.rmtree(os.path.join(root, name), ignore_errors=True)
-        shutil.rmtree(os.path.join(root, universal_tag(name)), ignore_errors=True)  # its universal copy, if any
     return doomed
 
 

@@ -6,9 +6,11 @@ load refuses another data-parallel size. Its converter (``deepspeed.checkpoint.d
 tag as one file per parameter and state (``zero/<param>/{fp32,exp_avg,exp_avg_sq}.pt``), which its engine
 loads into any partitioning (``checkpoint.load_universal``). We convert a verified tag once, on rank 0, into
 ``<tag>.universal`` beside it: written in a temporary directory, given a manifest and a COMPLETE marker of
-its own, then renamed into place, so a kill mid-conversion leaves no half copy that looks finished. Its name
-is not a tag (``step<N>``): listing, ``--resume auto`` and the tag verification never take it for one;
-``prune`` deletes it with its tag. Stage 0 (one optimizer state, replicated) loads on any number of ranks as
+its own, then renamed into place, so a kill mid-conversion leaves no half copy that looks finished. Its manifest
+records the size and checksum of the tag's own manifest (``source_manifest``): a copy made from another save of
+the tag (rewritten since) is converted again, never loaded. Its name is not a tag (``step<N>``): listing,
+``--resume auto`` and the tag verification never take it for one; rewriting the tag (saving.clear_tag) and
+``prune`` delete it with the tag. Stage 0 (one optimizer state, replicated) loads on any number of ranks as
 it is; which stage and precision changes are allowed is decided before any work (config.checks.universal_refusal).
 """
 from __future__ import annotations
@@ -24,9 +26,10 @@ from typing import Optional
 import torch
 
 from mometas_ds.checkpoint.layout import (
-    COMPLETE_MARKER, HASH, MANIFEST_FILE, _atomic_write, _record, text_record, read_run_identity,
+    COMPLETE_MARKER, HASH, MANIFEST_FILE, ResumeRefused, _atomic_write, _record, read_run_identity, text_record,
 )
 from mometas_ds.checkpoint.loading import safe_load, weights_only_loads
+from mometas_ds.checkpoint.verify import verify_tag
 
 logger = logging.getLogger(__package__)
 
@@ -93,6 +96,27 @@ def universal_intact(path: str) -> bool:
         return False
 
 
+def source_record(tag_dir: str) -> Optional[dict]:
+    """The size and checksum of the tag's manifest, as its COMPLETE marker records them (None without one): what a
+    universal copy records of the save it was converted from."""
+    try:
+        with open(os.path.join(tag_dir, COMPLETE_MARKER), encoding="utf-8") as f:
+            marker = json.load(f)
+        return {"size": int(marker["size"]), HASH: str(marker[HASH])}
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def universal_source(path: str) -> Optional[dict]:
+    """The source_record a universal copy was converted from (None for a copy that recorded none)."""
+    try:
+        with open(os.path.join(path, MANIFEST_FILE), encoding="utf-8") as f:
+            source = json.load(f).get("source_manifest")
+        return source if isinstance(source, dict) else None
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
 def convert_to_universal(tags_dir: str, tag: str, workers: int = 1) -> str:
     """Rank 0: the universal copy of ``tags_dir/tag`` (made now unless an intact one is there); returns its path.
 
@@ -101,12 +125,21 @@ def convert_to_universal(tags_dir: str, tag: str, workers: int = 1) -> str:
     directory and are deleted before the rename."""
     from deepspeed.checkpoint import ds_to_universal  # heavy; --help imports this package
 
+    tag_dir = os.path.join(tags_dir, tag)
+    verdict = verify_tag(tags_dir, tag, "size")  # the resume verified it fully; a reader never skips the manifest
+    if verdict.intact is False:
+        raise ResumeRefused(f"checkpoint {tag_dir} is damaged: " + "; ".join(verdict.problems))
+    source = source_record(tag_dir)
     final = os.path.join(tags_dir, universal_tag(tag))
     if os.path.isdir(final):
-        if universal_intact(final):
+        if not universal_intact(final):
+            logger.warning("--resume: %s is incomplete or damaged: converting %s again", final, tag)
+        elif source is None or universal_source(final) != source:
+            logger.warning("--resume: %s was converted from another save of %s (its manifest differs from the one "
+                           "the tag holds now): converting %s again", final, tag, tag)
+        else:
             logger.info("--resume: using the universal checkpoint %s", final)
             return final
-        logger.warning("--resume: %s is incomplete or damaged: converting %s again", final, tag)
         shutil.rmtree(final)
     for stale in glob.glob(os.path.join(tags_dir, f"{_TMP_PREFIX}{tag}-*")):
         shutil.rmtree(stale, ignore_errors=True)  # a conversion a kill interrupted
@@ -126,7 +159,8 @@ def convert_to_universal(tags_dir: str, tag: str, workers: int = 1) -> str:
         with weights_only_loads():
             ds_to_universal.main(args)
         files = _files_under(out)
-        manifest = json.dumps({"format": 1, "source": tag, "hash": HASH, "files": files}, indent=1, sort_keys=True)
+        manifest = json.dumps({"format": 1, "source": tag, "source_manifest": source, "hash": HASH, "files": files},
+                              indent=1, sort_keys=True)
         _atomic_write(os.path.join(out, MANIFEST_FILE), manifest)
         _atomic_write(os.path.join(out, COMPLETE_MARKER), json.dumps({"manifest": MANIFEST_FILE,
                                                                        **text_record(manifest)}))

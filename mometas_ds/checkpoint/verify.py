@@ -89,7 +89,8 @@ def read_manifest(tag_dir: str) -> Tuple[Optional[dict], List[str]]:
 
 def verify_tag(tags_dir: str, tag: str, level: str = "auto") -> Verdict:
     """Check a tag's files against its manifest: sizes always, checksums at level ``full``
-    (``auto``: full when the tag holds at most FULL_VERIFY_MAX_BYTES)."""
+    (``auto``: full when the tag holds at most FULL_VERIFY_MAX_BYTES), and that it holds no file the manifest does
+    not name."""
     if level not in VERIFY_LEVELS:
         raise ValueError(f"verify level must be one of {', '.join(VERIFY_LEVELS)}, got {level!r}")
     tag_dir = os.path.join(tags_dir, tag)
@@ -118,7 +119,24 @@ def verify_tag(tags_dir: str, tag: str, level: str = "auto") -> Verdict:
         elif level == "full" and file_digest(path) != record.get(HASH):
             problems.append(f"{path}: {HASH} checksum differs from the manifest's (same size: overwritten or "
                             f"corrupted in place){who}")
+    problems += _unlisted(tag_dir, files)
     return Verdict(tags_dir, tag, True, not problems, level, total, problems)
+
+
+def _unlisted(tag_dir: str, files: dict) -> List[str]:
+    """A problem for each file in the tag that its manifest does not name: a save writes into an empty directory,
+    so such a file was left by an earlier save of the tag or added since, and DeepSpeed's readers (its load, ZeRO
+    consolidation, the universal converter) would read it beside the tag's own."""
+    listed = {os.path.normpath(name) for name in files} | {COMPLETE_MARKER, MANIFEST_FILE}
+    problems = []
+    for base, dirs, names in os.walk(tag_dir):
+        dirs.sort()
+        for name in sorted(names):
+            rel = os.path.relpath(os.path.join(base, name), tag_dir)
+            if rel not in listed:
+                problems.append(f"{os.path.join(tag_dir, rel)}: not in the manifest (left by an earlier save of "
+                                f"this tag, or added since; DeepSpeed would read it with the tag's own files)")
+    return problems
 
 
 def _disk_size(tag_dir: str) -> int:
@@ -128,7 +146,7 @@ def _disk_size(tag_dir: str) -> int:
     return total
 
 
-def _describe(verdict: Verdict) -> str:
+def describe(verdict: Verdict) -> str:
     return f"checkpoint {verdict.path} is damaged: " + "; ".join(verdict.problems)
 
 
@@ -151,6 +169,14 @@ def newest_intact(tags_dir: str, level: str, skip: str = "") -> Tuple[Optional[V
     return None, damaged
 
 
+_verdicts: Dict[Tuple[str, str], Verdict] = {}  # what _choose found of each tag it chose (for load's messages)
+
+
+def verified(tags_dir: str, tag: str) -> Optional[Verdict]:
+    """The verdict of the tag --resume chose in this process (rank 0), or None."""
+    return _verdicts.get((tags_dir, tag))
+
+
 def _choose(root: str, resume: str, level: str) -> Optional[Tuple[str, str]]:
     """The verified (directory of tags, tag) to resume from, or None; ResumeRefused with the reason."""
     if resume in (None, "", "none"):
@@ -165,17 +191,18 @@ def _choose(root: str, resume: str, level: str) -> Optional[Tuple[str, str]]:
                 f"Pass one with --resume step<N>, or delete the file")
         verdict, damaged = newest_intact(root, level)
         for bad in damaged:
-            logger.warning("--resume: skipping %s", _describe(bad))
+            logger.warning("--resume: skipping %s", describe(bad))
         if verdict is None:
             if damaged:
                 raise ResumeRefused(f"--resume: no intact checkpoint in {root}: "
-                                    + "; ".join(_describe(bad) for bad in damaged)
+                                    + "; ".join(describe(bad) for bad in damaged)
                                     + ". Give a new --output_dir to start afresh")
             return None
         if verdict.intact is None:
             logger.warning("--resume: %s was written before checkpoints carried a manifest: not verified", verdict.path)
         elif damaged:
             logger.warning("--resume: resuming from %s, the newest intact checkpoint", verdict.path)
+        _verdicts[(root, verdict.tag)] = verdict
         return root, verdict.tag
     tags_dir, tag = find_resume_checkpoint(root, resume)
     verdict = verify_tag(tags_dir, tag, level)
@@ -183,9 +210,10 @@ def _choose(root: str, resume: str, level: str) -> Optional[Tuple[str, str]]:
         other, _ = newest_intact(tags_dir, level, skip=tag)
         hint = (f"the newest intact checkpoint there is {other.tag}: pass --resume "
                 f"{other.tag if tags_dir == root else other.path}") if other else "no other checkpoint there is intact"
-        raise ResumeRefused(f"--resume {resume}: {_describe(verdict)}; {hint}")
+        raise ResumeRefused(f"--resume {resume}: {describe(verdict)}; {hint}")
     if verdict.intact is None:
         logger.warning("--resume: %s was written before checkpoints carried a manifest: not verified", verdict.path)
+    _verdicts[(tags_dir, tag)] = verdict
     return tags_dir, tag
 
 
@@ -215,7 +243,8 @@ def resume_checkpoint(root: str, resume: Optional[str], level: str = "auto", gro
     try:
         if not distributed or dist.get_rank() == 0:
             try:
-                answer = ("ok", _choose(root, resume, level))
+                chosen = _choose(root, resume, level)
+                answer = ("ok", chosen, _verdicts.get(chosen) if chosen else None)
             except ResumeRefused as exc:
                 answer = ("refused", str(exc))
         if distributed:
@@ -227,6 +256,8 @@ def resume_checkpoint(root: str, resume: Optional[str], level: str = "auto", gro
             dist.destroy_process_group(own_group)
     if answer[0] == "refused":
         raise _config_error(answer[1])
+    if answer[1] is not None and answer[2] is not None:
+        _verdicts[answer[1]] = answer[2]  # every rank's load message says what rank 0 found
     _chosen[key] = answer[1]
     return answer[1]
 

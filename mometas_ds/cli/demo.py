@@ -25,7 +25,7 @@ REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MARKER = ".mometas_demo"  # written first into every directory the demo creates; --overwrite needs it
 # What the demo (and the pre-training run it starts) writes at the top of its directory.
 DEMO_OUTPUTS = ("corpus.jsonl", "checkpoints", "trace", "tokenizer", "cache", "hf_model", "metrics.jsonl",
-                "sampler.jsonl", "run_config.json", "plots", "finetune_data", "eval", MARKER)
+                "sampler.jsonl", "run_config.json", "run.lock", "plots", "finetune_data", "eval", MARKER)
 
 
 def _own_outputs(out: str) -> list:

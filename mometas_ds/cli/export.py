@@ -21,7 +21,7 @@ from typing import Optional, Tuple
 
 import torch
 
-from mometas_ds.checkpoint import COMPLETE_MARKER
+from mometas_ds.checkpoint import COMPLETE_MARKER, ResumeRefused, safe_load, step_of, verify_tag, weights_only_loads
 from mometas_ds.config import ConfigError
 from mometas_ds.safe_io import write_dir_atomically
 from mometas_ds.config.paths import RunPaths
@@ -39,6 +39,19 @@ def _split_checkpoint(path: str) -> Tuple[str, str]:
         raise ConfigError(f"--checkpoint {path}: no {COMPLETE_MARKER} marker; the checkpoint is incomplete "
                           f"(a save was interrupted) or this is not a mometas_ds checkpoint")
     return os.path.split(path)
+
+
+def _verify(tags_dir: str, tag: str, level: str) -> None:
+    """The tag's files against its manifest (as --resume checks them): a damaged tag is refused, naming each file."""
+    path = os.path.join(tags_dir, tag)
+    if step_of(tag) is None:
+        raise ConfigError(f"--checkpoint {path}: {tag!r} is not a checkpoint tag (step<N>)")
+    verdict = verify_tag(tags_dir, tag, level)
+    if verdict.intact is False:
+        raise ConfigError(f"--checkpoint {path} is DAMAGED, refused: " + "; ".join(verdict.problems)
+                          + " (mometas-checkpoint verify shows which checkpoints are intact)")
+    if verdict.intact is None:
+        logger.warning("--checkpoint %s was written before checkpoints carried a manifest: not verified", path)
 
 
 def _run_config(run_dir: str) -> dict:
@@ -80,16 +93,24 @@ def _bert_config(cfg: dict, vocab_size: int, model_config: Optional[str]):
 def _fp32_weights(tags_dir: str, tag: str) -> dict:
     """The checkpoint's weights in fp32: ZeRO partitions consolidated by DeepSpeed's zero_to_fp32, else the
     module states (which, without ZeRO, hold only the bf16/fp16 copy of a mixed-precision run)."""
-    model_file = os.path.join(tags_dir, tag, "mp_rank_00_model_states.pt")
+    path = os.path.join(tags_dir, tag)
+    model_file = os.path.join(path, "mp_rank_00_model_states.pt")
     if not os.path.isfile(model_file):
-        raise ConfigError(f"--checkpoint {os.path.join(tags_dir, tag)}: no mp_rank_00_model_states.pt")
-    states = torch.load(model_file, map_location="cpu", weights_only=False)
-    stage = int(((states.get("ds_config") or {}).get("zero_optimization") or {}).get("stage", 0))
-    if stage >= 1:
-        from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint  # heavy: not for --help
+        raise ConfigError(f"--checkpoint {path}: no mp_rank_00_model_states.pt")
+    try:
+        states = safe_load(model_file, map_location="cpu")
+        stage = int(((states.get("ds_config") or {}).get("zero_optimization") or {}).get("stage", 0))
+        if stage >= 1:
+            from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint  # heavy
 
-        return dict(get_fp32_state_dict_from_zero_checkpoint(tags_dir, tag=tag))
-    module = states["module"]
+            with weights_only_loads():  # DeepSpeed's own torch.load calls too (docs/security.md)
+                return dict(get_fp32_state_dict_from_zero_checkpoint(tags_dir, tag=tag))
+        module = states["module"]
+    except ResumeRefused as exc:
+        raise ConfigError(f"--checkpoint: {exc}") from None
+    except Exception as exc:  # what verify could not see (a checkpoint without a manifest), or not ours
+        raise ConfigError(f"--checkpoint {path}: reading its weights failed: {type(exc).__name__}: {exc}; "
+                          "mometas-checkpoint verify checks its files") from None
     low = sorted({str(v.dtype) for v in module.values() if v.is_floating_point() and v.dtype != torch.float32})
     if low:
         logger.warning("%s: a ZeRO stage-0 checkpoint keeps the module in %s; exporting those weights upcast "
@@ -107,8 +128,11 @@ def _check_out(out_dir: str) -> None:
 
 
 def export_checkpoint(checkpoint: str, out_dir: str, tokenizer: Optional[str] = None,
-                      model_config: Optional[str] = None) -> str:
+                      model_config: Optional[str] = None, verify: str = "auto") -> str:
     """Write ``checkpoint`` (RUN/checkpoints/stepN, complete) to ``out_dir`` as an HF directory; returns out_dir.
+
+    The tag is first checked against its manifest at level ``verify`` (as --verify_checkpoint; a damaged one is a
+    ConfigError naming each file).
 
     The directory is written beside ``out_dir`` and renamed into place: ``out_dir`` is whole or as it was."""
     from mometas_ds.model import MultiObjectiveBert  # heavy (transformers): not for --help
@@ -116,6 +140,7 @@ def export_checkpoint(checkpoint: str, out_dir: str, tokenizer: Optional[str] = 
 
     _check_out(out_dir)
     tags_dir, tag = _split_checkpoint(checkpoint)
+    _verify(tags_dir, tag, verify)
     run_dir = os.path.dirname(tags_dir)
     cfg = _run_config(run_dir)
     tok = load_tokenizer(_tokenizer_dir(run_dir, cfg, tokenizer), flag="--tokenizer")
@@ -146,9 +171,12 @@ def main(argv=None) -> int:
     p.add_argument("--tokenizer", help="tokenizer directory (default: the run's, from RUN/run_config.json)")
     p.add_argument("--model_config", help="model preset or BertConfig JSON (default: the run's --model_config, "
                    "or the config of its --model_name_or_path)")
+    p.add_argument("--verify_checkpoint", choices=("auto", "size", "full"), default="auto",
+                   help="check the checkpoint's files against its manifest first, as mometas-pretrain --resume does: "
+                   "sizes, and checksums (full; auto: for a checkpoint up to 4 GiB); a damaged one is refused")
     args = p.parse_args(argv)
     try:
-        out = export_checkpoint(args.checkpoint, args.out, args.tokenizer, args.model_config)
+        out = export_checkpoint(args.checkpoint, args.out, args.tokenizer, args.model_config, args.verify_checkpoint)
     except ConfigError as err:
         print(f"{PROG}: error: {err}", file=sys.stderr)
         return 2

@@ -73,11 +73,16 @@ class HeldOutEvaluator:
 
 
 def _module_state(root: str, tag: str) -> dict:
-    """The fp32 module weights of a DeepSpeed checkpoint: ZeRO's partitions merged, or stage 0's module."""
+    """The fp32 module weights of a DeepSpeed checkpoint: ZeRO's partitions merged, or stage 0's module; the tag is
+    checked against its manifest first (as --resume checks it), a damaged one is a DataError naming the files."""
+    verdict = ckpt.verify_tag(root, tag, "auto")
+    if verdict.intact is False:
+        raise DataError(f"{ckpt.describe(verdict)}; rerun that run (or resume it from an intact tag)")
     if any(name.endswith("optim_states.pt") and "zero_pp_rank" in name for name in os.listdir(os.path.join(root, tag))):
         # DeepSpeed is heavy and only ZeRO checkpoints need it
         from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
-        return get_fp32_state_dict_from_zero_checkpoint(root, tag=tag)
-    state = torch.load(os.path.join(root, tag, "mp_rank_00_model_states.pt"), map_location="cpu", weights_only=False)
+        with ckpt.weights_only_loads():
+            return get_fp32_state_dict_from_zero_checkpoint(root, tag=tag)
+    state = ckpt.safe_load(os.path.join(root, tag, "mp_rank_00_model_states.pt"), map_location="cpu")
     return {key: value.float() for key, value in state["module"].items()}

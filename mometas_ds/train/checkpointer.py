@@ -12,20 +12,21 @@ import logging
 import os
 from typing import List, Optional
 
+from mometas_ds.checkpoint.export import consolidated_state_dict
+from mometas_ds.checkpoint.layout import ResumeRefused, latest_complete_tag, read_run_identity
+from mometas_ds.checkpoint.loading import load
+from mometas_ds.checkpoint.saving import prune, save
+from mometas_ds.checkpoint.universal import (
+    PRECISION_KEY, STAGE_KEY, convert_to_universal, load_universal, needs_universal, zero_partitions,
+)
+from mometas_ds.checkpoint.verify import resume_checkpoint
 from mometas_ds.config import ConfigError, PretrainConfig
-
-from mometas_ds.train.preflight import elastic_changes
+from mometas_ds.config.paths import RunPaths
 from mometas_ds.distributed.ranks import Ranks
 from mometas_ds.safe_io import export_retry_hint, write_dir_atomically
 from mometas_ds.train.faults import Faults
+from mometas_ds.train.preflight import TOKENIZER_KEY, elastic_changes, tokenizer_refusal
 from mometas_ds.train.state import TrainState, rng_state, seeded_rng_state, set_rng_state
-from mometas_ds.checkpoint.export import consolidated_state_dict
-from mometas_ds.checkpoint.layout import latest_complete_tag, read_run_identity
-from mometas_ds.checkpoint.loading import load
-from mometas_ds.checkpoint.saving import prune, save
-from mometas_ds.checkpoint.universal import convert_to_universal, load_universal, needs_universal
-from mometas_ds.checkpoint.verify import resume_checkpoint
-from mometas_ds.config.paths import RunPaths
 
 logger = logging.getLogger("mometas_ds")
 
@@ -88,6 +89,9 @@ class Checkpointer:
         tags_dir, tag = found
         tag_dir = os.path.join(tags_dir, tag)
         saved = read_run_identity(tag_dir) or {}  # check_resume_matches read it already: not damaged
+        # Another tokenizer vocabulary stops here, every rank alike (the pre-flight check compared it already
+        # when the tokenizer was there to load; one --train_tokenizer trained just now was not).
+        tokenizer_refusal(self.cfg, tag_dir, saved.get(TOKENIZER_KEY), self.run_identity.get(TOKENIZER_KEY))
         changes = elastic_changes(saved, self.run_identity)
         if rank == 0 and changes:
             logger.info("--resume: %s (docs/checkpoints.md, \"What a resume may change\")",
@@ -129,10 +133,14 @@ class Checkpointer:
     def export_hf(self, model, tokenizer) -> None:
         """The final weights and the tokenizer in HF format (output_dir/hf_model), whole or absent."""
         out_dir = RunPaths(self.cfg.output_dir).hf_model
-        state_dict = consolidated_state_dict(self.engine, self.root, self.state.step)
+        # Stage 0 gathers the fp32 master weights on every rank; under ZeRO rank 0 reads the saved tag, in write():
+        # a damaged tag is a ConfigError that stops every rank.
+        zero = self.engine.zero_optimization_stage() != 0
+        state_dict = None if zero else consolidated_state_dict(self.engine, self.root, self.state.step)
 
         def write():  # whole or absent (safe_io); a failure stops every rank, with a message
-            write_dir_atomically(out_dir, lambda tmp: model.save_hf(tmp, tokenizer, state_dict=state_dict),
+            weights = consolidated_state_dict(self.engine, self.root, self.state.step) if zero else state_dict
+            write_dir_atomically(out_dir, lambda tmp: model.save_hf(tmp, tokenizer, state_dict=weights),
                                  what_to_do=export_retry_hint(self.cfg, self.state.step))
             logger.info("exported the model and tokenizer (HF format) to %s", out_dir)
 
@@ -142,11 +150,16 @@ class Checkpointer:
 
 def _convert_to_universal(tags_dir: str, tag: str) -> None:
     """Rank 0's conversion of a tag for a new ZeRO partitioning; a failure is a ConfigError every rank raises."""
+    tag_dir = os.path.join(tags_dir, tag)
     try:
         convert_to_universal(tags_dir, tag, workers=1)
+    except ResumeRefused as exc:  # the tag does not match its manifest
+        raise ConfigError(f"--resume: {exc}") from None
     except Exception as exc:  # DeepSpeed's converter asserts and raises whatever its readers raise
+        identity = read_run_identity(tag_dir) or {}
         raise ConfigError(
-            f"--resume: converting checkpoint {os.path.join(tags_dir, tag)} to DeepSpeed's universal checkpoint "
+            f"--resume: converting checkpoint {tag_dir} to DeepSpeed's universal checkpoint "
             f"(needed: the number of ranks, the ZeRO stage or the precision changed) failed: "
-            f"{type(exc).__name__}: {exc}. Resume "
-            f"on the number of ranks that saved it") from None
+            f"{type(exc).__name__}: {exc}. Resume on the number of ranks that saved it "
+            f"({zero_partitions(tag_dir)}), with its ZeRO stage ({identity.get(STAGE_KEY, '?')}) and precision "
+            f"({identity.get(PRECISION_KEY, '?')})") from None

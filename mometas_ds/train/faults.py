@@ -7,7 +7,8 @@ The tests start every rank as its own process, so a fault can be given to one ra
                                          turns into NaN; "12-" means 12 and every later one
   MOMETAS_FAULT_NONFINITE_GRAD=9         micro-steps whose gradients this rank turns into NaN (loss stays finite)
   MOMETAS_FAULT_SLEEP_IN_SAVE=60         seconds rank 0 sleeps inside a checkpoint save, after every rank
-                                         wrote its shards and before the tag is published
+                                         wrote its shards and before the tag is published; "60@4": in
+                                         the save of step 4 only
   MOMETAS_FAULT_SLEEP_IN_SETUP=20        seconds rank 0 sleeps in data preparation while the others wait
   MOMETAS_FAULT_HANG_AT_STEP=6           this rank stops answering (sleeps an hour) when optimizer step 6 is done
   MOMETAS_FAULT_KILL_SHARD_WORKER=1/3)   the --num_proc worker building the shard whose label ends so (here:
@@ -64,7 +65,8 @@ class Faults:
 
         self._nan_loss = _step_set(spec("NONFINITE_LOSS")) if spec("NONFINITE_LOSS") else None
         self._nan_grad = _step_set(spec("NONFINITE_GRAD")) if spec("NONFINITE_GRAD") else None
-        self._sleep_in_save = float(spec("SLEEP_IN_SAVE") or 0)
+        seconds, _, at = (spec("SLEEP_IN_SAVE") or "0").partition("@")
+        self._sleep_in_save, self._sleep_in_save_at = float(seconds), int(at) if at else None
         self._sleep_in_setup = float(spec("SLEEP_IN_SETUP") or 0)
         self._hang_at = int(spec("HANG_AT_STEP")) if spec("HANG_AT_STEP") else None
 
@@ -89,7 +91,7 @@ class Faults:
         return _NaNGradient.apply(loss)
 
     def sleep_in_save(self, step: int) -> None:
-        if self._sleep_in_save > 0:
+        if self._sleep_in_save > 0 and self._sleep_in_save_at in (None, step):
             logger.warning("fault injection: sleeping %.0f s before publishing checkpoint step%d",
                            self._sleep_in_save, step)
             time.sleep(self._sleep_in_save)

@@ -47,8 +47,36 @@ def preflight(cfg: PretrainConfig) -> Preflight:
     if cfg.cache_dir:
         check_writable_dir(cfg.cache_dir, "--cache_dir")  # the same early probe (a file, read-only, full)
     launch = init_distributed(cfg.dist_timeout_minutes)
+    lock_output_dir(cfg.output_dir, launch, cfg.setup_timeout_minutes)  # one writer: before anything reads or writes
     check_world_size(cfg, ds_config, launch.world_size)
     return Preflight(ds_config, launch, run_identity(cfg, ds_config, launch.world_size))
+
+
+def lock_output_dir(output_dir: str, launch: LaunchInfo, timeout_minutes: float) -> None:
+    """Rank 0 takes the run lock of --output_dir (run_lock) for the run's life; when another run holds it, every
+    rank stops with a ConfigError naming the holder. A collective: call it on every rank."""
+    from mometas_ds.train import run_lock
+
+    refusal = None
+    if launch.rank == 0:
+        try:
+            run_lock.acquire(output_dir)
+        except ConfigError as exc:
+            refusal = str(exc)
+    if launch.world_size > 1:
+        import datetime
+
+        import torch.distributed as dist
+
+        group = dist.new_group(backend="gloo", timeout=datetime.timedelta(minutes=timeout_minutes))
+        try:
+            box = [refusal]
+            dist.broadcast_object_list(box, src=0, group=group)
+            refusal = box[0]
+        finally:
+            dist.destroy_process_group(group)
+    if refusal is not None:
+        raise ConfigError(refusal)
 
 
 def validate_config(cfg: PretrainConfig) -> dict:
@@ -209,7 +237,9 @@ def run_identity(cfg: PretrainConfig, ds_config: dict, world_size: int) -> dict:
         "--meta_batch_size": cfg.meta_batch_size,
         "--seed": cfg.seed,
         "--model_name_or_path": cfg.model_name_or_path,
-        "--model_config": cfg.model_config,
+        # The fields, not the path: the same file named another way is the same model, and one edited in place is
+        # not (checkpoints written before this record "--model_config", the path; not compared).
+        MODEL_CONFIG_KEY: model_config_fields(cfg.model_config),
         "--seq_len": cfg.seq_len,
         "--train_tokenizer": cfg.train_tokenizer,
         "--whole_word_mask": cfg.whole_word_mask,  # checkpoints from before the flag lack it: not compared
@@ -225,6 +255,68 @@ def run_identity(cfg: PretrainConfig, ds_config: dict, world_size: int) -> dict:
     if cfg.sampler == "mometas":
         identity.update({"--meta_lr": cfg.meta_lr, "--meta_gamma": cfg.meta_gamma})
     return json.loads(json.dumps(identity))  # as it reads back from the checkpoint (tuples -> lists)
+
+
+MODEL_CONFIG_KEY = "--model_config (its fields)"
+TOKENIZER_KEY = "tokenizer vocabulary"  # added by the trainer once the tokenizer is loaded (tokenizer_identity)
+
+
+def model_config_fields(model_config: Optional[str]) -> Optional[dict]:
+    """The BertConfig fields --model_config gives (a preset's, or the JSON file's), or None without one."""
+    if model_config is None:
+        return None
+    if model_config in MODEL_PRESETS:
+        return dict(MODEL_PRESETS[model_config])
+    return read_json_object(model_config, "--model_config")
+
+
+def tokenizer_identity(tokenizer) -> dict:
+    """What a checkpoint records of its tokenizer: the number of tokens and an xxh3_64 hash of every (token, id)."""
+    import xxhash
+
+    vocab = sorted(tokenizer.get_vocab().items(), key=lambda item: (item[1], item[0]))
+    data = json.dumps(vocab, ensure_ascii=False).encode("utf-8")
+    return {"tokens": len(vocab), "xxh3_64": xxhash.xxh3_64(data).hexdigest()}
+
+
+def tokenizer_refusal(cfg: PretrainConfig, tag_dir: str, saved: Optional[dict], ours: Optional[dict]) -> None:
+    """ConfigError when the checkpoint recorded another tokenizer vocabulary than this run's (both
+    tokenizer_identity records; a checkpoint written before they were recorded is not compared)."""
+    if not saved or not ours or saved == ours:
+        return
+    same_size = (" (as many tokens, other ids or other tokens: the embeddings would be read for the wrong tokens)"
+                 if saved.get("tokens") == ours.get("tokens") else "")
+    raise ConfigError(
+        f"--resume {cfg.resume}: checkpoint {tag_dir} was written by a run with another tokenizer: {TOKENIZER_KEY} "
+        f"was {_tokens(saved)}, now {_tokens(ours)}{same_size}. Resume with the tokenizer that wrote it, or give "
+        "a new --output_dir to start afresh")
+
+
+def _tokens(record: dict) -> str:
+    return f"{record.get('tokens')} tokens (xxh3_64 {record.get('xxh3_64')})"
+
+
+def _resume_tokenizer(cfg: PretrainConfig):
+    """The tokenizer this run will load, when that takes no work (a directory that exists), else None."""
+    from mometas_ds.data.tokenizer import load_tokenizer  # heavy (transformers)
+
+    path = cfg.tokenizer or (cfg.model_name_or_path if cfg.train_tokenizer is None
+                             else RunPaths(cfg.output_dir).tokenizer)
+    if not path or not os.path.isdir(path):
+        return None  # a hub name, or one --train_tokenizer has yet to train: the trainer compares it once loaded
+    try:
+        return load_tokenizer(path)
+    except ConfigError:
+        return None  # the run's own load names the flag
+
+
+def _model_config_differences(saved: Optional[dict], ours: Optional[dict]) -> str:
+    """Which --model_config fields differ, each with both values."""
+    if not isinstance(saved, dict) or not isinstance(ours, dict):
+        return f"{MODEL_CONFIG_KEY} was {saved!r}, now {ours!r}"
+    keys = sorted(set(saved) | set(ours), key=str)
+    return "; ".join(f"--model_config field {key} was {saved.get(key, '(unset)')!r}, now {ours.get(key, '(unset)')!r}"
+                     for key in keys if saved.get(key, "(unset)") != ours.get(key, "(unset)"))
 
 
 # What a resume may change (docs/checkpoints.md, "What a resume may change"): the batch shape and the number
@@ -305,10 +397,15 @@ def check_resume_matches(cfg: PretrainConfig, ds_config: dict, world_size: int) 
     if differs:
         where = {key: f"{cfg.deepspeed_config}: {key}" for key in ours
                  if not key.startswith("-") and key != "number of ranks"}
-        details = "; ".join(f"{where.get(key, key)} was {saved[key]!r}, now {ours[key]!r}" for key in differs)
+        details = "; ".join(_model_config_differences(saved[key], ours[key]) if key == MODEL_CONFIG_KEY
+                            else f"{where.get(key, key)} was {saved[key]!r}, now {ours[key]!r}" for key in differs)
         raise ConfigError(f"--resume {cfg.resume}: checkpoint {tag_dir} was written by a run with other settings: "
                           f"{details}{f' ({refusal})' if refusal else ''}. Resume with the same settings, or give a "
                           "new --output_dir to start afresh")
+    if saved.get(TOKENIZER_KEY):  # before any work when the tokenizer is there to load (the trainer checks again)
+        tokenizer = _resume_tokenizer(cfg)
+        if tokenizer is not None:
+            tokenizer_refusal(cfg, tag_dir, saved[TOKENIZER_KEY], tokenizer_identity(tokenizer))
     if "--shard_size_mb" not in saved:
         check_inputs_stay_whole(cfg, tag_dir)
     changes = elastic_changes(saved, ours)

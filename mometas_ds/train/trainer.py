@@ -17,23 +17,23 @@ from typing import Optional
 import numpy as np
 import torch
 
-from mometas_ds.train import signals as stop_signals
-from mometas_ds.train.faults import Faults
-from mometas_ds.train.checkpointer import Checkpointer
 from mometas_ds.config import ConfigError, PretrainConfig, sampler_kwargs
-from mometas_ds.train.preflight import Preflight, preflight
-from mometas_ds.safe_io import check_writable
-from mometas_ds.train.data import PretrainData
-from mometas_ds.train.engine import build_engine
-from mometas_ds.train.meta_validation import MetaValidation
+from mometas_ds.config.paths import RunPaths
+from mometas_ds.distributed.ranks import Ranks
 from mometas_ds.model import MultiObjectiveBert, build_bert_config
 from mometas_ds.objectives import build_objective, objective_class
-from mometas_ds.distributed.ranks import Ranks
-from mometas_ds.train.logs import RunLogs, as_float
+from mometas_ds.safe_io import check_writable
 from mometas_ds.samplers import build_sampler
-from mometas_ds.train.step import Corruption, NonFiniteLossError, StopRequest, TrainStep
+from mometas_ds.train import signals as stop_signals
+from mometas_ds.train.checkpointer import Checkpointer
+from mometas_ds.train.data import PretrainData
+from mometas_ds.train.engine import build_engine
+from mometas_ds.train.faults import Faults
+from mometas_ds.train.logs import RunLogs, as_float
+from mometas_ds.train.meta_validation import MetaValidation
+from mometas_ds.train.preflight import TOKENIZER_KEY, Preflight, preflight, tokenizer_identity
 from mometas_ds.train.state import TrainState
-from mometas_ds.config.paths import RunPaths
+from mometas_ds.train.step import Corruption, NonFiniteLossError, StopRequest, TrainStep
 
 logger = logging.getLogger("mometas_ds")
 
@@ -65,6 +65,8 @@ class Trainer:
         # The tokenizer, then the corpus cache and its meta split.
         self.data = PretrainData(cfg, self.ranks, self.faults)
         self.tokenizer = self.data.tokenizer
+        # Pinned by content: a resume with another vocabulary (even the same tokens with other ids) stops.
+        self.run_identity = {**self.run_identity, TOKENIZER_KEY: tokenizer_identity(self.tokenizer)}
         self.objectives = build_objectives(cfg, self.data.special)
         self.objective_names = list(cfg.objectives)
         self.model = self._build_model()

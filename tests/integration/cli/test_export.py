@@ -53,3 +53,48 @@ def test_export_of_each_checkpoint(run_dir, tmp_path, capsys):
     assert main(["--checkpoint", os.path.join(run_dir, "checkpoints", "step2"), "--out", str(tmp_path / "x")]) == 2
     err = capsys.readouterr().err
     assert err.startswith("mometas-export: error: --checkpoint") and "no COMPLETE marker" in err
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("how", ["flip 1 KiB of master weights", "truncate", "delete", "stray file"])
+def test_export_verifies_the_manifest_and_refuses_a_damaged_checkpoint_with_exit_2(run_dir, tmp_path, capsys, how):
+    """Issue 27 item 5: a tag verify calls DAMAGED exported with exit 0 (embeddings up to 2.3e37); truncated or
+    missing files ended in tracebacks."""
+    import shutil
+
+    tag = str(tmp_path / "checkpoints" / "step4")
+    shutil.copytree(os.path.join(run_dir, "checkpoints", "step4"), tag)
+    shutil.copy(os.path.join(run_dir, "run_config.json"), str(tmp_path))
+    optim = os.path.join(tag, "zero_pp_rank_0_mp_rank_00_optim_states.pt")  # ZeRO-2: the fp32 master weights
+    if how.startswith("flip"):
+        with open(optim, "r+b") as f:
+            f.seek(os.path.getsize(optim) // 2)
+            block = f.read(1024)
+            f.seek(-1024, os.SEEK_CUR)
+            f.write(bytes(b ^ 0xFF for b in block))
+        problem = f"{optim}: xxh3_64 checksum differs from the manifest's"
+    elif how == "truncate":
+        os.truncate(optim, 1000)
+        problem = f"{optim}: 1000 bytes, the manifest records"
+    elif how == "delete":
+        os.remove(os.path.join(tag, "mp_rank_00_model_states.pt"))
+        problem = f"{os.path.join(tag, 'mp_rank_00_model_states.pt')}: missing"
+    else:
+        shutil.copy(optim, os.path.join(tag, "zero_pp_rank_1_mp_rank_00_optim_states.pt"))
+        problem = f"{os.path.join(tag, 'zero_pp_rank_1_mp_rank_00_optim_states.pt')}: not in the manifest"
+    capsys.readouterr()
+    out = str(tmp_path / "hf")
+    assert main(["--checkpoint", tag, "--out", out]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"mometas-export: error: --checkpoint {tag} is DAMAGED, refused: ") and problem in err, err
+    assert "Traceback" not in err and not os.path.exists(out)
+    if how in ("truncate", "delete"):
+        # A checkpoint written before manifests (nothing to verify against): still a message, not a traceback.
+        os.remove(os.path.join(tag, "manifest.json"))
+        with open(os.path.join(tag, "COMPLETE"), "w") as f:
+            f.write("4")
+        assert main(["--checkpoint", tag, "--out", out]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"mometas-export: error: --checkpoint {tag}") and "Traceback" not in err, err
+        assert "reading its weights failed" in err or "no mp_rank_00_model_states.pt" in err, err
+        assert not os.path.exists(out)

@@ -629,7 +629,7 @@ PREPARE_CASES = [
     ("no_tokenizer", lambda d, a: _prepare_argv(d, a, tokenizer=None), "--tokenizer: give the tokenizer directory"),
     ("model_without_tokenizer", lambda d, a: _prepare_argv(d, a, tokenizer=None, model_name_or_path=d),
      "--model_name_or_path: "),
-    ("seq_len_too_small", lambda d, a: _prepare_argv(d, a, seq_len="2"), "--seq_len must be an int >= 3"),
+    ("seq_len_too_small", lambda d, a: _prepare_argv(d, a, seq_len="2"), "--seq_len must be an int >= 8"),
     ("seq_len_not_int", lambda d, a: _prepare_argv(d, a, seq_len="x"), "--seq_len: invalid int value"),
     ("num_proc_zero", lambda d, a: _prepare_argv(d, a, num_proc="0"), "--num_proc must be an int >= 1"),
     ("shard_size_zero", lambda d, a: _prepare_argv(d, a, shard_size_mb="0"),
