@@ -1,17 +1,28 @@
 """Building one cache shard: one input file's documents, tokenized in bounded batches with the fast
 tokenizer backend's ``encode_batch``, packed (the rules are in the package's docstring) and streamed into
 one Arrow file; in worker processes for ``--num_proc`` > 1. Kept free of torch and transformers imports,
-so a spawned worker starts small."""
+so a spawned worker starts small.
+
+A shard is claimed by an OS lock (``fcntl.flock`` on ``<key>.lock`` beside its directory) while it is built,
+so that concurrent jobs on one cache split the missing shards between them; a lock dies with its process
+(a killed one leaves the empty file, which the next builder of that shard removes).
+Its ``shard.json`` records the size and xxh3_64 checksum of ``rows.arrow`` (the checkpoints' scheme,
+mometas_ds.checkpoint), computed by the parent process, which publishes the shard; ``check_shard`` compares
+them."""
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import logging
 import os
 import shutil
 import signal
+import sys
 import tempfile
+import time
 from dataclasses import dataclass
-from typing import List, Optional, Tuple
+from typing import Dict, Iterator, List, Optional, Tuple
 
 import numpy as np
 import pyarrow as pa
@@ -20,7 +31,7 @@ import tokenizers
 from . import readers
 from .parts import Part, input_bytes
 from .readers import MIN_DOC_TOKENS, CorpusReport
-from .workers import run_in_processes
+from .workers import run_as_claimed
 
 logger = logging.getLogger(__name__)
 
@@ -30,6 +41,8 @@ logger = logging.getLogger(__name__)
 CACHE_FORMAT_VERSION = 4
 ROWS_FILE = "rows.arrow"
 REPORT_FILE = "shard.json"  # written last: a shard directory without it is incomplete
+LOCK_SUFFIX = ".lock"  # cache_dir/shards/<key>.lock: held (flock) by the process building <key>
+FILES_FIELD = "files"  # in shard.json: {"rows.arrow": {"size": bytes, "xxh3_64": hex}}
 PACKING_MODES = ("packed", "per_document")
 _DOCS_PER_BATCH = 1024  # documents per encode_batch call ...
 _CHARS_PER_BATCH = 4 << 20  # ... or fewer, once they hold this many characters (bounded memory)
@@ -41,19 +54,106 @@ def is_complete(shard_dir: str) -> bool:
 
 
 def _publish(built: str, shard_dir: str) -> None:
-    """Move a finished shard into place with one rename (atomic on a POSIX file system)."""
-    try:
+    """Move a finished shard into place by one rename (atomic on a POSIX file system). Called with the
+    shard's lock held: a directory already there is a damaged or incomplete one, replaced."""
+    if os.path.lexists(shard_dir):
+        logger.warning("replacing tokenized shard %s", shard_dir)
+        aside = tempfile.mkdtemp(prefix=f".old-{os.path.basename(shard_dir)}-", dir=os.path.dirname(shard_dir))
+        os.rename(shard_dir, os.path.join(aside, "shard"))  # readers that mapped it keep their mapping
         os.rename(built, shard_dir)
+        shutil.rmtree(aside, ignore_errors=True)
         return
-    except OSError:
-        if is_complete(shard_dir):
-            return  # another process published the same key first; its data is identical
-        if not os.path.isdir(shard_dir):
-            raise
-    # A directory without the report was damaged by hand (ours appear whole): replace it.
-    logger.warning("replacing incomplete tokenized shard at %s", shard_dir)
-    shutil.rmtree(shard_dir)
     os.rename(built, shard_dir)
+
+
+def report_stamp(shard_dir: str) -> Optional[tuple]:
+    """What identifies the shard.json on disk now (None: not there), to tell whether another process
+    published the shard since it was looked at."""
+    try:
+        st = os.stat(os.path.join(shard_dir, REPORT_FILE))
+    except OSError:
+        return None
+    return (st.st_dev, st.st_ino, st.st_mtime_ns, st.st_size)
+
+
+@contextlib.contextmanager
+def shard_lock(shard_dir: str, wait: bool) -> Iterator[bool]:
+    """Hold the shard's build lock (``<shard_dir>.lock``, removed by its holder when done); yields False
+    (holding nothing) when ``wait`` is False and another process holds it."""
+    path = shard_dir.rstrip(os.sep) + LOCK_SUFFIX
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except BlockingIOError:
+            os.close(fd)
+            yield False
+            return
+        try:  # the previous holder may have removed the file after this process opened it: lock the new one
+            held = os.fstat(fd)
+            now = os.stat(path)
+            if (held.st_dev, held.st_ino) == (now.st_dev, now.st_ino):
+                break
+        except FileNotFoundError:
+            pass
+        os.close(fd)
+    try:
+        yield True
+    finally:
+        with contextlib.suppress(OSError):
+            os.remove(path)
+        os.close(fd)  # releases the lock
+
+
+def check_shard(shard_dir: str, full: bool) -> Tuple[Optional[dict], List[str]]:
+    """(shard.json's content or None when the shard is not built, problems found): the size of each file it
+    records always, their xxh3_64 checksums when ``full``. No problem means intact."""
+    from ..checkpoint.layout import HASH, file_digest  # imports torch: only the parent process checks
+
+    path = os.path.join(shard_dir, REPORT_FILE)
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except FileNotFoundError:
+        return None, []
+    except OSError as err:
+        return {}, [f"{path}: unreadable ({err.strerror or err})"]
+    try:
+        stored = json.loads(data.decode("utf-8"))
+        CorpusReport.from_dict(stored["report"])
+        int(stored["rows"])
+    except Exception:  # anything malformed is damage
+        return {}, [f"{path}: not a shard report (truncated or overwritten)"]
+    files = stored.get(FILES_FIELD)
+    if not isinstance(files, dict) or ROWS_FILE not in files:
+        return stored, [f"{path}: records no checksums (written before shards carried them)"]
+    problems = []
+    for name, record in sorted(files.items()):
+        file = os.path.join(shard_dir, name)
+        if os.path.basename(name) != name or not isinstance(record, dict):
+            problems.append(f"{path}: a malformed entry {name!r}")
+        elif not os.path.isfile(file):
+            problems.append(f"{file}: missing")
+        elif os.path.getsize(file) != record.get("size"):
+            problems.append(f"{file}: {os.path.getsize(file)} bytes, {REPORT_FILE} records {record.get('size')}")
+        elif full and file_digest(file) != record.get(HASH):
+            problems.append(f"{file}: {HASH} checksum differs from the one {REPORT_FILE} records (same size: "
+                            f"overwritten or corrupted in place)")
+    return stored, problems
+
+
+def _finish(job: "ShardJob", work: str, rows: int, report: CorpusReport) -> None:
+    """Record the checksums of a built shard and publish it (in the parent process, lock held)."""
+    from ..checkpoint.layout import HASH, file_digest
+
+    files: Dict[str, dict] = {}
+    for name in (ROWS_FILE,):
+        path = os.path.join(work, name)
+        files[name] = {"size": os.path.getsize(path), HASH: file_digest(path)}
+    with open(os.path.join(work, REPORT_FILE), "w") as f:
+        json.dump({"format": CACHE_FORMAT_VERSION, "source": job.label(), "rows": rows, FILES_FIELD: files,
+                   "report": _report_to_store(report)}, f, indent=1)
+    _publish(work, job.shard_dir)
 
 
 _SPLIT_FIELDS = ("train_sequences", "meta_sequences")  # of one run, so not in the shared report file
@@ -75,31 +175,74 @@ class ShardJob:
     special: Tuple[int, int, int]
     max_examples: int
     part: Optional[Part] = None  # one part of a large input (data.parts), or None: the whole input
+    seen: Optional[tuple] = None  # report_stamp of the shard when it was found missing or damaged
 
     def label(self) -> str:
         return self.path if self.part is None else f"{self.path} ({self.part.label()})"
 
 
-def build_shards(jobs: List[ShardJob], num_proc: int, spec: tuple) -> None:
-    """Build every job's shard, in ``num_proc`` processes (each builds whole shards, so the rows do not
-    depend on it)."""
+def build_shards(jobs: List[ShardJob], num_proc: int, spec: tuple) -> int:
+    """Build every job's shard that no other process builds, in ``num_proc`` processes (each builds whole
+    shards, so the rows do not depend on it); returns how many this process built.
+
+    Each shard is claimed by its lock first. One held by another process (a concurrent job on the same
+    cache) is left to it; once this process has built what it could claim, it waits for those locks and
+    builds the ones still missing (their builder died). A shard whose shard.json changed since it was
+    found missing or damaged was published by another process meanwhile: not built again."""
     processes = min(num_proc, len(jobs))
     logger.info("tokenizing %d file(s) into shards with %d process(es)", len(jobs), processes)
+    busy: List[ShardJob] = []
+    held: Dict[str, contextlib.ExitStack] = {}
+    built = 0
 
-    def done(i: int, label: str, rows: int) -> None:
-        logger.info("shard %d/%d: %s -> %d row(s)", i, len(jobs), label, rows)
+    def claimed(ordered: List[ShardJob]) -> Iterator[ShardJob]:
+        for job in ordered:
+            stack = contextlib.ExitStack()
+            if not stack.enter_context(shard_lock(job.shard_dir, wait=False)):
+                stack.close()
+                busy.append(job)
+                continue
+            if report_stamp(job.shard_dir) != job.seen:
+                stack.close()
+                continue
+            held[job.shard_dir] = stack
+            yield job
 
-    if processes <= 1:
-        encode = _encoder(spec)
-        for i, job in enumerate(jobs, 1):
-            done(i, job.label(), _build_shard(job, encode))
-        return
-    # This module imports neither torch nor transformers, so a spawned worker starts small. Largest first:
-    # a big input that cannot be split (.gz) started last would leave one process working alone at the end.
-    finished = run_in_processes(_build_shard_in_worker, largest_first(jobs), processes, "shard-building",
-                                initializer=_init_worker, initargs=(spec,))
-    for i, (_, (label, rows)) in enumerate(finished, 1):
-        done(i, label, rows)
+    def done(job: ShardJob, work: str, rows: int, report: CorpusReport) -> None:
+        nonlocal built
+        try:
+            _finish(job, work, rows, report)
+        finally:
+            held.pop(job.shard_dir).close()
+            shutil.rmtree(work, ignore_errors=True)
+        built += 1
+        logger.info("shard %d/%d: %s -> %d row(s)", built, len(jobs), job.label(), rows)
+
+    encode = None
+    try:
+        if processes <= 1:
+            encode = _encoder(spec)
+            for job in claimed(jobs):
+                done(job, *_build_shard(job, encode))
+        else:
+            # This module imports neither torch nor transformers, so a spawned worker starts small. Largest
+            # first: a big input that cannot be split (.gz) started last would leave one process working alone.
+            for job, result in run_as_claimed(_build_shard_in_worker, claimed(largest_first(jobs)),
+                                              processes, "shard-building", len(jobs), initializer=_init_worker,
+                                              initargs=(spec,)):
+                done(job, *result)
+    finally:
+        for stack in held.values():
+            stack.close()
+    for job in busy:  # another process holds these: wait for it, then build what it did not publish
+        logger.info("waiting for another process building %s", job.label())
+        with shard_lock(job.shard_dir, wait=True):
+            if report_stamp(job.shard_dir) != job.seen:
+                continue
+            encode = encode or _encoder(spec)
+            held[job.shard_dir] = contextlib.ExitStack()
+            done(job, *_build_shard(job, encode))
+    return built
 
 
 def largest_first(jobs: List[ShardJob]) -> List[ShardJob]:
@@ -126,12 +269,18 @@ def _init_worker(spec: tuple) -> None:
     _WORKER_ENCODE = _encoder(spec)
 
 
-def _build_shard_in_worker(job: ShardJob) -> Tuple[str, int]:
-    # TEST-ONLY fault (tests/test_parts.py; listed in mometas_ds.faults): the worker building this shard dies.
+def _build_shard_in_worker(job: ShardJob) -> Tuple[str, int, CorpusReport]:
+    # TEST-ONLY faults (tests/test_parts.py, tests/test_faults.py; listed in mometas_ds.faults): the worker
+    # building this shard dies, or blocks (sleeps) for good.
     if os.environ.get("MOMETAS_FAULT_KILL_SHARD_WORKER") and job.label().endswith(
             os.environ["MOMETAS_FAULT_KILL_SHARD_WORKER"]):
         os.kill(os.getpid(), signal.SIGKILL)
-    return job.label(), _build_shard(job, _WORKER_ENCODE)
+    if os.environ.get("MOMETAS_FAULT_BLOCK_SHARD_WORKER") and job.label().endswith(
+            os.environ["MOMETAS_FAULT_BLOCK_SHARD_WORKER"]):
+        print(f"fault injection: shard worker {os.getpid()} blocks", file=sys.stderr, flush=True)
+        while True:
+            time.sleep(3600)
+    return _build_shard(job, _WORKER_ENCODE)
 
 
 def _encoder(spec: tuple):
@@ -154,9 +303,9 @@ def _encoder(spec: tuple):
     return encode_slow
 
 
-def _build_shard(job: ShardJob, encode) -> int:
-    """Read one input, tokenize it in bounded batches, pack its rows straight into one Arrow file, write its
-    report; publish the directory by one rename. Returns the number of rows."""
+def _build_shard(job: ShardJob, encode) -> Tuple[str, int, CorpusReport]:
+    """Read one input, tokenize it in bounded batches, pack its rows straight into one Arrow file in a new
+    temporary directory beside the shard's. Returns (that directory, rows, report); _finish publishes it."""
     parent = os.path.dirname(job.shard_dir)
     work = tempfile.mkdtemp(prefix=f".tmp-{os.path.basename(job.shard_dir)}-", dir=parent)
     try:
@@ -169,13 +318,10 @@ def _build_shard(job: ShardJob, encode) -> int:
                         report.skip("too_short", f"{source}:{line}")
                     else:
                         rows.add(np.asarray(ids, dtype=np.int32))
-        with open(os.path.join(work, REPORT_FILE), "w") as f:
-            json.dump({"format": CACHE_FORMAT_VERSION, "source": job.label(), "rows": rows.num_rows,
-                       "report": _report_to_store(report)}, f, indent=1)
-        _publish(work, job.shard_dir)
-    finally:
+    except BaseException:
         shutil.rmtree(work, ignore_errors=True)
-    return rows.num_rows
+        raise
+    return work, rows.num_rows, report
 
 
 def _batches(documents):
