@@ -198,15 +198,20 @@ _READ_ERRORS = (OSError, EOFError, zlib.error)  # gzip.BadGzipFile is an OSError
 
 def _numbered_lines(f, part: Optional[Part]) -> Iterator[Tuple[int, bytes, bool]]:
     """(line number, raw line, whether it lies past the part's end) from the file's or the part's start."""
+    # Each line is handed over without a reference kept here, so that a huge one is freed once read.
     if part is None:
         for lineno, raw in enumerate(f, 1):
-            yield lineno, raw, False
+            box = [raw]
+            raw = None
+            yield lineno, box.pop(), False
         return
     f.seek(part.start)
     position = part.start
     for lineno, raw in enumerate(f, part.first_line):
-        yield lineno, raw, position >= part.stop
-        position += len(raw)
+        box, size = [raw], len(raw)
+        raw = None
+        yield lineno, box.pop(), position >= part.stop
+        position += size
 
 
 def _no_line_read(part: Optional[Part], any_line: bool) -> bool:
@@ -251,6 +256,7 @@ def _read_jsonl(path: str, text_field: str, report: CorpusReport,
                     # A \ud800-style escape decodes to a lone surrogate, which Arrow cannot store.
                     report.skip("non_utf8", f"{where} (lone surrogate escape)")
                 else:
+                    raw = line = record = None  # only the text stays referenced while it is tokenized
                     yield text, lineno
     except _READ_ERRORS as err:
         report.skip("unreadable_file", f"{path}:{lineno + 1} ({type(err).__name__}: {err})")
@@ -309,6 +315,7 @@ def _read_txt(path: str, text_field: str, report: CorpusReport,
                 if lineno == 1:
                     line = line.lstrip("\ufeff")
                 if not paragraphs:
+                    raw = None  # only the text stays referenced while it is tokenized
                     yield line, lineno
                     continue
                 if not block:

@@ -16,6 +16,7 @@ import fcntl
 import json
 import logging
 import os
+import re
 import shutil
 import signal
 import sys
@@ -305,35 +306,96 @@ def _encoder(spec: tuple):
 
 def _build_shard(job: ShardJob, encode) -> Tuple[str, int, CorpusReport]:
     """Read one input, tokenize it in bounded batches, pack its rows straight into one Arrow file in a new
-    temporary directory beside the shard's. Returns (that directory, rows, report); _finish publishes it."""
+    temporary directory beside the shard's. Returns (that directory, rows, report); _finish publishes it.
+    A document longer than _PIECE_CHARS is tokenized in pieces (split_pieces), which give its tokens."""
     parent = os.path.dirname(job.shard_dir)
     work = tempfile.mkdtemp(prefix=f".tmp-{os.path.basename(job.shard_dir)}-", dir=parent)
     try:
         report = CorpusReport(max_examples=job.max_examples)
         with _RowWriter(os.path.join(work, ROWS_FILE), job.seq_len, job.special, job.packing, report) as rows:
-            for batch in _batches(readers.iter_path(job.path, job.text_field, report, job.part)):
-                for (_, source, line), ids in zip(batch, encode([text for text, _, _ in batch])):
-                    if len(ids) < MIN_DOC_TOKENS:
-                        report.documents -= 1
-                        report.skip("too_short", f"{source}:{line}")
-                    else:
-                        rows.add(np.asarray(ids, dtype=np.int32))
+            document = _Document(rows, report)
+            for batch in _batches(_pieces(readers.iter_path(job.path, job.text_field, report, job.part))):
+                for (_, source, line, first, last), ids in zip(batch, encode([piece[0] for piece in batch])):
+                    document.feed(np.asarray(ids, dtype=np.int32), first, last, f"{source}:{line}")
     except BaseException:
         shutil.rmtree(work, ignore_errors=True)
         raise
     return work, rows.num_rows, report
 
 
-def _batches(documents):
+_PIECE_CHARS = 1 << 20  # a document longer than this many characters is tokenized in pieces of at most this
+_BOUNDARY = re.compile(r"[^\s][ \t\n\r]")  # a whitespace character after a non-whitespace one
+
+
+def split_pieces(text: str, size: int = _PIECE_CHARS) -> Iterator[str]:
+    """``text`` in consecutive pieces of at most ``size`` characters that join to it, each cut just before a
+    space, tab or newline that follows a non-whitespace character, in the second half of the piece. The
+    tokenizers' pre-tokenizers (BERT's, byte-level BPE's, Metaspace) split words there too, so the pieces'
+    tokens are the whole text's (tests/test_cache_integrity.py checks it for WordPiece). Only a stretch of
+    ``size // 2`` characters without such a place (one "word" of half a million characters) is cut anywhere."""
+    start, end = 0, len(text)
+    while end - start > size:
+        found = _BOUNDARY.search(text, start + size // 2, start + size)
+        cut = found.start() + 1 if found else start + size
+        yield text[start:cut]
+        start = cut
+    yield text[start:]
+
+
+def _pieces(documents):
+    """(piece, source, line, first piece, last piece) for each document's pieces (a short document: one)."""
+    for text, source, line in documents:
+        if len(text) <= _PIECE_CHARS:
+            yield text, source, line, True, True
+            continue
+        pieces = split_pieces(text, _PIECE_CHARS)
+        previous, first = next(pieces), True
+        for piece in pieces:
+            yield previous, source, line, first, False
+            previous, first = piece, False
+        yield previous, source, line, first, True
+
+
+def _batches(pieces):
     batch, chars = [], 0
-    for document in documents:
-        batch.append(document)
-        chars += len(document[0])
+    for piece in pieces:
+        batch.append(piece)
+        chars += len(piece[0])
         if len(batch) >= _DOCS_PER_BATCH or chars >= _CHARS_PER_BATCH:
             yield batch
             batch, chars = [], 0
     if batch:
         yield batch
+
+
+class _Document:
+    """Feeds one document's ids, given piece by piece, to the row writer: as one document, skipped when it
+    has fewer than MIN_DOC_TOKENS tokens (held back until it has that many)."""
+
+    def __init__(self, rows: "_RowWriter", report: CorpusReport):
+        self.rows, self.report = rows, report
+        self.held: List[np.ndarray] = []
+        self.started = False
+
+    def feed(self, ids: np.ndarray, first: bool, last: bool, where: str) -> None:
+        if first:
+            self.held, self.started = [], False
+        if not self.started:
+            self.held.append(ids)
+            if sum(len(h) for h in self.held) >= MIN_DOC_TOKENS:
+                self.rows.begin()
+                for held in self.held:
+                    self.rows.extend(held)
+                self.held, self.started = [], True
+        else:
+            self.rows.extend(ids)
+        if last:
+            if self.started:
+                self.rows.end()
+            else:
+                self.report.documents -= 1
+                self.report.skip("too_short", where)
+            self.held, self.started = [], False
 
 
 class _RowWriter:
@@ -352,6 +414,7 @@ class _RowWriter:
         self.lengths = np.empty(_ROWS_PER_WRITE, dtype=np.int64)  # real tokens per row, cls and sep included
         self._reset()
         self.fill = 0  # inner tokens in the open row (self.ids[self.n])
+        self.doc_tokens = 0  # (per_document) tokens of the open document so far
         self.num_rows = 0
 
     def __enter__(self):
@@ -373,22 +436,28 @@ class _RowWriter:
         self.n = 0
 
     def add(self, ids: np.ndarray) -> None:
-        self.report.tokens += int(ids.size)
-        if self.packing == "per_document":
-            if ids.size > self.inner:
-                self.report.truncated_documents += 1
-                self.report.truncated_tokens += int(ids.size) - self.inner
-                ids = ids[: self.inner]
-            self.ids[self.n, 1: 1 + ids.size] = ids
-            self.fill = int(ids.size)
-            self._close_row()
-            return
-        if self.fill:  # a document after another one in the open row
+        """One whole document."""
+        self.begin()
+        self.extend(ids)
+        self.end()
+
+    def begin(self) -> None:
+        """A document starts (its ids follow in one or more ``extend`` calls, then ``end``)."""
+        self.doc_tokens = 0
+        if self.packing == "packed" and self.fill:  # a document after another one in the open row
             if self.inner - self.fill >= 2:
                 self.ids[self.n, 1 + self.fill] = self.sep_id
                 self.fill += 1
             else:  # one free slot: a [SEP] there would double the row's closing [SEP]
                 self._close_row()
+
+    def extend(self, ids: np.ndarray) -> None:
+        self.report.tokens += int(ids.size)
+        if self.packing == "per_document":  # the row holds the first inner tokens; the rest are counted
+            take = max(0, min(self.inner - self.doc_tokens, int(ids.size)))
+            self.ids[self.n, 1 + self.doc_tokens: 1 + self.doc_tokens + take] = ids[:take]
+            self.doc_tokens += int(ids.size)
+            return
         pos = 0
         while pos < ids.size:
             take = min(self.inner - self.fill, ids.size - pos)
@@ -397,6 +466,14 @@ class _RowWriter:
             pos += take
             if self.fill == self.inner:
                 self._close_row()
+
+    def end(self) -> None:
+        if self.packing == "per_document":
+            if self.doc_tokens > self.inner:
+                self.report.truncated_documents += 1
+                self.report.truncated_tokens += self.doc_tokens - self.inner
+            self.fill = min(self.doc_tokens, self.inner)
+            self._close_row()
 
     def _close_row(self) -> None:
         self.ids[self.n, 1 + self.fill] = self.sep_id
