@@ -167,7 +167,11 @@ def main(argv=None) -> int:
         if len(set(names)) != len(names):
             raise ConfigError(f"--names: model names must differ ({', '.join(names)}); pass --names")
         result = compare(args.eval_dirs, names)
-        paths = write_outputs(result, args.out)
+        from mometas_ds.safe_io import disk_errors  # imports torch (via the checkpoint code): not for --help
+
+        # A file in the way, a path under a file, no permission: exit 2 naming --out, not a traceback.
+        with disk_errors("--out", args.out, "Give a directory you can write with --out."):
+            paths = write_outputs(result, args.out)
     except (ConfigError, DataError) as err:
         print(f"{PROG}: error: {err}", file=sys.stderr)
         return 2

@@ -22,6 +22,7 @@ PROG = "mometas-prepare"
 # The PretrainConfig fields that decide the cached rows (and where they go), in mometas-pretrain's spelling.
 FLAGS = ("user_modules", "train_files", "text_field", "tokenizer", "model_name_or_path", "seq_len", "packing",
          "cache_dir", "num_proc", "shard_size_mb")
+OWN_FLAGS = ("verify",)  # mometas-prepare's own, not mometas-pretrain's
 REQUIRED = ("train_files", "cache_dir")
 _EXTRA_HELP = {
     "model_name_or_path": " (mometas-prepare reads only its tokenizer, when --tokenizer is not given)",
@@ -59,6 +60,10 @@ def build_arg_parser() -> argparse.ArgumentParser:
             default, extra = usable_cores(), " (mometas-prepare's default: every core it may use, here %(default)s)"
         p.add_argument(f"--{name}", *f.metadata["flags"], dest=name, default=default,
                        help=f.metadata["help"] + extra, **kwargs)
+    p.add_argument("--verify", action="store_true",
+                   help="build nothing: check every shard of this corpus in --cache_dir against the sizes and xxh3 "
+                   "checksums its shard.json records, print each one intact, damaged or missing; exit 1 if any is "
+                   "damaged or missing (a run, or mometas-prepare without --verify, rebuilds those)")
     return p
 
 
@@ -95,9 +100,12 @@ def _prepare(ns: argparse.Namespace) -> int:
                             shard_size_mb=ns.shard_size_mb, user_modules=tuple(ns.user_modules))
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
-    check_writable_dir(config.cache_dir, "--cache_dir")
+    if not ns.verify:  # --verify only reads
+        check_writable_dir(config.cache_dir, "--cache_dir")
     tokenizer = (load_tokenizer(ns.tokenizer) if ns.tokenizer
                  else load_tokenizer(ns.model_name_or_path, flag="--model_name_or_path"))
+    if ns.verify:
+        return _verify(config, tokenizer)
     with disk_errors("--cache_dir", config.cache_dir):
         prepared = prepare_data(config, tokenizer)
     report = prepared.report
@@ -106,8 +114,25 @@ def _prepare(ns: argparse.Namespace) -> int:
     print(f"cache: {prepared.cache_path}: {shards} shard(s), {prepared.shards_built} built, "
           f"{shards - prepared.shards_built} reused; {len(prepared.train)} row(s) of --seq_len {ns.seq_len} "
           f"(--packing {ns.packing})")
+    for shard_dir in prepared.damaged:
+        print(f"rebuilt damaged shard {shard_dir}")
     print("train on it with (the meta-validation split is drawn from these rows by each run):")
     print("  mometas-pretrain --deepspeed_config CONFIG.json " + shlex.join(pretrain_flags(ns)) + " ...")
+    return 0
+
+
+def _verify(config, tokenizer) -> int:
+    from mometas_ds.data.cache import verify_cache
+
+    verdicts = verify_cache(config, tokenizer)
+    for v in verdicts:
+        print(f"{v.state}: {v.shard_dir} ({v.source})" + "".join(f"\n  {p}" for p in v.problems))
+    counts = {state: sum(v.state == state for v in verdicts) for state in ("intact", "damaged", "missing")}
+    print(f"{len(verdicts)} shard(s): " + ", ".join(f"{n} {state}" for state, n in counts.items()))
+    if counts["damaged"] or counts["missing"]:
+        print("mometas-prepare without --verify (or a training run on this cache) rebuilds the damaged and "
+              "missing shards from their input files")
+        return 1
     return 0
 
 

@@ -18,17 +18,16 @@ import datasets
 import numpy as np
 import tokenizers
 
+from mometas_ds.config.choices import MIN_SEQ_LEN, VERIFY_LEVELS
 from mometas_ds.errors import DataError
 from mometas_ds.data.tokenizer import required_token_id
 
 from mometas_ds.data import readers
-from mometas_ds.config.choices import MIN_SEQ_LEN
 from mometas_ds.data.formats import Part, format_of
 from mometas_ds.data.parts import MIN_SHARD_SIZE_MB, plan_parts, scan_ranges, with_scans
 from mometas_ds.data.report import MIN_DOC_TOKENS, CorpusReport
-from mometas_ds.data.shards import (
-    CACHE_FORMAT_VERSION, PACKING_MODES, REPORT_FILE, ROWS_FILE, ShardJob, build_shards, is_complete,
-)
+from mometas_ds.data.shards import (CACHE_FORMAT_VERSION, PACKING_MODES, REPORT_FILE, ROWS_FILE, ShardJob, build_shards,
+                     check_shard, report_stamp)
 
 logger = logging.getLogger(__name__)
 
@@ -50,6 +49,7 @@ class DataConfig:
     packing: str = "packed"  # one of PACKING_MODES (see the package's docstring)
     shard_size_mb: float = 64.0  # an input larger than this is split into shards of about this size (data.parts)
     user_modules: Sequence[str] = ()  # imported by every shard-building process: your corpus formats (not in the key)
+    verify: str = "auto"  # how shards are checked when opened, as --verify_checkpoint (not in the cache key)
 
     def __post_init__(self):
         if isinstance(self.train_files, (str, os.PathLike)):
@@ -69,6 +69,8 @@ class DataConfig:
         if isinstance(size, bool) or not isinstance(size, (int, float)) or not math.isfinite(size) \
                 or size < MIN_SHARD_SIZE_MB:
             raise ValueError(f"--shard_size_mb must be a number >= {MIN_SHARD_SIZE_MB}, got {size!r}")
+        if self.verify not in VERIFY_LEVELS:
+            raise ValueError(f"verify must be one of {', '.join(VERIFY_LEVELS)}, got {self.verify!r}")
         if self.packing not in PACKING_MODES:
             raise ValueError(f"--packing must be one of {', '.join(PACKING_MODES)}, got {self.packing!r}")
         self.cache_dir = os.path.abspath(os.path.expanduser(str(self.cache_dir)))
@@ -83,6 +85,7 @@ class PreparedData:
     cache_path: str  # cache_dir/shards: the directory holding the shards
     shard_paths: List[str] = field(default_factory=list)  # the corpus's shard directories, in corpus order
     shards_built: int = 0  # of them, built by this call (the others were reused)
+    damaged: List[str] = field(default_factory=list)  # shard directories found damaged (and so rebuilt)
 
 
 @dataclass
@@ -90,6 +93,9 @@ class _Shard:
     path: str  # a resolved input file or save_to_disk directory
     key: Optional[str]  # None: the file vanished after the glob expanded (reported, nothing cached)
     part: Optional[Part] = None  # the part of a large input (data.parts), or None: the whole input
+
+    def label(self) -> str:
+        return self.path if self.part is None else f"{self.path} ({self.part.label()})"
 
 
 def prepare_data(config: DataConfig, tokenizer) -> PreparedData:
@@ -106,6 +112,46 @@ def prepare_data(config: DataConfig, tokenizer) -> PreparedData:
     then on the others.
     Loading an already prepared corpus writes nothing.
     """
+    special, shards, missing, root, spec = _plan(config, tokenizer)
+    todo, damaged, seen = [], [], {}
+    full = _full_check(config.verify, root, shards)
+    for shard in shards:
+        if shard.key is None:
+            continue
+        shard_dir = os.path.join(root, shard.key)
+        stamp = report_stamp(shard_dir)
+        stored, problems = check_shard(shard_dir, full)
+        if stored is not None and not problems:
+            continue
+        if problems:  # never reused: rebuilt from its input, under the same key
+            logger.warning("tokenized shard %s (%s) is damaged, rebuilding it: %s", shard_dir, shard.label(),
+                           "; ".join(problems))
+            damaged.append(shard_dir)
+        todo.append(shard)
+        seen[shard.key] = stamp
+    built = 0
+    if todo:
+        os.makedirs(root, exist_ok=True)
+        jobs = [ShardJob(shard.path, os.path.join(root, shard.key), config.text_field, config.seq_len,
+                         config.packing, special, config.max_examples, shard.part, seen=seen[shard.key])
+                for shard in _scanned(shards, todo, config.num_proc)]
+        built = build_shards(jobs, config.num_proc, spec, tuple(config.user_modules))
+        logger.info("wrote %d tokenized shard(s) in %s (reused %d)", built, root, len(shards) - built)
+    else:
+        logger.info("reusing tokenized cache at %s (%d shard(s), nothing to tokenize)", root, len(shards))
+    try:
+        return _load(config, shards, missing, root, built=built, damaged=damaged)
+    except DataError:
+        for shard in todo:  # all empty (no usable document): a failed preparation leaves nothing behind
+            shutil.rmtree(os.path.join(root, shard.key), ignore_errors=True)
+        with contextlib.suppress(OSError):
+            os.rmdir(root)
+        raise
+
+
+def _plan(config: DataConfig, tokenizer):
+    """(special ids, the corpus's shards in order, entries that matched nothing, the shards directory,
+    the encoder's spec for the workers)."""
     special = tuple(required_token_id(tokenizer, role) for role in ("pad", "cls", "sep"))
     paths, missing = readers.resolve_files(config.train_files)
     backend = _plain_backend(tokenizer)
@@ -120,24 +166,44 @@ def prepare_data(config: DataConfig, tokenizer) -> PreparedData:
             continue
         for part in plan_parts(path, config.text_field, shard_bytes) or [None]:
             shards.append(_Shard(path, _shard_key(config, fingerprint, tokenizer_fingerprint, special, part), part))
-    todo = [shard for shard in shards if shard.key is not None and not is_complete(os.path.join(root, shard.key))]
-    if todo:
-        os.makedirs(root, exist_ok=True)
-        jobs = [ShardJob(shard.path, os.path.join(root, shard.key), config.text_field, config.seq_len,
-                         config.packing, special, config.max_examples, shard.part)
-                for shard in _scanned(shards, todo, config.num_proc)]
-        build_shards(jobs, config.num_proc, _tokenizer_spec(tokenizer, backend), tuple(config.user_modules))
-        logger.info("wrote %d tokenized shard(s) in %s (reused %d)", len(todo), root, len(shards) - len(todo))
-    else:
-        logger.info("reusing tokenized cache at %s (%d shard(s), nothing to tokenize)", root, len(shards))
-    try:
-        return _load(config, shards, missing, root, built=len(todo))
-    except DataError:
-        for shard in todo:  # all empty (no usable document): a failed preparation leaves nothing behind
-            shutil.rmtree(os.path.join(root, shard.key), ignore_errors=True)
-        with contextlib.suppress(OSError):
-            os.rmdir(root)
-        raise
+    return special, shards, missing, root, _tokenizer_spec(tokenizer, backend)
+
+
+def _full_check(level: str, root: str, shards: List[_Shard]) -> bool:
+    """Whether opening the shards checks their checksums too, by --verify_checkpoint's rule: 'full' yes,
+    'size' no, 'auto' when the corpus's shards hold at most FULL_VERIFY_MAX_BYTES (4 GiB) together."""
+    if level != "auto":
+        return level == "full"
+    from mometas_ds.checkpoint import layout  # read at call time: a test may lower the limit
+
+    total = 0
+    for shard in shards:
+        if shard.key is not None:
+            with contextlib.suppress(OSError):
+                total += os.path.getsize(os.path.join(root, shard.key, ROWS_FILE))
+    return total <= layout.FULL_VERIFY_MAX_BYTES
+
+
+@dataclass
+class ShardVerdict:
+    shard_dir: str
+    source: str  # the input file, and its part
+    state: str  # "intact", "damaged" or "missing" (not built)
+    problems: List[str] = field(default_factory=list)
+
+
+def verify_cache(config: DataConfig, tokenizer) -> List[ShardVerdict]:
+    """Check every shard of the corpus against its shard.json, checksums included; builds nothing."""
+    _, shards, _, root, _ = _plan(config, tokenizer)
+    verdicts = []
+    for shard in shards:
+        if shard.key is None:
+            continue
+        shard_dir = os.path.join(root, shard.key)
+        stored, problems = check_shard(shard_dir, full=True)
+        state = "missing" if stored is None else "damaged" if problems else "intact"
+        verdicts.append(ShardVerdict(shard_dir, shard.label(), state, problems))
+    return verdicts
 
 
 def _scanned(shards: List[_Shard], todo: List[_Shard], num_proc: int) -> List[_Shard]:
@@ -184,7 +250,8 @@ def read_shard(shard_dir: str) -> Tuple[CorpusReport, int]:
     return CorpusReport.from_dict(stored["report"]), int(stored["rows"])
 
 
-def _load(config: DataConfig, shards: List[_Shard], missing: List[str], root: str, built: int) -> PreparedData:
+def _load(config: DataConfig, shards: List[_Shard], missing: List[str], root: str, built: int,
+          damaged: List[str]) -> PreparedData:
     """The corpus: the shards' rows in file order (memory-mapped, no copy) and their reports merged."""
     report = CorpusReport(max_examples=config.max_examples)
     for entry in missing:
@@ -221,7 +288,7 @@ def _load(config: DataConfig, shards: List[_Shard], missing: List[str], root: st
     train = _train_rows(packed, meta_rows)
     report.train_sequences, report.meta_sequences = len(train), len(meta)
     return PreparedData(train=train, meta=meta, report=report, cache_hit=built == 0, cache_path=root,
-                        shard_paths=shard_paths, shards_built=built)
+                        shard_paths=shard_paths, shards_built=built, damaged=damaged)
 
 
 def _tokenizer_spec(tokenizer, backend) -> tuple:

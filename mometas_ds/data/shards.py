@@ -1,17 +1,29 @@
 """Building one cache shard: one input file's documents, tokenized in bounded batches with the fast
 tokenizer backend's ``encode_batch``, packed (the rules are in the package's docstring) and streamed into
 one Arrow file; in worker processes for ``--num_proc`` > 1. Kept free of torch and transformers imports,
-so a spawned worker starts small."""
+so a spawned worker starts small.
+
+A shard is claimed by an OS lock (``fcntl.flock`` on ``<key>.lock`` beside its directory) while it is built,
+so that concurrent jobs on one cache split the missing shards between them; a lock dies with its process
+(a killed one leaves the empty file, which the next builder of that shard removes).
+Its ``shard.json`` records the size and xxh3_64 checksum of ``rows.arrow`` (the checkpoints' scheme,
+mometas_ds.checkpoint), computed by the parent process, which publishes the shard; ``check_shard`` compares
+them."""
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import logging
 import os
+import re
 import shutil
 import signal
+import sys
 import tempfile
+import time
 from dataclasses import dataclass
-from typing import List, Optional, Tuple
+from typing import Dict, Iterator, List, Optional, Tuple
 
 import numpy as np
 import pyarrow as pa
@@ -21,7 +33,7 @@ from mometas_ds.data import readers
 from mometas_ds.data.formats import Part
 from mometas_ds.data.parts import input_bytes
 from mometas_ds.data.report import MIN_DOC_TOKENS, CorpusReport
-from mometas_ds.data.workers import run_in_processes
+from mometas_ds.data.workers import run_as_claimed
 from mometas_ds.registry import import_user_module
 
 logger = logging.getLogger(__name__)
@@ -32,6 +44,8 @@ logger = logging.getLogger(__name__)
 CACHE_FORMAT_VERSION = 4
 ROWS_FILE = "rows.arrow"
 REPORT_FILE = "shard.json"  # written last: a shard directory without it is incomplete
+LOCK_SUFFIX = ".lock"  # cache_dir/shards/<key>.lock: held (flock) by the process building <key>
+FILES_FIELD = "files"  # in shard.json: {"rows.arrow": {"size": bytes, "xxh3_64": hex}}
 PACKING_MODES = ("packed", "per_document")
 _DOCS_PER_BATCH = 1024  # documents per encode_batch call ...
 _CHARS_PER_BATCH = 4 << 20  # ... or fewer, once they hold this many characters (bounded memory)
@@ -43,19 +57,106 @@ def is_complete(shard_dir: str) -> bool:
 
 
 def _publish(built: str, shard_dir: str) -> None:
-    """Move a finished shard into place with one rename (atomic on a POSIX file system)."""
-    try:
+    """Move a finished shard into place by one rename (atomic on a POSIX file system). Called with the
+    shard's lock held: a directory already there is a damaged or incomplete one, replaced."""
+    if os.path.lexists(shard_dir):
+        logger.warning("replacing tokenized shard %s", shard_dir)
+        aside = tempfile.mkdtemp(prefix=f".old-{os.path.basename(shard_dir)}-", dir=os.path.dirname(shard_dir))
+        os.rename(shard_dir, os.path.join(aside, "shard"))  # readers that mapped it keep their mapping
         os.rename(built, shard_dir)
+        shutil.rmtree(aside, ignore_errors=True)
         return
-    except OSError:
-        if is_complete(shard_dir):
-            return  # another process published the same key first; its data is identical
-        if not os.path.isdir(shard_dir):
-            raise
-    # A directory without the report was damaged by hand (ours appear whole): replace it.
-    logger.warning("replacing incomplete tokenized shard at %s", shard_dir)
-    shutil.rmtree(shard_dir)
     os.rename(built, shard_dir)
+
+
+def report_stamp(shard_dir: str) -> Optional[tuple]:
+    """What identifies the shard.json on disk now (None: not there), to tell whether another process
+    published the shard since it was looked at."""
+    try:
+        st = os.stat(os.path.join(shard_dir, REPORT_FILE))
+    except OSError:
+        return None
+    return (st.st_dev, st.st_ino, st.st_mtime_ns, st.st_size)
+
+
+@contextlib.contextmanager
+def shard_lock(shard_dir: str, wait: bool) -> Iterator[bool]:
+    """Hold the shard's build lock (``<shard_dir>.lock``, removed by its holder when done); yields False
+    (holding nothing) when ``wait`` is False and another process holds it."""
+    path = shard_dir.rstrip(os.sep) + LOCK_SUFFIX
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except BlockingIOError:
+            os.close(fd)
+            yield False
+            return
+        try:  # the previous holder may have removed the file after this process opened it: lock the new one
+            held = os.fstat(fd)
+            now = os.stat(path)
+            if (held.st_dev, held.st_ino) == (now.st_dev, now.st_ino):
+                break
+        except FileNotFoundError:
+            pass
+        os.close(fd)
+    try:
+        yield True
+    finally:
+        with contextlib.suppress(OSError):
+            os.remove(path)
+        os.close(fd)  # releases the lock
+
+
+def check_shard(shard_dir: str, full: bool) -> Tuple[Optional[dict], List[str]]:
+    """(shard.json's content or None when the shard is not built, problems found): the size of each file it
+    records always, their xxh3_64 checksums when ``full``. No problem means intact."""
+    from mometas_ds.checkpoint.layout import HASH, file_digest  # imports torch: only the parent process checks
+
+    path = os.path.join(shard_dir, REPORT_FILE)
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except FileNotFoundError:
+        return None, []
+    except OSError as err:
+        return {}, [f"{path}: unreadable ({err.strerror or err})"]
+    try:
+        stored = json.loads(data.decode("utf-8"))
+        CorpusReport.from_dict(stored["report"])
+        int(stored["rows"])
+    except Exception:  # anything malformed is damage
+        return {}, [f"{path}: not a shard report (truncated or overwritten)"]
+    files = stored.get(FILES_FIELD)
+    if not isinstance(files, dict) or ROWS_FILE not in files:
+        return stored, [f"{path}: records no checksums (written before shards carried them)"]
+    problems = []
+    for name, record in sorted(files.items()):
+        file = os.path.join(shard_dir, name)
+        if os.path.basename(name) != name or not isinstance(record, dict):
+            problems.append(f"{path}: a malformed entry {name!r}")
+        elif not os.path.isfile(file):
+            problems.append(f"{file}: missing")
+        elif os.path.getsize(file) != record.get("size"):
+            problems.append(f"{file}: {os.path.getsize(file)} bytes, {REPORT_FILE} records {record.get('size')}")
+        elif full and file_digest(file) != record.get(HASH):
+            problems.append(f"{file}: {HASH} checksum differs from the one {REPORT_FILE} records (same size: "
+                            f"overwritten or corrupted in place)")
+    return stored, problems
+
+
+def _finish(job: "ShardJob", work: str, rows: int, report: CorpusReport) -> None:
+    """Record the checksums of a built shard and publish it (in the parent process, lock held)."""
+    from mometas_ds.checkpoint.layout import HASH, file_digest
+
+    files: Dict[str, dict] = {}
+    for name in (ROWS_FILE,):
+        path = os.path.join(work, name)
+        files[name] = {"size": os.path.getsize(path), HASH: file_digest(path)}
+    with open(os.path.join(work, REPORT_FILE), "w") as f:
+        json.dump({"format": CACHE_FORMAT_VERSION, "source": job.label(), "rows": rows, FILES_FIELD: files,
+                   "report": _report_to_store(report)}, f, indent=1)
+    _publish(work, job.shard_dir)
 
 
 _SPLIT_FIELDS = ("train_sequences", "meta_sequences")  # of one run, so not in the shared report file
@@ -77,31 +178,75 @@ class ShardJob:
     special: Tuple[int, int, int]
     max_examples: int
     part: Optional[Part] = None  # one part of a large input (data.parts), or None: the whole input
+    seen: Optional[tuple] = None  # report_stamp of the shard when it was found missing or damaged
 
     def label(self) -> str:
         return self.path if self.part is None else f"{self.path} ({self.part.label()})"
 
 
-def build_shards(jobs: List[ShardJob], num_proc: int, spec: tuple, user_modules: Tuple[str, ...] = ()) -> None:
-    """Build every job's shard, in ``num_proc`` processes (each builds whole shards, so the rows do not
-    depend on it); each process imports ``user_modules`` first (corpus formats of the user's)."""
+def build_shards(jobs: List[ShardJob], num_proc: int, spec: tuple, user_modules: Tuple[str, ...] = ()) -> int:
+    """Build every job's shard that no other process builds, in ``num_proc`` processes (each builds whole
+    shards, so the rows do not depend on it; each imports ``user_modules`` first: corpus formats of the user's);
+    returns how many this process built.
+
+    Each shard is claimed by its lock first. One held by another process (a concurrent job on the same
+    cache) is left to it; once this process has built what it could claim, it waits for those locks and
+    builds the ones still missing (their builder died). A shard whose shard.json changed since it was
+    found missing or damaged was published by another process meanwhile: not built again."""
     processes = min(num_proc, len(jobs))
     logger.info("tokenizing %d file(s) into shards with %d process(es)", len(jobs), processes)
+    busy: List[ShardJob] = []
+    held: Dict[str, contextlib.ExitStack] = {}
+    built = 0
 
-    def done(i: int, label: str, rows: int) -> None:
-        logger.info("shard %d/%d: %s -> %d row(s)", i, len(jobs), label, rows)
+    def claimed(ordered: List[ShardJob]) -> Iterator[ShardJob]:
+        for job in ordered:
+            stack = contextlib.ExitStack()
+            if not stack.enter_context(shard_lock(job.shard_dir, wait=False)):
+                stack.close()
+                busy.append(job)
+                continue
+            if report_stamp(job.shard_dir) != job.seen:
+                stack.close()
+                continue
+            held[job.shard_dir] = stack
+            yield job
 
-    if processes <= 1:
-        encode = _encoder(spec)
-        for i, job in enumerate(jobs, 1):
-            done(i, job.label(), _build_shard(job, encode))
-        return
-    # This module imports neither torch nor transformers, so a spawned worker starts small. Largest first:
-    # a big input that cannot be split (.gz) started last would leave one process working alone at the end.
-    finished = run_in_processes(_build_shard_in_worker, largest_first(jobs), processes, "shard-building",
-                                initializer=_init_worker, initargs=(spec, user_modules))
-    for i, (_, (label, rows)) in enumerate(finished, 1):
-        done(i, label, rows)
+    def done(job: ShardJob, work: str, rows: int, report: CorpusReport) -> None:
+        nonlocal built
+        try:
+            _finish(job, work, rows, report)
+        finally:
+            held.pop(job.shard_dir).close()
+            shutil.rmtree(work, ignore_errors=True)
+        built += 1
+        logger.info("shard %d/%d: %s -> %d row(s)", built, len(jobs), job.label(), rows)
+
+    encode = None
+    try:
+        if processes <= 1:
+            encode = _encoder(spec)
+            for job in claimed(jobs):
+                done(job, *_build_shard(job, encode))
+        else:
+            # This module imports neither torch nor transformers, so a spawned worker starts small. Largest
+            # first: a big input that cannot be split (.gz) started last would leave one process working alone.
+            for job, result in run_as_claimed(_build_shard_in_worker, claimed(largest_first(jobs)),
+                                              processes, "shard-building", len(jobs), initializer=_init_worker,
+                                              initargs=(spec, user_modules)):
+                done(job, *result)
+    finally:
+        for stack in held.values():
+            stack.close()
+    for job in busy:  # another process holds these: wait for it, then build what it did not publish
+        logger.info("waiting for another process building %s", job.label())
+        with shard_lock(job.shard_dir, wait=True):
+            if report_stamp(job.shard_dir) != job.seen:
+                continue
+            encode = encode or _encoder(spec)
+            held[job.shard_dir] = contextlib.ExitStack()
+            done(job, *_build_shard(job, encode))
+    return built
 
 
 def largest_first(jobs: List[ShardJob]) -> List[ShardJob]:
@@ -130,13 +275,18 @@ def _init_worker(spec: tuple, user_modules: Tuple[str, ...] = ()) -> None:
     _WORKER_ENCODE = _encoder(spec)
 
 
-def _build_shard_in_worker(job: ShardJob) -> Tuple[str, int]:
-    # TEST-ONLY fault (tests/unit/data/test_parts.py; listed in mometas_ds.train.faults): the worker building
-    # this shard dies.
+def _build_shard_in_worker(job: ShardJob) -> Tuple[str, int, CorpusReport]:
+    # TEST-ONLY faults (tests/unit/data/test_parts.py, tests/integration/train/test_faults.py; listed in
+    # mometas_ds.train.faults): the worker building this shard dies, or blocks (sleeps) for good.
     if os.environ.get("MOMETAS_FAULT_KILL_SHARD_WORKER") and job.label().endswith(
             os.environ["MOMETAS_FAULT_KILL_SHARD_WORKER"]):
         os.kill(os.getpid(), signal.SIGKILL)
-    return job.label(), _build_shard(job, _WORKER_ENCODE)
+    if os.environ.get("MOMETAS_FAULT_BLOCK_SHARD_WORKER") and job.label().endswith(
+            os.environ["MOMETAS_FAULT_BLOCK_SHARD_WORKER"]):
+        print(f"fault injection: shard worker {os.getpid()} blocks", file=sys.stderr, flush=True)
+        while True:
+            time.sleep(3600)
+    return _build_shard(job, _WORKER_ENCODE)
 
 
 def _encoder(spec: tuple):
@@ -159,40 +309,98 @@ def _encoder(spec: tuple):
     return encode_slow
 
 
-def _build_shard(job: ShardJob, encode) -> int:
-    """Read one input, tokenize it in bounded batches, pack its rows straight into one Arrow file, write its
-    report; publish the directory by one rename. Returns the number of rows."""
+def _build_shard(job: ShardJob, encode) -> Tuple[str, int, CorpusReport]:
+    """Read one input, tokenize it in bounded batches, pack its rows straight into one Arrow file in a new
+    temporary directory beside the shard's. Returns (that directory, rows, report); _finish publishes it.
+    A document longer than _PIECE_CHARS is tokenized in pieces (split_pieces), which give its tokens."""
     parent = os.path.dirname(job.shard_dir)
     work = tempfile.mkdtemp(prefix=f".tmp-{os.path.basename(job.shard_dir)}-", dir=parent)
     try:
         report = CorpusReport(max_examples=job.max_examples)
         with _RowWriter(os.path.join(work, ROWS_FILE), job.seq_len, job.special, job.packing, report) as rows:
-            for batch in _batches(readers.iter_path(job.path, job.text_field, report, job.part)):
-                for (_, source, line), ids in zip(batch, encode([text for text, _, _ in batch])):
-                    if len(ids) < MIN_DOC_TOKENS:
-                        report.documents -= 1
-                        report.skip("too_short", f"{source}:{line}")
-                    else:
-                        rows.add(np.asarray(ids, dtype=np.int32))
-        with open(os.path.join(work, REPORT_FILE), "w") as f:
-            json.dump({"format": CACHE_FORMAT_VERSION, "source": job.label(), "rows": rows.num_rows,
-                       "report": _report_to_store(report)}, f, indent=1)
-        _publish(work, job.shard_dir)
-    finally:
+            document = _Document(rows, report)
+            for batch in _batches(_pieces(readers.iter_path(job.path, job.text_field, report, job.part))):
+                for (_, source, line, first, last), ids in zip(batch, encode([piece[0] for piece in batch])):
+                    document.feed(np.asarray(ids, dtype=np.int32), first, last, f"{source}:{line}")
+    except BaseException:
         shutil.rmtree(work, ignore_errors=True)
-    return rows.num_rows
+        raise
+    return work, rows.num_rows, report
 
 
-def _batches(documents):
+_PIECE_CHARS = 1 << 20  # a document longer than this many characters is tokenized in pieces of at most this
+_BOUNDARY = re.compile(r"[^\s][ \t\n\r]")  # a whitespace character after a non-whitespace one
+
+
+def split_pieces(text: str, size: int = _PIECE_CHARS) -> Iterator[str]:
+    """``text`` in consecutive pieces of at most ``size`` characters that join to it, each cut just before a
+    space, tab or newline that follows a non-whitespace character, in the second half of the piece. The
+    tokenizers' pre-tokenizers (BERT's, byte-level BPE's, Metaspace) split words there too, so the pieces'
+    tokens are the whole text's (tests/unit/data/test_cache_integrity.py checks it for WordPiece). Only a stretch of
+    ``size // 2`` characters without such a place (one "word" of half a million characters) is cut anywhere."""
+    start, end = 0, len(text)
+    while end - start > size:
+        found = _BOUNDARY.search(text, start + size // 2, start + size)
+        cut = found.start() + 1 if found else start + size
+        yield text[start:cut]
+        start = cut
+    yield text[start:]
+
+
+def _pieces(documents):
+    """(piece, source, line, first piece, last piece) for each document's pieces (a short document: one)."""
+    for text, source, line in documents:
+        if len(text) <= _PIECE_CHARS:
+            yield text, source, line, True, True
+            continue
+        pieces = split_pieces(text, _PIECE_CHARS)
+        previous, first = next(pieces), True
+        for piece in pieces:
+            yield previous, source, line, first, False
+            previous, first = piece, False
+        yield previous, source, line, first, True
+
+
+def _batches(pieces):
     batch, chars = [], 0
-    for document in documents:
-        batch.append(document)
-        chars += len(document[0])
+    for piece in pieces:
+        batch.append(piece)
+        chars += len(piece[0])
         if len(batch) >= _DOCS_PER_BATCH or chars >= _CHARS_PER_BATCH:
             yield batch
             batch, chars = [], 0
     if batch:
         yield batch
+
+
+class _Document:
+    """Feeds one document's ids, given piece by piece, to the row writer: as one document, skipped when it
+    has fewer than MIN_DOC_TOKENS tokens (held back until it has that many)."""
+
+    def __init__(self, rows: "_RowWriter", report: CorpusReport):
+        self.rows, self.report = rows, report
+        self.held: List[np.ndarray] = []
+        self.started = False
+
+    def feed(self, ids: np.ndarray, first: bool, last: bool, where: str) -> None:
+        if first:
+            self.held, self.started = [], False
+        if not self.started:
+            self.held.append(ids)
+            if sum(len(h) for h in self.held) >= MIN_DOC_TOKENS:
+                self.rows.begin()
+                for held in self.held:
+                    self.rows.extend(held)
+                self.held, self.started = [], True
+        else:
+            self.rows.extend(ids)
+        if last:
+            if self.started:
+                self.rows.end()
+            else:
+                self.report.documents -= 1
+                self.report.skip("too_short", where)
+            self.held, self.started = [], False
 
 
 class _RowWriter:
@@ -211,6 +419,7 @@ class _RowWriter:
         self.lengths = np.empty(_ROWS_PER_WRITE, dtype=np.int64)  # real tokens per row, cls and sep included
         self._reset()
         self.fill = 0  # inner tokens in the open row (self.ids[self.n])
+        self.doc_tokens = 0  # (per_document) tokens of the open document so far
         self.num_rows = 0
 
     def __enter__(self):
@@ -232,22 +441,28 @@ class _RowWriter:
         self.n = 0
 
     def add(self, ids: np.ndarray) -> None:
-        self.report.tokens += int(ids.size)
-        if self.packing == "per_document":
-            if ids.size > self.inner:
-                self.report.truncated_documents += 1
-                self.report.truncated_tokens += int(ids.size) - self.inner
-                ids = ids[: self.inner]
-            self.ids[self.n, 1: 1 + ids.size] = ids
-            self.fill = int(ids.size)
-            self._close_row()
-            return
-        if self.fill:  # a document after another one in the open row
+        """One whole document."""
+        self.begin()
+        self.extend(ids)
+        self.end()
+
+    def begin(self) -> None:
+        """A document starts (its ids follow in one or more ``extend`` calls, then ``end``)."""
+        self.doc_tokens = 0
+        if self.packing == "packed" and self.fill:  # a document after another one in the open row
             if self.inner - self.fill >= 2:
                 self.ids[self.n, 1 + self.fill] = self.sep_id
                 self.fill += 1
             else:  # one free slot: a [SEP] there would double the row's closing [SEP]
                 self._close_row()
+
+    def extend(self, ids: np.ndarray) -> None:
+        self.report.tokens += int(ids.size)
+        if self.packing == "per_document":  # the row holds the first inner tokens; the rest are counted
+            take = max(0, min(self.inner - self.doc_tokens, int(ids.size)))
+            self.ids[self.n, 1 + self.doc_tokens: 1 + self.doc_tokens + take] = ids[:take]
+            self.doc_tokens += int(ids.size)
+            return
         pos = 0
         while pos < ids.size:
             take = min(self.inner - self.fill, ids.size - pos)
@@ -256,6 +471,14 @@ class _RowWriter:
             pos += take
             if self.fill == self.inner:
                 self._close_row()
+
+    def end(self) -> None:
+        if self.packing == "per_document":
+            if self.doc_tokens > self.inner:
+                self.report.truncated_documents += 1
+                self.report.truncated_tokens += self.doc_tokens - self.inner
+            self.fill = min(self.doc_tokens, self.inner)
+            self._close_row()
 
     def _close_row(self) -> None:
         self.ids[self.n, 1 + self.fill] = self.sep_id

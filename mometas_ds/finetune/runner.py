@@ -20,6 +20,7 @@ from transformers import Trainer, TrainingArguments, set_seed
 
 from mometas_ds.config import ConfigError, DataError
 from mometas_ds.data.tokenizer import load_tokenizer
+from mometas_ds.safe_io import check_writable_dir
 
 from mometas_ds.finetune.kinds import kind_for
 from mometas_ds.finetune.summary import RESULTS_FILE, read_results, write_summary
@@ -153,6 +154,7 @@ def run(args) -> str:
     limit = config.get("max_position_embeddings")
     if limit is not None and args.max_seq_len > limit:
         raise ConfigError(f"--max_seq_len {args.max_seq_len} exceeds the model's max_position_embeddings {limit}")
+    check_writable_dir(args.output_dir, "--output_dir")  # a file in the way, no permission: exit 2, no traceback
     os.makedirs(os.path.join(args.output_dir, "predictions"), exist_ok=True)
     settings = _settings(args)
     if args.overwrite and os.path.isfile(os.path.join(args.output_dir, RESULTS_FILE)):
@@ -200,6 +202,7 @@ def run(args) -> str:
 def merge(output_dir: str, parts: List[str]) -> str:
     """Gather the results.jsonl and predictions of several eval dirs (a SLURM array's parts) into
     ``output_dir`` and write its summary; returns the summary.md path."""
+    check_writable_dir(output_dir, "--output_dir")
     os.makedirs(os.path.join(output_dir, "predictions"), exist_ok=True)
     rows: Dict[Tuple[str, float, int], dict] = {}
     for part in parts:

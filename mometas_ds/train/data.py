@@ -39,6 +39,7 @@ class PretrainData:
         data_cfg = DataConfig(train_files=list(cfg.train_files), text_field=cfg.text_field, seq_len=cfg.seq_len,
                               cache_dir=cache_dir, num_proc=cfg.num_proc, packing=cfg.packing,
                               shard_size_mb=cfg.shard_size_mb, user_modules=tuple(cfg.user_modules),
+                              verify=cfg.verify_checkpoint,
                               meta_sequences=2 * cfg.meta_batch_size, seed=cfg.seed)
 
         def prepare_on_rank0():

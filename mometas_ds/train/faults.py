@@ -13,6 +13,8 @@ The tests start every rank as its own process, so a fault can be given to one ra
   MOMETAS_FAULT_HANG_AT_STEP=6           this rank stops answering (sleeps an hour) when optimizer step 6 is done
   MOMETAS_FAULT_KILL_SHARD_WORKER=1/3)   the --num_proc worker building the shard whose label ends so (here:
                                          "FILE (part 1/3)") kills itself; read in data.shards (no torch there)
+  MOMETAS_FAULT_BLOCK_SHARD_WORKER=.jsonl  the --num_proc worker building such a shard prints "fault injection:
+                                         shard worker PID blocks" and sleeps for good; read in data.shards
 
 Each hook logs a line starting with "fault injection:" when it fires, so a test can wait for it.
 

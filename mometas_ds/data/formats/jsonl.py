@@ -46,6 +46,7 @@ def read_jsonl(path: str, text_field: str, report: CorpusReport,
                     # A \ud800-style escape decodes to a lone surrogate, which Arrow cannot store.
                     report.skip("non_utf8", f"{where} (lone surrogate escape)")
                 else:
+                    raw = line = record = None  # only the text stays referenced while it is tokenized
                     yield text, lineno
     except READ_ERRORS as err:
         report.skip("unreadable_file", f"{path}:{lineno + 1} ({type(err).__name__}: {err})")

@@ -18,15 +18,20 @@ READ_ERRORS = (OSError, EOFError, zlib.error)  # gzip.BadGzipFile is an OSError
 
 def numbered_lines(f, part: Optional[Part]) -> Iterator[Tuple[int, bytes, bool]]:
     """(line number, raw line, whether it lies past the part's end) from the file's or the part's start."""
+    # Each line is handed over without a reference kept here, so that a huge one is freed once read.
     if part is None:
         for lineno, raw in enumerate(f, 1):
-            yield lineno, raw, False
+            box = [raw]
+            raw = None
+            yield lineno, box.pop(), False
         return
     f.seek(part.start)
     position = part.start
     for lineno, raw in enumerate(f, part.first_line):
-        yield lineno, raw, position >= part.stop
-        position += len(raw)
+        box, size = [raw], len(raw)
+        raw = None
+        yield lineno, box.pop(), position >= part.stop
+        position += size
 
 
 def no_line_read(part: Optional[Part], any_line: bool) -> bool:

@@ -59,6 +59,7 @@ def read_txt(path: str, text_field: str, report: CorpusReport,
                 if lineno == 1:
                     line = line.lstrip("\ufeff")
                 if not paragraphs:
+                    raw = None  # only the text stays referenced while it is tokenized
                     yield line, lineno
                     continue
                 if not block:

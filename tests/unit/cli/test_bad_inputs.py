@@ -561,7 +561,37 @@ def _eval_dir_with_bad_line(d, middle=False):
     return path
 
 
+def _tiny_bert(d):
+    from mometas_ds.finetune.synthetic import write_tiny_bert
+
+    return write_tiny_bert(os.path.join(d, "bert"), vocab_size=300, hidden=32, layers=1)
+
+
+def _good_eval_dir(d, name):
+    path = os.path.join(d, name)
+    os.makedirs(path, exist_ok=True)
+    with open(os.path.join(path, "results.jsonl"), "w", encoding="utf-8") as f:
+        for seed, value in ((1, 50.0), (2, 52.0)):
+            f.write(json.dumps({"task": "sst2", "seed": seed, "learning_rate": 2e-5, "main_metric": "accuracy",
+                                "metrics": {"accuracy": value}}) + "\n")
+    return path
+
+
+def _finetune_to(d, output_dir):
+    return ["--model_name_or_path", _tiny_bert(d), "--tasks", "sst2", "--data_dir", d, "--output_dir", output_dir]
+
+
 OTHER_CASES = [
+    # issue 27: an output that cannot be a directory was a traceback (NotADirectoryError, FileExistsError)
+    ("finetune_output_is_a_file", "mometas_ds.cli.finetune", "mometas-finetune",
+     lambda d: _finetune_to(d, f"{d}/notes.txt"), "--output_dir: "),
+    ("finetune_output_under_a_file", "mometas_ds.cli.finetune", "mometas-finetune",
+     lambda d: _finetune_to(d, f"{d}/notes.txt/eval"), "a file is in the way of a directory"),
+    ("compare_out_is_a_file", "mometas_ds.cli.compare", "mometas-compare",
+     lambda d: [_good_eval_dir(d, "a"), _good_eval_dir(d, "b"), "--out", f"{d}/notes.txt"], "--out: "),
+    ("compare_out_under_a_file", "mometas_ds.cli.compare", "mometas-compare",
+     lambda d: [_good_eval_dir(d, "a"), _good_eval_dir(d, "b"), "--out", f"{d}/notes.txt/cmp"],
+     "a file is in the way of a directory"),
     ("finetune_model_not_a_dir", "mometas_ds.cli.finetune", "mometas-finetune",
      lambda d: ["--model_name_or_path", f"{d}/none", "--tasks", "sst2", "--data_dir", d, "--output_dir", f"{d}/o"],
      "--model_name_or_path"),
@@ -674,4 +704,51 @@ def test_every_other_command_refuses_bad_input_with_exit_2_naming_it(case, tmp_p
     got, err = run_in_process(importlib.import_module(module).main, argv, capsys)
     assert got == 2, err[-3000:]
     assert re.search(rf"^{prog}( \w+)?: error:", err, re.M) and phrase in err and "Traceback" not in err, err[-3000:]
+    assert_untouched(before, d)
+
+
+def _unwritable(monkeypatch, root):
+    """os.makedirs and open for writing under ``root`` raise PermissionError, as a directory without write
+    permission does for a user that is not root (these tests may run as root, which writes anywhere)."""
+    import builtins
+    import errno
+
+    real_makedirs, real_open = os.makedirs, builtins.open
+    root = os.path.abspath(root)
+
+    def inside(path):
+        return isinstance(path, (str, os.PathLike)) and os.path.abspath(os.fspath(path)).startswith(root)
+
+    def makedirs(path, *args, **kwargs):
+        if inside(path):
+            raise PermissionError(errno.EACCES, "Permission denied", os.fspath(path))
+        return real_makedirs(path, *args, **kwargs)
+
+    def fake_open(file, mode="r", *args, **kwargs):
+        if inside(file) and any(c in mode for c in "wax+"):
+            raise PermissionError(errno.EACCES, "Permission denied", os.fspath(file))
+        return real_open(file, mode, *args, **kwargs)
+
+    monkeypatch.setattr(os, "makedirs", makedirs)
+    monkeypatch.setattr(builtins, "open", fake_open)
+
+
+@pytest.mark.parametrize("command", ["finetune", "compare"])
+def test_an_unwritable_output_is_an_exit_2_message_not_a_traceback(command, tmp_path, capsys, monkeypatch):
+    """issue 27: mometas-finetune / mometas-compare with an output they may not write (PermissionError)."""
+    import importlib
+
+    d = _other_dir(str(tmp_path))
+    out = os.path.join(d, "locked", "out")
+    if command == "finetune":
+        module, prog, flag, argv = "mometas_ds.cli.finetune", "mometas-finetune", "--output_dir", _finetune_to(d, out)
+    else:
+        module, prog, flag = "mometas_ds.cli.compare", "mometas-compare", "--out"
+        argv = [_good_eval_dir(d, "a"), _good_eval_dir(d, "b"), "--out", out]
+    before = snapshot(d)
+    _unwritable(monkeypatch, os.path.join(d, "locked"))
+    got, err = run_in_process(importlib.import_module(module).main, argv, capsys)
+    assert got == 2, err[-3000:]
+    assert re.search(rf"^{prog}: error: {flag}: ", err, re.M) and "permission denied" in err, err[-3000:]
+    assert "Traceback" not in err and out in err, err[-3000:]
     assert_untouched(before, d)
