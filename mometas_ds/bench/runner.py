@@ -94,10 +94,10 @@ class Bench:
         n = len(cfg.objectives)
         one_hot = [1.0 if name == cfg.single_objective else 0.0 for name in cfg.objectives]
         samplers = {
-            "single": build_sampler("fixed", num_objectives=n, seed=cfg.seed, interval=cfg.interval, weights=one_hot),
+            "single": build_sampler("fixed", num_objectives=n, seed=cfg.seed, weights=one_hot),
             # The same seed: uniform and MOMETAS draw the same objective at the same step while MOMETAS is near uniform.
-            "uniform": build_sampler("uniform", num_objectives=n, seed=cfg.seed, interval=cfg.interval),
-            "mometas": build_sampler("mometas", num_objectives=n, seed=cfg.seed, interval=cfg.interval,
+            "uniform": build_sampler("uniform", num_objectives=n, seed=cfg.seed),
+            "mometas": build_sampler("mometas", num_objectives=n, seed=cfg.seed,
                                      lr=cfg.meta_lr, gamma=cfg.meta_gamma),
         }
         self._update_due = {arm: False for arm in ARMS}
@@ -139,7 +139,7 @@ class Bench:
         single = self.arms["single"]
         n = len(self.cfg.objectives)
         for k in range(n):
-            sampler = build_sampler("fixed", num_objectives=n, seed=self.cfg.seed, interval=self.cfg.interval,
+            sampler = build_sampler("fixed", num_objectives=n, seed=self.cfg.seed,
                                     weights=[1.0 if i == k else 0.0 for i in range(n)])
             # On the single arm's batches, from a copy of its counters (which stay where they are).
             self._optimizer_step(self._train_step(sampler, single.batches, dataclasses.replace(single.state)), [])

@@ -18,7 +18,8 @@ What it does (see docs/sampler_study.md):
    with std error bars).
 
 Sampler specs: ``LABEL=NAME`` or ``LABEL=NAME:JSON`` (JSON = --sampler_args), or just ``NAME``,
-e.g. ``uniform mometas exp3 credit=mometas_credit 'floor=mometas:{"prob_floor": 0.2}'``.
+e.g. ``uniform mometas exp3 credit=mometas_credit 'floor=mometas:{"prob_floor": 0.2}'``; the JSON may also
+hold ``"meta_fixed_set": "on"`` (or true/false), given to the run as --meta_fixed_set.
 """
 
 from __future__ import annotations
@@ -208,6 +209,7 @@ def run_study(args) -> int:
             "label": spec.label,
             "sampler": spec.name,
             "sampler_args": spec.args,
+            "meta_fixed_set": spec.meta_fixed_set,
             "seed": seed,
             **read_run(out, args.objectives),
             "heldout": evaluator.losses(out),

@@ -90,6 +90,10 @@ class PretrainConfig:
     meta_gamma: float = option(2.0, "entropy weight of the sampler's policy loss", type=float)
     meta_batch_size: int = option(
         128, "meta-validation sequences per objective per update, split across ranks", type=int)
+    meta_fixed_set: str = option(
+        "auto", "on: measure every sampler update on the same meta-validation batch (rows and corruption seeds), so a "
+        "loss drop is the model's change, not the batch's; off: a fresh batch each update (the paper's); auto: what "
+        "the sampler asks (on for mometas_credit, off for the others)", choices=("auto", "on", "off"))
     max_steps: int = option(1000, "optimizer steps of the whole schedule", type=int)
     steps_this_run: Optional[int] = option(
         None, "stop after this many steps with a checkpoint, without changing the schedule (resume later)", type=int)

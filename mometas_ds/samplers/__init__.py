@@ -1,9 +1,9 @@
 """Objective samplers: MOMETAS (the default), its credit-assigning variant, rule-based and bandit baselines.
 
     from mometas_ds.samplers import build_sampler, available_samplers
-    s = build_sampler("mometas", num_objectives=5, seed=1234, interval=100, lr=0.1, gamma=2.0)
+    s = build_sampler("mometas", num_objectives=5, seed=1234, lr=0.1, gamma=2.0)
     k = s.sample(step)            # int in [0, num_objectives); same on every rank
-    info = s.update(val_losses)   # one meta-validation loss per objective, every `interval` steps
+    info = s.update(val_losses)   # one meta-validation loss per objective, every --meta_interval steps
 
 Samplers deal in objective indices; the trainer maps them to objective names.
 """

@@ -125,16 +125,15 @@ class Sampler:
 
     name: str = ""  # set by register_sampler
     needs_meta_validation: bool = False  # True: update() needs one meta-validation loss per objective
-    fixed_meta_set: bool = False  # read by the trainer: reuse one meta-validation batch for every update
+    # What this sampler asks of the meta-validation (--meta_fixed_set auto): one batch reused for every update
+    # (True), or a fresh batch each time (False, the paper's).
+    fixed_meta_set: bool = False
 
-    def __init__(self, num_objectives: int, seed: int = 0, interval: int = 100):
+    def __init__(self, num_objectives: int, seed: int = 0):
         owner = self._owner()
         self.num_objectives = check_int(owner, "num_objectives", num_objectives, minimum=1)
         self.seed = check_int(owner, "seed", seed)
-        self.interval = check_int(owner, "interval", interval, minimum=1)
-        self.config: Dict[str, object] = {
-            "num_objectives": self.num_objectives, "seed": self.seed, "interval": self.interval,
-        }
+        self.config: Dict[str, object] = {"num_objectives": self.num_objectives, "seed": self.seed}
         self.num_updates = 0
         self.skipped_updates = 0
         self._last_val_losses: Optional[torch.Tensor] = None  # meta-validation losses of the last update

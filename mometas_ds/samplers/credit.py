@@ -22,10 +22,10 @@ composition across rounds (Aioli-style, Chen et al. 2024):
   * theta <- (1 - decay) * theta + lr * b;  draw from (1 - prob_floor) * softmax(theta) + prob_floor / N.
 
 The floor keeps every objective drawn now and then, so the compositions keep varying and the
-regression keeps its signal; the decay bounds theta, so a credit that was noise fades. With
-``fixed_meta_set`` (the default here) the trainer measures every update on the same meta-validation
-rows with the same corruption seeds, so a loss drop is the model's change, not the batch's. Cost: the
-meta-validation losses the trainer already computes, no extra forward pass; per update, an
+regression keeps its signal; the decay bounds theta, so a credit that was noise fades. It asks for a
+fixed meta-validation set (``fixed_meta_set``; --meta_fixed_set auto gives it): the trainer measures every
+update on the same rows with the same corruption seeds, so a loss drop is the model's change, not the
+batch's. Cost: the meta-validation losses the trainer already computes, no extra forward pass; per update, an
 (N+1) x (N+1) solve on the CPU.
 
 State (saved, resumed and all-reduced as ``_policy_state``, a fixed length for a given window):
@@ -104,37 +104,32 @@ def _significance(x: torch.Tensor, t: torch.Tensor, y: torch.Tensor, fitted: tor
 @register_sampler("mometas_credit")
 class MometasCreditSampler(Sampler):
     needs_meta_validation = True
+    fixed_meta_set = True  # asks --meta_fixed_set auto for one meta-validation batch: see the module docstring
 
     def __init__(
         self,
         num_objectives: int,
         seed: int = 0,
-        interval: int = 100,
         *,
         lr: float = 1.5,
         window: int = 10,
         ridge: float = 0.1,
         decay: float = 0.0,
         prob_floor: float = 0.25,
-        fixed_meta_set: bool = True,
     ):
-        super().__init__(num_objectives, seed, interval)
+        super().__init__(num_objectives, seed)
         owner = self._owner()
         self.lr = check_float(owner, "lr", lr, low=0.0, low_open=True)
         self.window = check_int(owner, "window", window, minimum=3)
         self.ridge = check_float(owner, "ridge", ridge, low=0.0)
         self.decay = check_float(owner, "decay", decay, low=0.0, high=1.0, high_open=True)
         self.prob_floor = check_float(owner, "prob_floor", prob_floor, low=0.0, high=1.0)
-        if not isinstance(fixed_meta_set, bool):
-            raise ValueError(f"{owner}: fixed_meta_set must be True or False, got {fixed_meta_set!r}")
-        self.fixed_meta_set = fixed_meta_set
         self.config.update(
             lr=self.lr,
             window=self.window,
             ridge=self.ridge,
             decay=self.decay,
             prob_floor=self.prob_floor,
-            fixed_meta_set=self.fixed_meta_set,
         )
         n = self.num_objectives
         self.logits = torch.zeros(n, dtype=torch.float64)

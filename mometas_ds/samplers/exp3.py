@@ -35,16 +35,13 @@ def odm_exploration(num_arms: int, rounds: int) -> float:
 class Exp3Sampler(Sampler):
     needs_meta_validation = True
 
-    def __init__(self, num_objectives: int, seed: int = 0, interval: int = 100, *, gamma: Optional[float] = None,
-                 eta: Optional[float] = None, fixed_meta_set: bool = False):
-        super().__init__(num_objectives, seed, interval)
+    def __init__(self, num_objectives: int, seed: int = 0, *, gamma: Optional[float] = None,
+                 eta: Optional[float] = None):
+        super().__init__(num_objectives, seed)
         owner = self._owner()
         self.gamma = None if gamma is None else check_float(owner, "gamma", gamma, low=0.0, high=1.0)
         self.eta = None if eta is None else check_float(owner, "eta", eta, low=0.0, low_open=True)
-        if not isinstance(fixed_meta_set, bool):
-            raise ValueError(f"{owner}: fixed_meta_set must be True or False, got {fixed_meta_set!r}")
-        self.fixed_meta_set = fixed_meta_set
-        self.config.update(gamma=self.gamma, eta=self.eta, fixed_meta_set=self.fixed_meta_set)
+        self.config.update(gamma=self.gamma, eta=self.eta)
         self.estimated_rewards = torch.zeros(self.num_objectives, dtype=torch.float64)  # R, cumulative
         self.rounds = 0
 

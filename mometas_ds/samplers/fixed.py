@@ -11,8 +11,8 @@ from mometas_ds.samplers.registry import register_sampler
 
 @register_sampler("fixed")
 class FixedSampler(Sampler):
-    def __init__(self, num_objectives: int, seed: int = 0, interval: int = 100, *, weights: Sequence[float] = None):
-        super().__init__(num_objectives, seed, interval)
+    def __init__(self, num_objectives: int, seed: int = 0, *, weights: Sequence[float] = None):
+        super().__init__(num_objectives, seed)
         if weights is None:
             raise ValueError(f"{self._owner()}: weights is required (one non-negative number per objective)")
         self._probs = check_weights(self._owner(), "weights", weights, self.num_objectives)

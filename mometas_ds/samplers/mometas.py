@@ -14,8 +14,7 @@ Beyond the paper, all off by default:
     the average starts at 0 and after each update becomes m * average + (1 - m) * r.
   * ``prob_floor=eps``: draw from (1 - eps) * softmax(theta) + eps / N, as ODM and DoReMi do, so the
     policy cannot collapse onto one objective. The update itself still uses softmax(theta).
-  * ``fixed_meta_set=True``: a flag for the trainer, which then reuses one meta-validation batch for
-    every update instead of drawing a fresh one.
+(Reusing one meta-validation batch for every update is a meta-validation setting: --meta_fixed_set.)
 """
 from __future__ import annotations
 
@@ -31,10 +30,9 @@ from mometas_ds.samplers.registry import register_sampler
 class MometasSampler(Sampler):
     needs_meta_validation = True
 
-    def __init__(self, num_objectives: int, seed: int = 0, interval: int = 100, *, lr: float = 0.1,
-                 gamma: float = 2.0, reward_baseline: Optional[float] = None, prob_floor: float = 0.0,
-                 fixed_meta_set: bool = False):
-        super().__init__(num_objectives, seed, interval)
+    def __init__(self, num_objectives: int, seed: int = 0, *, lr: float = 0.1,
+                 gamma: float = 2.0, reward_baseline: Optional[float] = None, prob_floor: float = 0.0):
+        super().__init__(num_objectives, seed)
         owner = self._owner()
         self.lr = check_float(owner, "lr", lr, low=0.0, low_open=True)
         self.gamma = check_float(owner, "gamma", gamma, low=0.0)
@@ -43,11 +41,8 @@ class MometasSampler(Sampler):
             else check_float(owner, "reward_baseline", reward_baseline, low=0.0, high=1.0, high_open=True)
         )
         self.prob_floor = check_float(owner, "prob_floor", prob_floor, low=0.0, high=1.0)
-        if not isinstance(fixed_meta_set, bool):
-            raise ValueError(f"{owner}: fixed_meta_set must be True or False, got {fixed_meta_set!r}")
-        self.fixed_meta_set = fixed_meta_set
         self.config.update(lr=self.lr, gamma=self.gamma, reward_baseline=self.reward_baseline,
-                           prob_floor=self.prob_floor, fixed_meta_set=self.fixed_meta_set)
+                           prob_floor=self.prob_floor)
         self.logits = torch.ones(self.num_objectives, dtype=torch.float64)
         self.reward_average = 0.0  # moving average of rewards; used only with reward_baseline
 

@@ -20,10 +20,10 @@ from mometas_ds.samplers.registry import register_sampler
 
 @register_sampler("temperature")
 class TemperatureSampler(Sampler):
-    def __init__(self, num_objectives: int, seed: int = 0, interval: int = 100, *,
+    def __init__(self, num_objectives: int, seed: int = 0, *,
                  start_weights: Optional[Sequence[float]] = None, end_weights: Optional[Sequence[float]] = None,
                  total_steps: Optional[int] = None):
-        super().__init__(num_objectives, seed, interval)
+        super().__init__(num_objectives, seed)
         owner = self._owner()
         n = self.num_objectives
         if end_weights is None:

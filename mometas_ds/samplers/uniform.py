@@ -9,8 +9,8 @@ from mometas_ds.samplers.registry import register_sampler
 
 @register_sampler("uniform")
 class UniformSampler(Sampler):
-    def __init__(self, num_objectives: int, seed: int = 0, interval: int = 100):
-        super().__init__(num_objectives, seed, interval)
+    def __init__(self, num_objectives: int, seed: int = 0):
+        super().__init__(num_objectives, seed)
         self._probs = torch.full((self.num_objectives,), 1.0 / self.num_objectives, dtype=torch.float64)
 
     @property

@@ -25,7 +25,8 @@ class StudyError(ValueError):
 class SamplerSpec:
     label: str
     name: str
-    args: dict = field(default_factory=dict)
+    args: dict = field(default_factory=dict)  # --sampler_args
+    meta_fixed_set: str = "auto"  # --meta_fixed_set: the spec's JSON may hold it too ("meta_fixed_set": "on")
 
 
 def parse_sampler_spec(text: str) -> SamplerSpec:
@@ -46,4 +47,8 @@ def parse_sampler_spec(text: str) -> SamplerSpec:
             raise StudyError(f"--samplers: {text!r}: the options after ':' are not JSON ({exc})") from None
         if not isinstance(args, dict):
             raise StudyError(f"--samplers: {text!r}: the options after ':' must be a JSON object")
-    return SamplerSpec(label, name, args)
+    fixed = args.pop("meta_fixed_set", "auto")
+    fixed = {True: "on", False: "off"}.get(fixed, fixed) if isinstance(fixed, bool) else fixed
+    if fixed not in ("auto", "on", "off"):
+        raise StudyError(f"--samplers: {text!r}: meta_fixed_set must be auto, on or off (or true/false)")
+    return SamplerSpec(label, name, args, fixed)

@@ -123,6 +123,8 @@ def pretrain_command(args, inputs: Dict[str, str], spec: SamplerSpec, seed: int)
         cmd += ["--meta_lr", str(args.meta_lr)]
     if spec.args:
         cmd += ["--sampler_args", json.dumps(spec.args)]
+    if spec.meta_fixed_set != "auto":
+        cmd += ["--meta_fixed_set", spec.meta_fixed_set]
     if args.user_modules:
         cmd += ["--user_modules", *args.user_modules]
     return cmd

@@ -22,6 +22,12 @@ def meta_chunks(rows: torch.Tensor, size: int, min_rows: int) -> List[torch.Tens
     return chunks
 
 
+def fixed_meta_set(setting: str, sampler) -> bool:
+    """Whether every update is measured on one meta-validation batch: --meta_fixed_set on/off, or with auto what
+    the sampler asks (``Sampler.fixed_meta_set``)."""
+    return {"on": True, "off": False}.get(setting, bool(getattr(sampler, "fixed_meta_set", False)))
+
+
 class MetaValidation:
     """Measures the objectives on the meta-validation split and updates a sampler from the measurement.
 
@@ -31,19 +37,20 @@ class MetaValidation:
 
     def __init__(self, engine, objectives: Dict[str, object], meta_rows: Dict[str, torch.Tensor], corrupt: Callable,
                  *, device: torch.device, seed: int, meta_batch_size: int, micro_batch: int, rank: int = 0,
-                 world_size: int = 1):
+                 world_size: int = 1, fixed_set: bool = False):
         self.engine, self.objectives, self.meta_rows, self.corrupt = engine, objectives, meta_rows, corrupt
         self.objective_names = list(objectives)
         self.device, self.seed = device, seed
         self.meta_batch_size, self.micro_batch = meta_batch_size, micro_batch
         self.rank, self.world_size = rank, world_size
+        self.fixed_set = fixed_set  # --meta_fixed_set: one batch (draw 0) for every update
 
     def update(self, sampler, num_updates: int) -> dict:
         """The sampler's update number ``num_updates``: measured and all-reduced when the sampler learns from
         meta-validation losses; a rule-based one only clears its rollout (probabilities unchanged)."""
         if not sampler.needs_meta_validation:
             return sampler.update()
-        draw_id = 0 if getattr(sampler, "fixed_meta_set", False) else num_updates
+        draw_id = 0 if self.fixed_set else num_updates
         loss_sums, counts = self.measure(draw_id)
         return meta_update_distributed(sampler, loss_sums, counts, device=self.device)
 

@@ -185,8 +185,7 @@ def validate_config(cfg: PretrainConfig) -> dict:
             fail("resume", str(exc).split(": ", 1)[-1])
     # The sampler checks its own options: build one now so a bad --sampler_args stops the run here.
     try:
-        build_sampler(cfg.sampler, num_objectives=len(cfg.objectives), seed=cfg.seed, interval=cfg.meta_interval,
-                      **sampler_kwargs(cfg))
+        build_sampler(cfg.sampler, num_objectives=len(cfg.objectives), seed=cfg.seed, **sampler_kwargs(cfg))
     except (TypeError, ValueError) as exc:
         fail("sampler_args", str(exc))
     return ds_config
@@ -235,6 +234,7 @@ def run_identity(cfg: PretrainConfig, ds_config: dict, world_size: int) -> dict:
         "--sampler_args": dict(cfg.sampler_args),
         "--meta_interval": cfg.meta_interval,
         "--meta_batch_size": cfg.meta_batch_size,
+        "--meta_fixed_set": cfg.meta_fixed_set,  # checkpoints from before the flag lack it: not compared
         "--seed": cfg.seed,
         "--model_name_or_path": cfg.model_name_or_path,
         # The fields, not the path: the same file named another way is the same model, and one edited in place is

@@ -30,7 +30,7 @@ from mometas_ds.train.data import PretrainData
 from mometas_ds.train.engine import build_engine
 from mometas_ds.train.faults import Faults
 from mometas_ds.train.logs import RunLogs, as_float
-from mometas_ds.train.meta_validation import MetaValidation
+from mometas_ds.train.meta_validation import MetaValidation, fixed_meta_set
 from mometas_ds.train.preflight import TOKENIZER_KEY, Preflight, preflight, tokenizer_identity
 from mometas_ds.train.state import TrainState
 from mometas_ds.train.step import Corruption, NonFiniteLossError, StopRequest, TrainStep
@@ -77,11 +77,12 @@ class Trainer:
 
         self.batches = self.data.batch_stream(self.micro_batch, self.device)
         self.sampler = build_sampler(cfg.sampler, num_objectives=len(self.objective_names), seed=cfg.seed,
-                                     interval=cfg.meta_interval, **sampler_kwargs(cfg))
+                                     **sampler_kwargs(cfg))
         corrupt = Corruption(self.objectives, self.device)
         meta = MetaValidation(self.engine, self.objectives, self.data.meta_rows(), corrupt,
                               device=self.device, seed=cfg.seed, meta_batch_size=cfg.meta_batch_size,
-                              micro_batch=self.micro_batch, rank=self.rank, world_size=self.world_size)
+                              micro_batch=self.micro_batch, rank=self.rank, world_size=self.world_size,
+                              fixed_set=fixed_meta_set(cfg.meta_fixed_set, self.sampler))
         self.state = TrainState()
         self.steps = TrainStep(self.engine, self.model, self.objectives, self.sampler, self.batches, meta, corrupt,
                                self.state, seed=cfg.seed, rank=self.rank, world_size=self.world_size,

@@ -61,7 +61,7 @@ def run_bandit(sampler, bandit, rounds=75, interval=20):
 
 @pytest.mark.parametrize("seed", range(5))
 def test_harmful_and_useless_arms_lose_mass_useful_ones_keep_theirs(seed):
-    sampler = build_sampler("mometas_credit", N, seed=seed, interval=20)
+    sampler = build_sampler("mometas_credit", N, seed=seed)
     draws = run_bandit(sampler, MultiObjectiveBandit(seed))
     probs = sampler.probs.tolist()
     uniform = 1.0 / N
@@ -78,12 +78,12 @@ def test_the_paper_sampler_does_not_separate_the_same_bandit():
     little."""
     harmful_share = []
     for seed in range(5):
-        paper = build_sampler("mometas", N, seed=seed, interval=20, lr=0.5)
+        paper = build_sampler("mometas", N, seed=seed, lr=0.5)
         draws = run_bandit(paper, MultiObjectiveBandit(seed))
         harmful_share.append(draws[3] / sum(draws))
     credit = []
     for seed in range(5):
-        draws = run_bandit(build_sampler("mometas_credit", N, seed=seed, interval=20), MultiObjectiveBandit(seed))
+        draws = run_bandit(build_sampler("mometas_credit", N, seed=seed), MultiObjectiveBandit(seed))
         credit.append(draws[3] / sum(draws))
     assert max(credit) < min(harmful_share), (credit, harmful_share)
 
@@ -92,7 +92,7 @@ def test_best_arm_of_a_linear_bandit_gets_the_most_mass():
     """Reward = sum_j beta_j * share_j + noise with beta known: the policy orders the arms as beta does."""
     beta = torch.tensor([0.03, 0.015, 0.01, -0.005, -0.02], dtype=torch.float64)
     gen = torch.Generator().manual_seed(9)
-    sampler = build_sampler("mometas_credit", N, seed=4, interval=20)
+    sampler = build_sampler("mometas_credit", N, seed=4)
     loss = 10.0
     sampler.update([loss] * N)
     step = 0
@@ -169,14 +169,14 @@ def _drive(sampler, bandit, start, stop, interval=20):
 
 
 def test_state_round_trip_mid_interval_resumes_exactly():
-    first, bandit = build_sampler("mometas_credit", N, seed=5, interval=20, window=6), MultiObjectiveBandit(1)
+    first, bandit = build_sampler("mometas_credit", N, seed=5, window=6), MultiObjectiveBandit(1)
     first.update(bandit.measure())
     _drive(first, bandit, 0, 410)  # 20 updates (the ring buffer has wrapped), 10 draws into the next round
     state = json.loads(json.dumps(first.state_dict()))
     twin = MultiObjectiveBandit(1)
     twin.losses, twin.gen = bandit.losses.clone(), torch.Generator().manual_seed(77)
     bandit.gen = torch.Generator().manual_seed(77)
-    resumed = build_sampler("mometas_credit", N, seed=0, interval=20, window=6)
+    resumed = build_sampler("mometas_credit", N, seed=0, window=6)
     resumed.load_state_dict(state)
     assert resumed.probs.tolist() == first.probs.tolist() and resumed.rollout_counts() == first.rollout_counts()
     assert _drive(resumed, twin, 410, 1200) == _drive(first, bandit, 410, 1200)
@@ -218,7 +218,7 @@ def _losses(update_index, counts):
 def _gloo_worker(rank, world, init_file, out_dir):
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
-    sampler = build_sampler("mometas_credit", N, seed=11, interval=INTERVAL, window=12)
+    sampler = build_sampler("mometas_credit", N, seed=11, window=12)
     lo, hi = shard_range(META_BATCH, rank, world)
     draws, infos = [], []
     for step in range(STEPS):
@@ -236,7 +236,7 @@ def test_two_gloo_ranks_agree_with_each_other_and_with_one_process(tmp_path):
     assert r0["draws"] == r1["draws"] and json.dumps(r0["infos"]) == json.dumps(r1["infos"])
     assert r0["state"]["policy"] == r1["state"]["policy"]
     assert max(max(i["probs"]) - min(i["probs"]) for i in r0["infos"]) > 0.01  # the policy moved
-    single = build_sampler("mometas_credit", N, seed=11, interval=INTERVAL, window=12)
+    single = build_sampler("mometas_credit", N, seed=11, window=12)
     draws = []
     for step in range(STEPS):
         draws.append(single.sample(step))

@@ -96,8 +96,8 @@ def test_registry_lists_builtins_and_rejects_unknown_names_and_options():
 
 
 @pytest.mark.parametrize("name, kwargs, field", [
-    ("mometas", {"interval": 0}, "interval"),
-    ("uniform", {"interval": -3}, "interval"),
+    ("mometas", {"interval": 100}, "unknown option.*interval"),  # the update interval is the trainer's
+    ("uniform", {"interval": 100}, "unknown option.*interval"),
     ("mometas", {"lr": 0.0}, "lr"),
     ("mometas", {"lr": -0.1}, "lr"),
     ("mometas", {"lr": float("nan")}, "lr"),
@@ -105,7 +105,7 @@ def test_registry_lists_builtins_and_rejects_unknown_names_and_options():
     ("mometas", {"num_objectives": 0}, "num_objectives"),
     ("mometas", {"prob_floor": 1.5}, "prob_floor"),
     ("mometas", {"reward_baseline": 1.0}, "reward_baseline"),
-    ("mometas", {"fixed_meta_set": "yes"}, "fixed_meta_set"),
+    ("mometas", {"fixed_meta_set": True}, "--meta_fixed_set"),  # a meta-validation setting now
     ("mometas", {"seed": 1.5}, "seed"),
     ("fixed", {"weights": [0, 0, 0, 0, 0]}, "weights"),
     ("fixed", {"weights": [1, 2, 3]}, "weights"),
@@ -157,8 +157,8 @@ def test_meta_samplers_need_losses_rule_based_do_not():
 
 @pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
 def test_non_finite_losses_skip_the_update_keep_state_and_are_counted(bad):
-    sampler = build_sampler("mometas", N, seed=3, interval=10, lr=0.5)
-    twin = build_sampler("mometas", N, seed=3, interval=10, lr=0.5)  # never sees the bad losses
+    sampler = build_sampler("mometas", N, seed=3, lr=0.5)
+    twin = build_sampler("mometas", N, seed=3, lr=0.5)  # never sees the bad losses
     for s in (sampler, twin):
         s.update([5.0, 4.0, 3.0, 2.0, 1.0])
         run_interval(s, 0, 10)
@@ -194,7 +194,7 @@ def test_first_update_only_stores_the_baseline():
 
 def test_several_updates_equal_the_formula_with_clipping_and_dead_zone():
     lr, gamma, interval = 0.3, 2.0, 25
-    sampler = build_sampler("mometas", N, seed=42, interval=interval, lr=lr, gamma=gamma)
+    sampler = build_sampler("mometas", N, seed=42, lr=lr, gamma=gamma)
     losses = [
         [2.0, 3.0, 4.0, 1.0, 0.5],
         [1.5, 3.0004, 4.5, 1.0, 0.5],    # obj 1 inside the 1e-3 dead zone; obj 2 worse
@@ -224,7 +224,7 @@ def test_several_updates_equal_the_formula_with_clipping_and_dead_zone():
 
 def test_zero_reward_moves_the_policy_only_by_the_entropy_term():
     lr, gamma = 0.5, 2.0
-    sampler = build_sampler("mometas", N, seed=9, interval=20, lr=lr, gamma=gamma)
+    sampler = build_sampler("mometas", N, seed=9, lr=lr, gamma=gamma)
     sampler.update([3.0, 3.0, 3.0, 3.0, 3.0])
     run_interval(sampler, 0, 20)
     sampler.update([1.0, 3.0, 3.0, 3.0, 3.0])  # rewarded: the policy leaves uniform
@@ -252,8 +252,8 @@ def test_zero_reward_moves_the_policy_only_by_the_entropy_term():
 
 def test_reward_baseline_subtracts_a_moving_average_of_rewards():
     lr, gamma, m = 0.2, 2.0, 0.9
-    sampler = build_sampler("mometas", N, seed=5, interval=10, lr=lr, gamma=gamma, reward_baseline=m)
-    plain = build_sampler("mometas", N, seed=5, interval=10, lr=lr, gamma=gamma)
+    sampler = build_sampler("mometas", N, seed=5, lr=lr, gamma=gamma, reward_baseline=m)
+    plain = build_sampler("mometas", N, seed=5, lr=lr, gamma=gamma)
     losses = [[4.0, 4.0, 4.0, 4.0, 4.0]]
     for t in range(1, 8):
         losses.append([x * 0.9 if i == t % N else x for i, x in enumerate(losses[-1])])
@@ -278,8 +278,8 @@ def test_reward_baseline_subtracts_a_moving_average_of_rewards():
 
 def test_prob_floor_mixes_in_uniform_and_stops_collapse():
     eps = 0.2
-    floored = build_sampler("mometas", N, seed=1, interval=20, lr=2.0, gamma=0.0, prob_floor=eps)
-    plain = build_sampler("mometas", N, seed=1, interval=20, lr=2.0, gamma=0.0)
+    floored = build_sampler("mometas", N, seed=1, lr=2.0, gamma=0.0, prob_floor=eps)
+    plain = build_sampler("mometas", N, seed=1, lr=2.0, gamma=0.0)
     for s in (floored, plain):
         loss = [10.0] * N
         s.update(loss)
@@ -295,11 +295,14 @@ def test_prob_floor_mixes_in_uniform_and_stops_collapse():
     assert stat < CHI2_CRITICAL_0_001[df]
 
 
-def test_fixed_meta_set_is_a_recorded_flag():
-    assert build_sampler("mometas", N).fixed_meta_set is False
-    sampler = build_sampler("mometas", N, fixed_meta_set=True)
-    assert sampler.fixed_meta_set is True and sampler.config["fixed_meta_set"] is True
-    assert build_sampler("uniform", N).fixed_meta_set is False
+def test_a_fixed_meta_set_is_the_meta_validations_setting_and_auto_follows_what_the_sampler_asks():
+    from mometas_ds.train.meta_validation import fixed_meta_set
+
+    paper, credit = build_sampler("mometas", N), build_sampler("mometas_credit", N)
+    assert paper.fixed_meta_set is False and credit.fixed_meta_set is True  # what each asks for
+    assert "fixed_meta_set" not in paper.config and "fixed_meta_set" not in credit.config
+    assert [fixed_meta_set("auto", s) for s in (paper, credit, build_sampler("uniform", N))] == [False, True, False]
+    assert fixed_meta_set("on", paper) is True and fixed_meta_set("off", credit) is False
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -323,7 +326,7 @@ def test_draws_depend_only_on_seed_step_and_probabilities():
 
 
 def test_state_round_trip_mid_interval_resumes_identical_draws():
-    kwargs = dict(seed=2024, interval=50, lr=0.4, reward_baseline=0.5, prob_floor=0.05)
+    kwargs = dict(seed=2024, lr=0.4, reward_baseline=0.5, prob_floor=0.05)
     first = build_sampler("mometas", N, **kwargs)
 
     def losses_at(t):
@@ -420,7 +423,7 @@ def test_temperature_anneals_from_start_to_end():
 
 
 def test_exp3_policy_equals_the_odm_formula():
-    sampler = build_sampler("exp3", N, seed=4, interval=40)
+    sampler = build_sampler("exp3", N, seed=4)
     losses = [[3.0] * N, [2.7, 3.0, 3.3, 2.9, 3.0], [2.5, 2.9, 3.4, 2.8, 2.0]]
     sampler.update(losses[0])
     estimated = [0.0] * N
@@ -441,7 +444,7 @@ def test_exp3_policy_equals_the_odm_formula():
 
 
 def test_exp3_moves_mass_to_the_arm_with_the_highest_reward():
-    sampler = build_sampler("exp3", N, seed=21, interval=20)
+    sampler = build_sampler("exp3", N, seed=21)
     best = 2
     loss = [1e13] * N  # large, so 120 rounds of -20% stay outside the 1e-3 dead zone
     sampler.update(loss)
@@ -505,8 +508,8 @@ def _per_sequence_losses(update_index):
 def _gloo_worker(rank, world, init_file, out_dir):
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
-    samplers = {"mometas": build_sampler("mometas", N, seed=11, interval=INTERVAL, lr=0.5),
-                "exp3": build_sampler("exp3", N, seed=11, interval=INTERVAL)}
+    samplers = {"mometas": build_sampler("mometas", N, seed=11, lr=0.5),
+                "exp3": build_sampler("exp3", N, seed=11)}
     start, end = shard_range(META_BATCH, rank, world)
     record = {name: {"draws": [], "infos": [], "local": []} for name in samplers}
     for step in range(STEPS):
@@ -536,7 +539,7 @@ def test_two_gloo_ranks_hold_identical_probs_and_draw_identical_objectives(tmp_p
         assert max(max(i["probs"]) - min(i["probs"]) for i in r0["infos"]) > 0.01  # the policy moved
 
         # a single process fed the whole batch's mean loss makes the same draws
-        single = build_sampler(name, N, seed=11, interval=INTERVAL, **({"lr": 0.5} if name == "mometas" else {}))
+        single = build_sampler(name, N, seed=11, **({"lr": 0.5} if name == "mometas" else {}))
         draws = []
         for step in range(STEPS):
             draws.append(single.sample(step))
