@@ -6,7 +6,7 @@ import importlib
 import importlib.util
 import os
 import sys
-from typing import Dict, Generic, List, Type, TypeVar
+from typing import Dict, Generic, Iterable, List, Type, TypeVar
 
 T = TypeVar("T")
 
@@ -67,3 +67,15 @@ def import_user_module(spec: str):
             raise
         return module
     return importlib.import_module(spec)
+
+
+def import_user_modules(specs: Iterable[str], flag: str = "--user_modules") -> None:
+    """Import each of ``specs`` (import_user_module); whatever a user's file raises becomes a ConfigError naming
+    the flag and the module."""
+    from mometas_ds.errors import ConfigError
+
+    for spec in specs:
+        try:
+            import_user_module(spec)
+        except Exception as exc:  # a user's file: report whatever it raised, naming it
+            raise ConfigError(f"{flag}: could not import {spec}: {type(exc).__name__}: {exc}") from None

@@ -18,7 +18,7 @@ from typing import List
 
 from mometas_ds.config import ConfigError, DataError
 
-from mometas_ds.registry import import_user_module
+from mometas_ds.registry import import_user_modules
 from mometas_ds.finetune.tasks import GLUE_TASKS, TASKS, parse_task_names
 
 PROG = "mometas-finetune"
@@ -108,11 +108,7 @@ def validate(args: argparse.Namespace) -> argparse.Namespace:
         return args
     if not args.model_name_or_path:
         raise ConfigError("--model_name_or_path is required")
-    for module in [m.strip() for m in args.user_modules.split(",") if m.strip()]:
-        try:
-            import_user_module(module)
-        except Exception as exc:  # a user's file: report whatever it raised, naming it
-            raise ConfigError(f"--user_modules: could not import {module}: {type(exc).__name__}: {exc}") from None
+    import_user_modules(m.strip() for m in args.user_modules.split(",") if m.strip())
     args.task_names = parse_task_names(args.tasks) if args.tasks else []
     if args.task_file:
         if not args.dev_file:

@@ -85,13 +85,9 @@ def _prepare(ns: argparse.Namespace) -> int:
     from mometas_ds.data import DataConfig, prepare_data  # imports HF datasets: not for --help
     from mometas_ds.safe_io import check_writable_dir, disk_errors
     from mometas_ds.data.tokenizer import load_tokenizer
-    from mometas_ds.registry import import_user_module
+    from mometas_ds.registry import import_user_modules
 
-    for module in ns.user_modules:
-        try:
-            import_user_module(module)
-        except Exception as exc:  # a user's file: report whatever it raised, naming it
-            raise ConfigError(f"--user_modules: could not import {module}: {type(exc).__name__}: {exc}") from None
+    import_user_modules(ns.user_modules)
     if not ns.tokenizer and not ns.model_name_or_path:
         raise ConfigError("--tokenizer: give the tokenizer directory (or --model_name_or_path, to use its tokenizer)")
     try:

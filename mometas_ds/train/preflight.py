@@ -23,7 +23,7 @@ from mometas_ds.errors import ConfigError, read_json_object
 from mometas_ds.model import position_embeddings
 from mometas_ds.model_config_check import check_model_config_fields, read_model_config
 from mometas_ds.objectives import objective_class, objective_names_problem
-from mometas_ds.registry import import_user_module
+from mometas_ds.registry import import_user_modules
 from mometas_ds.safe_io import check_writable, check_writable_dir
 from mometas_ds.samplers import available_samplers, build_sampler
 from mometas_ds.train.ds_config import check_batch_fields, check_ds_config, check_optimizer, check_with_deepspeed
@@ -84,11 +84,7 @@ def validate_config(cfg: PretrainConfig) -> dict:
     def fail(flag, message):
         raise ConfigError(f"--{flag}: {message}")
 
-    for module in cfg.user_modules:
-        try:
-            import_user_module(module)
-        except Exception as exc:  # a user's file: report whatever it raised, naming it
-            fail("user_modules", f"could not import {module}: {type(exc).__name__}: {exc}")
+    import_user_modules(cfg.user_modules)
 
     if not cfg.deepspeed_config or not os.path.isfile(cfg.deepspeed_config):
         fail("deepspeed_config", f"file not found: {cfg.deepspeed_config}")
