@@ -393,3 +393,48 @@ def test_two_runs_on_one_output_dir_the_second_stops_naming_the_first_and_a_requ
         assert "damaged" not in log and "Traceback" not in log
     # The same tokenizer resumes.
     assert "resumed from" in _ok(run_pretrain(_args(assets, out, 10**6, again)))
+
+
+@pytest.mark.integration
+def test_a_killed_fp32_save_leaves_no_optimizer_file_beside_the_bf16_save_that_rewrites_the_tag(assets, tmp_path):
+    """The issue's precision case: fp32 killed in the save of step4, resumed in bf16 from step2 (through the universal
+    copy) past step 4. Before, the fp32 `zero_pp_rank_0_…optim_states.pt` stayed beside the bf16 one, verify called
+    the tag intact, and the final export crashed ("Expected 1 of '*_optim_states.pt' … found 2")."""
+    import glob
+
+    with open(CPU_CONFIG) as f:
+        bf16 = json.load(f)
+    bf16["bf16"] = {"enabled": True}
+    bf16_config = str(tmp_path / "bf16.json")
+    with open(bf16_config, "w") as f:
+        json.dump(bf16, f)
+    out = str(tmp_path / "run")
+    checkpoints, step4 = os.path.join(out, "checkpoints"), os.path.join(out, "checkpoints", "step4")
+    log_path = str(tmp_path / "killed.log")
+    env = dict(subprocess_env(), MOMETAS_FAULT_SLEEP_IN_SAVE="600@4")
+    with open(log_path, "w") as log:
+        killed = subprocess.Popen([sys.executable, "-m", "mometas_ds.pretrain"] + _args(assets, out), env=env,
+                                  cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 600
+        while "sleeping 600 s before publishing checkpoint step4" not in open(log_path).read():
+            assert killed.poll() is None and time.monotonic() < deadline, open(log_path).read()[-3000:]
+            time.sleep(0.2)
+    finally:
+        killed.kill()
+        killed.wait()
+    assert [os.path.basename(p) for p in glob.glob(os.path.join(step4, "*optim_states.pt"))] == [OPTIM.format(0)]
+    assert not ckpt.is_complete(checkpoints, "step4")
+
+    args = _args(assets, out, extra=["--resume"])
+    args[args.index("--deepspeed_config") + 1] = bf16_config
+    log = _ok(run_pretrain(args))
+    assert f"resumed from {os.path.join(checkpoints, 'step2')} at step 2 (through its universal checkpoint)" in log
+    assert [os.path.basename(p) for p in glob.glob(os.path.join(step4, "*optim_states.pt"))] == \
+        ["bf16_" + OPTIM.format(0)]
+    assert ckpt.verify_tag(checkpoints, "step4", "full").intact is True
+    assert os.path.isfile(os.path.join(out, "hf_model", "config.json"))
+    args = _args(assets, out, max_steps=6, extra=["--resume"])
+    args[args.index("--deepspeed_config") + 1] = bf16_config
+    log = _ok(run_pretrain(args))
+    assert f"resumed from {step4} at step 4\n" in log
