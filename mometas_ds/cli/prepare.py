@@ -121,6 +121,8 @@ def _verify(config, tokenizer) -> int:
     from mometas_ds.data.cache import verify_cache
 
     verdicts = verify_cache(config, tokenizer)
+    if not verdicts:
+        raise DataError(f"--train_files {list(config.train_files)}: no input file found, so no shard to verify")
     for v in verdicts:
         print(f"{v.state}: {v.shard_dir} ({v.source})" + "".join(f"\n  {p}" for p in v.problems))
     counts = {state: sum(v.state == state for v in verdicts) for state in ("intact", "damaged", "missing")}

@@ -109,7 +109,9 @@ def prepare_data(config: DataConfig, tokenizer) -> PreparedData:
     ``max_examples`` (of its report) and ``CACHE_FORMAT_VERSION``; not ``seed`` nor ``meta_sequences``.
     Adding a file builds only its shards; a changed file rebuilds only its own. A shard appears by an atomic
     rename, so a concurrent reader sees it whole or not at all; in multi-rank runs call this on rank 0 first,
-    then on the others.
+    then on the others. Every shard is checked against its shard.json first (sizes, and checksums by
+    ``config.verify``, the rule of --verify_checkpoint); a damaged one is rebuilt (``PreparedData.damaged``).
+    Concurrent calls on one cache split the shards to build (a lock per shard, data.shards).
     Loading an already prepared corpus writes nothing.
     """
     special, shards, missing, root, spec = _plan(config, tokenizer)

@@ -276,7 +276,7 @@ def _init_worker(spec: tuple, user_modules: Tuple[str, ...] = ()) -> None:
 
 
 def _build_shard_in_worker(job: ShardJob) -> Tuple[str, int, CorpusReport]:
-    # TEST-ONLY faults (tests/unit/data/test_parts.py, tests/integration/train/test_faults.py; listed in
+    # TEST-ONLY faults (tests/unit/data/test_parts.py, tests/unit/data/test_cache_integrity.py; listed in
     # mometas_ds.train.faults): the worker building this shard dies, or blocks (sleeps) for good.
     if os.environ.get("MOMETAS_FAULT_KILL_SHARD_WORKER") and job.label().endswith(
             os.environ["MOMETAS_FAULT_KILL_SHARD_WORKER"]):
@@ -334,10 +334,10 @@ _BOUNDARY = re.compile(r"[^\s][ \t\n\r]")  # a whitespace character after a non-
 
 def split_pieces(text: str, size: int = _PIECE_CHARS) -> Iterator[str]:
     """``text`` in consecutive pieces of at most ``size`` characters that join to it, each cut just before a
-    space, tab or newline that follows a non-whitespace character, in the second half of the piece. The
-    tokenizers' pre-tokenizers (BERT's, byte-level BPE's, Metaspace) split words there too, so the pieces'
-    tokens are the whole text's (tests/unit/data/test_cache_integrity.py checks it for WordPiece). Only a stretch of
-    ``size // 2`` characters without such a place (one "word" of half a million characters) is cut anywhere."""
+    space, tab or newline that follows a non-whitespace character, in the second half of the piece. BERT's
+    pre-tokenizer splits words there too, so the pieces' tokens are the whole text's
+    (tests/unit/data/test_long_documents.py checks it for WordPiece). Only a stretch of ``size // 2`` characters
+    without such a place (one "word" of half a million characters) is cut anywhere, where its tokens may differ."""
     start, end = 0, len(text)
     while end - start > size:
         found = _BOUNDARY.search(text, start + size // 2, start + size)

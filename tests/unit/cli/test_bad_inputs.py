@@ -673,6 +673,8 @@ PREPARE_CASES = [
     ("cache_dir_is_a_file", lambda d, a: _prepare_argv(d, a, cache_dir=f"{d}/notes.txt"), "--cache_dir:"),
     ("no_usable_document", lambda d, a: _prepare_argv(d, a, train_files=_bad_corpus(d)), "no usable document"),
     ("every_file_missing", lambda d, a: _prepare_argv(d, a, train_files=f"{d}/nothing*.jsonl"), "nothing*.jsonl"),
+    ("verify_without_input", lambda d, a: _prepare_argv(d, a, train_files=f"{d}/nothing*.jsonl") + ["--verify"],
+     "no input file found, so no shard to verify"),
 ]
 
 

@@ -16,10 +16,10 @@ import pytest
 
 from mometas_ds.data import DataConfig, prepare_data
 from mometas_ds.data.shards import REPORT_FILE, ROWS_FILE, shard_lock
-from mometas_ds.data.demo_corpus import generate_documents
 from mometas_ds.cli.prepare import main as prepare_main
+from mometas_ds.data.demo_corpus import generate_documents
 from mometas_ds.data.tokenizer import train_wordpiece_tokenizer
-from tests.pretrain_helpers import REPO_ROOT, subprocess_env
+from tests.pretrain_helpers import REPO_ROOT, assert_ok, pretrain_args, run_pretrain, subprocess_env
 
 
 @pytest.fixture(scope="module")
@@ -132,6 +132,26 @@ def test_the_run_itself_rebuilds_a_damaged_shard_and_the_check_follows_verify_ch
     np.testing.assert_array_equal(_ids(rebuilt), expected)
     with pytest.raises(ValueError, match="verify must be one of auto, size, full"):
         DataConfig(train_files=assets["files"], cache_dir=str(cache), verify="some")
+
+
+@pytest.mark.integration
+def test_a_training_run_rebuilds_a_shard_with_rewritten_ids_before_training(assets, tmp_path, capsys):
+    """The issue's worst case: ids rewritten in place (same size) trained to exit 0 on the wrong data."""
+    cache = tmp_path / "cache"
+    assert prepare_main(_prepare_cli(assets, cache)) == 0
+    clean = _ids(_prepare(assets, cache))
+    victim = _prepare(assets, cache).shard_paths[3]
+    _damage(os.path.join(victim, ROWS_FILE), "rewritten_ids")
+    args = pretrain_args(",".join(assets["files"]), assets["tokenizer_dir"], str(tmp_path / "run"), str(cache),
+                         max_steps=2)
+    args[args.index("--train_files") + 1: args.index("--train_files") + 2] = assets["files"]
+    result = run_pretrain(args)
+    assert_ok(result)
+    assert re.search(rf"tokenized shard {re.escape(victim)} \(.*c3.jsonl\) is damaged, rebuilding it: .*checksum",
+                     result.stderr), result.stderr[-3000:]
+    capsys.readouterr()
+    assert prepare_main(_prepare_cli(assets, cache, "--verify")) == 0
+    np.testing.assert_array_equal(_ids(_prepare(assets, cache)), clean)
 
 
 @pytest.mark.parametrize("how", ["truncated_json", "no_checksums", "rows_missing"])
