@@ -16,6 +16,7 @@ from typing import List, Optional
 import torch
 
 from ..checkpoint import find_resume_checkpoint, latest_complete_tag, resume_checkpoint, run_identity_of
+from ..checkpoint_layout import transformer_dir
 from ..ds_config_check import check_ds_config
 from ..errors import ConfigError, read_json_object
 from ..launch import LaunchInfo, init_distributed
@@ -127,6 +128,12 @@ def validate_config(cfg: PretrainConfig) -> dict:
                             f"of --model_config {cfg.model_config}")
     if cfg.model_name_or_path is not None and not os.path.isdir(cfg.model_name_or_path):
         fail("model_name_or_path", f"{cfg.model_name_or_path} is not a local directory")
+    if cfg.model_name_or_path is not None:
+        inner = transformer_dir(cfg.model_name_or_path)
+        if inner != cfg.model_name_or_path:  # an older sentence-transformers directory: BERT is in 0_Transformer/
+            print(f"--model_name_or_path {cfg.model_name_or_path}: a sentence-transformers directory; its BERT "
+                  f"(and tokenizer) are read from {inner}", file=sys.stderr)
+            cfg.model_name_or_path = inner
     if cfg.tokenizer is None and cfg.train_tokenizer is None:
         tok_in_model = cfg.model_name_or_path and os.path.exists(
             os.path.join(cfg.model_name_or_path, "tokenizer_config.json"))
