@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import difflib
 import functools
+import inspect
 import math
 from typing import Callable, Dict, Iterable, Optional, Tuple
 
@@ -158,15 +159,51 @@ def _check_fields(section: dict, table: Dict[str, Check], where: str, path: str)
             raise ConfigError(f"{path}: {where}{key} must be {must_be}, got {section[key]!r}")
 
 
-def _check_params(params: dict, table: Dict[str, Check], where: str, path: str) -> None:
+def _check_params(params: dict, table: Dict[str, Check], where: str, path: str,
+                  accepted: Iterable[str] = ()) -> None:
     """Known keys by type; an unknown key close to a known one is a typo (another optimizer's own
-    keys, far from every known one, pass through to it)."""
+    keys, far from every known one, pass through to it, and so do those ``accepted``: the arguments of the
+    torch.optim class named, e.g. Rprop's ``etas``)."""
     _check_fields(params, table, where, path)
+    accepted = set(accepted)
     for key in params:
-        if key not in table:
+        if key not in table and key not in accepted:
             hint = suggestion(key, table)
             if hint:
                 raise ConfigError(f"{path}: unknown field {where}{key}{hint}")
+
+
+def _torch_optimizer_args(optimizer) -> frozenset:
+    """The keyword arguments of the torch.optim class an ``optimizer`` section names (DeepSpeed builds a
+    torch.optim class for a type that is not one of its own), else none."""
+    if not isinstance(optimizer, dict) or not isinstance(optimizer.get("type"), str):
+        return frozenset()
+    import torch  # heavy: only when a config names an optimizer
+
+    cls = getattr(torch.optim, optimizer["type"], None)
+    if not isinstance(cls, type):
+        return frozenset()
+    try:
+        return frozenset(inspect.signature(cls.__init__).parameters) - {"self", "params"}
+    except (TypeError, ValueError):
+        return frozenset()
+
+
+_BOOLEAN_STRINGS = {"true", "false", "yes", "no", "on", "off"}
+
+
+def _check_booleans(section: dict, where: str, path: str) -> None:
+    """Anywhere in the config, an ``enabled`` that is not a JSON boolean, or a string that spells one:
+    DeepSpeed reads many switches with plain truth tests, so ``"enabled": "false"`` would switch it on."""
+    for key, value in section.items():
+        name = f"{where}{key}"
+        if isinstance(value, dict):
+            _check_booleans(value, f"{name}.", path)
+        elif key == "enabled" and not isinstance(value, bool):
+            raise ConfigError(f"{path}: {name} must be true or false (a JSON boolean, not a string), got {value!r}")
+        elif isinstance(value, str) and value.strip().lower() in _BOOLEAN_STRINGS:
+            raise ConfigError(f"{path}: {name} is the string {value!r}: write a JSON boolean (true / false, no "
+                              "quotes); DeepSpeed would read any non-empty string as true")
 
 
 def check_ds_config(ds_config: dict, path: str, known_keys: Optional[Iterable[str]] = None,
@@ -194,4 +231,6 @@ def _check_ds_config(ds_config: dict, path: str, known_keys: Optional[Iterable[s
     for name, table in (("optimizer", OPTIMIZER_PARAMS), ("scheduler", SCHEDULER_PARAMS)):
         params = (ds_config.get(name) or {}).get("params")
         if isinstance(params, dict):
-            _check_params(params, table, f"{name}.params.", path)
+            accepted = _torch_optimizer_args(ds_config.get("optimizer")) if name == "optimizer" else ()
+            _check_params(params, table, f"{name}.params.", path, accepted)
+    _check_booleans(ds_config, "", path)  # after the typed fields: their messages say more

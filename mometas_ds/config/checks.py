@@ -18,6 +18,8 @@ import torch
 from ..checkpoint import find_resume_checkpoint, latest_complete_tag, resume_checkpoint, run_identity_of
 from ..checkpoint_layout import transformer_dir
 from ..ds_config_check import check_ds_config
+from ..ds_trial import check_sections, trial_initialize
+from ..schedule_fit import check_schedule_fits
 from ..errors import ConfigError, read_json_object
 from ..launch import LaunchInfo, init_distributed
 from .choices import MODEL_PRESETS
@@ -47,6 +49,9 @@ def preflight(cfg: PretrainConfig) -> Preflight:
         check_writable_dir(cfg.cache_dir, "--cache_dir")  # the same early probe (a file, read-only, full)
     launch = init_distributed(cfg.dist_timeout_minutes)
     check_world_size(cfg, ds_config, launch.world_size)
+    # DeepSpeed itself, on a stand-in model with the run's parameter groups: what it rejects at initialize or
+    # at its first step stops here, before the corpus is read.
+    trial_initialize(ds_config, cfg.deepspeed_config, cfg.max_steps, launch.rank)
     return Preflight(ds_config, launch, run_identity(cfg, ds_config, launch.world_size))
 
 
@@ -111,6 +116,8 @@ def validate_config(cfg: PretrainConfig) -> dict:
         fail("deepspeed_config", f"file not found: {cfg.deepspeed_config}")
     ds_config = read_json_object(cfg.deepspeed_config, "--deepspeed_config")
     check_ds_config(ds_config, cfg.deepspeed_config)  # strict types, no unknown top-level key
+    check_sections(ds_config, cfg.deepspeed_config)  # sections the trainer does not honour; monitors installed
+    check_schedule_fits(ds_config, cfg.deepspeed_config)
     if not cfg.train_files:
         fail("train_files", "no corpus given")
     if (cfg.model_name_or_path is None) == (cfg.model_config is None):
