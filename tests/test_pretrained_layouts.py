@@ -160,9 +160,9 @@ def test_validate_config_reads_an_older_sentence_transformers_directory_from_its
 
 @pytest.mark.integration
 def test_a_run_from_a_bare_bert_model_exports_its_pooler_unchanged(assets, tmp_path):
-    """Two bf16 ZeRO-2 steps from a BertModel with a pooler, objectives without cse: the run's hf_model/ and
-    mometas-export of its checkpoint hold the checkpoint's pooler bit for bit (DeepSpeed cast the module to
-    bf16, consolidated the ZeRO partitions, and the pooler stayed fp32)."""
+    """bf16 ZeRO-2 steps from a BertModel with a pooler, objectives without cse, resumed once: the run's
+    hf_model/ and mometas-export of its checkpoint hold the checkpoint's pooler bit for bit (DeepSpeed cast
+    the module to bf16, consolidated the ZeRO partitions, and the pooler stayed fp32)."""
     from safetensors.torch import load_file
     from transformers import BertModel
 
@@ -185,11 +185,14 @@ def test_a_run_from_a_bare_bert_model_exports_its_pooler_unchanged(assets, tmp_p
     for flag in ("--model_config", "--tokenizer"):
         i = args.index(flag)
         del args[i:i + 2]
-    args += ["--model_name_or_path", start, "--objectives", "mlm,atd", "--save_steps", "2"]
+    args += ["--model_name_or_path", start, "--objectives", "mlm,atd"]
+    args[args.index("--save_steps") + 1] = "2"
     result = run_pretrain(args)
     assert_ok(result)
     assert "pooler (kept unchanged for the export)" in result.stderr + result.stdout
-    assert export_main(["--checkpoint", os.path.join(out, "checkpoints", "step2"), "--out", str(tmp_path / "x")]) == 0
+    args[args.index("--max_steps") + 1] = "4"
+    assert_ok(run_pretrain(args + ["--resume", "auto"]))  # the kept pooler goes through a resume too
+    assert export_main(["--checkpoint", os.path.join(out, "checkpoints", "step4"), "--out", str(tmp_path / "x")]) == 0
     for directory in (os.path.join(out, "hf_model"), str(tmp_path / "x")):
         weights = load_file(os.path.join(directory, "model.safetensors"))
         for key in ("pooler.dense.weight", "pooler.dense.bias"):
