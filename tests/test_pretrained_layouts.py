@@ -12,7 +12,8 @@ import pytest
 import torch
 
 from mometas_ds.checkpoint_layout import transformer_dir
-from mometas_ds.model import MultiObjectiveBert, build_bert_config
+from mometas_ds.config.choices import MODEL_PRESETS
+from mometas_ds.model import MultiObjectiveBert
 from mometas_ds.objectives import SpecialTokens, build_objective
 
 SPECIAL = SpecialTokens(pad_id=0, cls_id=1, sep_id=2, mask_id=3, vocab_size=60)
@@ -23,7 +24,14 @@ def _objectives(*names):
 
 
 def _config():
-    return build_bert_config("tiny", vocab_size=60, max_position_embeddings=32)
+    return _tiny(60, 32)
+
+
+def _tiny(vocab_size: int, positions: int):
+    """The tiny preset's BertConfig (built directly: a downloaded checkpoint's config.json is just that)."""
+    from transformers import BertConfig
+
+    return BertConfig(**{**MODEL_PRESETS["tiny"], "vocab_size": vocab_size, "max_position_embeddings": positions})
 
 
 def _perturbed(model):
@@ -172,7 +180,7 @@ def test_a_run_from_a_bare_bert_model_exports_its_pooler_unchanged(assets, tmp_p
 
     tokenizer = load_tokenizer(assets["tokenizer"])
     start = str(tmp_path / "bare")
-    config = build_bert_config("tiny", vocab_size=len(tokenizer), max_position_embeddings=40)
+    config = _tiny(len(tokenizer), 40)
     saved = _save(_perturbed(BertModel(config)), start)
     tokenizer.save_pretrained(start)
     with open(CPU_CONFIG) as f:
