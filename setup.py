@@ -31,6 +31,10 @@ setup(
     extras_require={
         "mpi": ["mpi4py>=3.1"],
         "triton": ["triton>=2.2"],
+        # DeepSpeed's monitors: a config with "tensorboard"/"wandb": {"enabled": true} needs these
+        # (preflight stops a run that asks for one that is not installed, naming the extra).
+        "tensorboard": ["tensorboard"],
+        "wandb": ["wandb"],
         "test": ["pytest>=7", "pyarrow", "seqeval", "ruff"],
     },
     entry_points={

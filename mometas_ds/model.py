@@ -7,10 +7,11 @@ from typing import Dict, Mapping, Optional
 
 import torch
 from torch import nn
-from transformers import BertConfig, BertForMaskedLM, BertModel
+from transformers import BertConfig, BertForMaskedLM, BertForPreTraining, BertModel
 
 from mometas_ds.config.choices import MODEL_PRESETS
 from mometas_ds.errors import ConfigError, read_json_object
+from mometas_ds.model_config_check import transformer_dir
 from mometas_ds.objectives import Objective
 
 logger = logging.getLogger(__name__)
@@ -23,6 +24,37 @@ HF_MLM_HEAD_KEYS = {
     "heads.mlm.layer_norm.bias": "cls.predictions.transform.LayerNorm.bias",
     "heads.mlm.bias": "cls.predictions.bias",
 }
+
+
+# BERT's pooler (dense + tanh on [CLS]) under HF's names, and where a run keeps it: the cse head when the run
+# has one (its head starts from the checkpoint's pooler), else KeptPooler's fp32 buffers (unchanged).
+HF_POOLER_KEYS = ("bert.pooler.dense.weight", "bert.pooler.dense.bias")
+KEPT_POOLER_KEYS = ("kept_pooler.weight", "kept_pooler.bias")
+CSE_POOLER_KEYS = ("heads.cse.dense.weight", "heads.cse.dense.bias")
+
+
+class KeptPooler(nn.Module):
+    """A checkpoint's pretrained pooler, carried through the run unchanged so that the export holds it.
+
+    Buffers, not parameters: no objective trains it (a parameter without gradients would still be decayed by
+    AdamW). They stay fp32 when DeepSpeed casts the module to bf16/fp16 (only device moves are followed), so
+    the exported pooler equals the checkpoint's bit for bit; they are saved in every checkpoint (ZeRO's
+    consolidation returns buffers too)."""
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor):
+        super().__init__()
+        self.register_buffer("weight", weight.detach().float().clone())
+        self.register_buffer("bias", bias.detach().float().clone())
+
+    def _apply(self, fn, recurse=True):
+        for name, buffer in self._buffers.items():
+            if buffer is not None:
+                device = fn(torch.empty(0, dtype=torch.float32, device=buffer.device)).device
+                self._buffers[name] = buffer.to(device=device, dtype=torch.float32)
+        return self
+
+    def forward(self, *args, **kwargs):  # never called: nn.Module wants one
+        raise RuntimeError("KeptPooler only carries the checkpoint's pooler to the export")
 
 
 def position_embeddings(model_config: Optional[str], seq_len: int) -> Optional[int]:
@@ -93,14 +125,20 @@ class MultiObjectiveBert(nn.Module):
 
     @classmethod
     def from_pretrained(cls, path: str, objectives: Mapping[str, Objective]) -> "MultiObjectiveBert":
-        """Continual pre-training from a local HF checkpoint: the encoder, and the mlm head too when the
-        checkpoint has one (a BertForMaskedLM / BertForPreTraining one, e.g. bert-large-uncased); other heads start
-        fresh."""
+        """Continual pre-training from a local HF checkpoint: the encoder, the mlm head when the checkpoint has
+        one (a BertForMaskedLM / BertForPreTraining one, e.g. bert-large-uncased), and the pooler when it has
+        one (BertForPreTraining, a bare BertModel, most sentence-transformers models): it becomes the cse
+        head's starting point when the run has cse, else it is kept unchanged (KeptPooler) for the export.
+        Other heads start fresh; one log line says which heads were loaded and which start fresh."""
         if not os.path.isdir(path):
             raise ValueError(f"--model_name_or_path {path}: not a local directory (no model hub here)")
-        # BertForMaskedLM loads an encoder-only checkpoint too, reporting its cls.* weights as missing.
-        masked_lm, info = BertForMaskedLM.from_pretrained(path, attn_implementation="sdpa", output_loading_info=True)
-        missing_encoder = sorted(key for key in info["missing_keys"] if key.startswith("bert."))
+        path = transformer_dir(path)  # an older sentence-transformers directory: its 0_Transformer/
+        # BertForPreTraining loads every layout (BertForMaskedLM, bare BertModel with or without pooler),
+        # reporting what the checkpoint lacks (cls.*, bert.pooler.*) as missing.
+        pretraining, info = BertForPreTraining.from_pretrained(path, attn_implementation="sdpa",
+                                                               output_loading_info=True)
+        missing = set(info["missing_keys"])
+        missing_encoder = sorted(key for key in missing if key.startswith("bert.") and key not in HF_POOLER_KEYS)
         if missing_encoder:
             raise ConfigError(
                 f"--model_name_or_path {path}: {len(missing_encoder)} encoder weight(s) are not in the checkpoint "
@@ -108,15 +146,39 @@ class MultiObjectiveBert(nn.Module):
             )
         # A checkpoint saved in bf16/fp16 loads in that dtype (transformers' dtype="auto"), beside fp32 heads;
         # the engine casts the whole model to the DeepSpeed config's precision later.
-        masked_lm.float()
-        model = cls(masked_lm.bert, objectives)
-        if "mlm" in model.heads:
-            missing = set(info["missing_keys"])
-            hf_head = {hf: t for hf, t in masked_lm.state_dict().items() if hf in HF_MLM_HEAD_KEYS.values()}
-            if not missing & set(HF_MLM_HEAD_KEYS.values()) and len(hf_head) == len(HF_MLM_HEAD_KEYS):
-                ours = {key[len("heads.mlm."):]: hf_head[hf] for key, hf in HF_MLM_HEAD_KEYS.items()}
-                model.heads["mlm"].load_state_dict(ours)
-                logger.info("mlm head loaded from %s", path)
+        pretraining.float()
+        encoder = pretraining.bert
+        pooler = encoder.pooler
+        encoder.pooler = None  # our forward reads last_hidden_state only: no pooler in the graph
+        hf = pretraining.state_dict()
+        model = cls(encoder, objectives)
+        loaded, fresh = ["encoder"], []
+        has_pooler = pooler is not None and not missing & set(HF_POOLER_KEYS)
+        if has_pooler:
+            weight, bias = pooler.dense.weight, pooler.dense.bias
+            if "cse" in model.heads:
+                model.heads["cse"].dense.load_state_dict({"weight": weight, "bias": bias})
+                loaded.append("pooler (as the cse head's start)")
+            else:
+                model.kept_pooler = KeptPooler(weight, bias)
+                loaded.append("pooler (kept unchanged for the export)")
+        for name in model.heads:
+            if name == "cse" and has_pooler:
+                continue
+            if name == "mlm":
+                hf_head = {key: hf[key] for key in HF_MLM_HEAD_KEYS.values() if key in hf}
+                if not missing & set(HF_MLM_HEAD_KEYS.values()) and len(hf_head) == len(HF_MLM_HEAD_KEYS):
+                    ours = {key[len("heads.mlm."):]: hf_head[hf_key] for key, hf_key in HF_MLM_HEAD_KEYS.items()}
+                    model.heads["mlm"].load_state_dict(ours)
+                    loaded.append("mlm head")
+                    continue
+            fresh.append(f"{name} head")
+        logger.info("loaded from %s: %s; starting fresh: %s%s", path, ", ".join(loaded), ", ".join(fresh) or "nothing",
+                    "" if has_pooler else "; the checkpoint has no pooler (the export will have none without cse)")
+        if "mlm" in model.heads and "mlm head" in fresh:
+            logger.warning("%s has no MLM head (cls.predictions.*: a bare BertModel or sentence-transformers "
+                           "checkpoint): the mlm head starts RANDOM, so the first steps' mlm loss is high; "
+                           "transformers' 'checkpoint seem corrupted' lines above are about this head", path)
         return model
 
     def forward(self, batch: Mapping[str, torch.Tensor], objective: str) -> Dict[str, torch.Tensor]:
@@ -133,11 +195,13 @@ class MultiObjectiveBert(nn.Module):
         """
         full = state_dict if state_dict is not None else self.state_dict()
         weights = {k: v for k, v in full.items() if k.startswith("bert.")}
-        # BERT's pooler is dense + tanh on [CLS], the cse head's layout: export it so that every
-        # weight AutoModel expects is a trained one (without cse the pooler is left out).
-        if "heads.cse.dense.weight" in full:
-            weights["bert.pooler.dense.weight"] = full["heads.cse.dense.weight"]
-            weights["bert.pooler.dense.bias"] = full["heads.cse.dense.bias"]
+        # BERT's pooler is dense + tanh on [CLS], the cse head's layout: the cse head is exported as the pooler
+        # (it started from the checkpoint's pooler, if any); without cse, the checkpoint's pooler kept unchanged;
+        # from scratch without cse there is none.
+        for source in (CSE_POOLER_KEYS, KEPT_POOLER_KEYS):
+            if all(key in full for key in source):
+                weights.update(dict(zip(HF_POOLER_KEYS, (full[key] for key in source))))
+                break
         has_mlm = all(key in full for key in HF_MLM_HEAD_KEYS)
         if has_mlm:
             weights.update({hf: full[key] for key, hf in HF_MLM_HEAD_KEYS.items()})

@@ -8,6 +8,7 @@ The valid names and their types come from transformers' own BertConfig (its fiel
 from __future__ import annotations
 
 import functools
+import json
 import os
 import inspect
 from typing import Dict
@@ -101,3 +102,24 @@ def check_tokenizer_fits_model(cfg: PretrainConfig, num_tokens: int) -> None:
     if vocab_size is not None and num_tokens > vocab_size:
         raise ConfigError(
             f"{flag}: the tokenizer has {num_tokens} tokens but the embeddings of {source} hold {vocab_size}")
+
+
+def transformer_dir(path: str) -> str:
+    """``path``, or its sentence-transformers Transformer module's folder when ``path`` has no config.json but a
+    modules.json naming such a folder that has one."""
+    if os.path.isfile(os.path.join(path, "config.json")):
+        return path
+    try:
+        with open(os.path.join(path, "modules.json"), encoding="utf-8-sig") as f:
+            modules = json.load(f)
+    except (OSError, ValueError):
+        return path
+    if not isinstance(modules, list):
+        return path
+    for module in modules:
+        if (isinstance(module, dict) and str(module.get("type", "")).endswith("models.Transformer")
+                and isinstance(module.get("path"), str) and module["path"]):
+            inner = os.path.join(path, module["path"])
+            if os.path.isfile(os.path.join(inner, "config.json")):
+                return inner
+    return path

@@ -69,7 +69,13 @@ def _destroy_process_group() -> None:
     import torch.distributed as dist
 
     if dist.is_available() and dist.is_initialized():
-        dist.destroy_process_group()
+        ds_comm = sys.modules.get("deepspeed.comm")
+        if ds_comm is not None and ds_comm.is_initialized():
+            # DeepSpeed's own teardown also drops the groups it cached (preflight's trial engine made some):
+            # a later process group in this interpreter (in-process tests) must not meet them.
+            ds_comm.destroy_process_group()
+        else:
+            dist.destroy_process_group()
 
 
 if __name__ == "__main__":

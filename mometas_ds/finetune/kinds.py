@@ -6,6 +6,7 @@ the building blocks in ``qa.py``, ``multiple_choice.py`` and ``ner.py``.
 """
 from __future__ import annotations
 
+import logging
 import os
 from collections import Counter
 from typing import Dict, List, Optional, Tuple
@@ -22,6 +23,20 @@ from mometas_ds.finetune.base import (
 )
 from mometas_ds.finetune.readers import glue_files, is_saved_dataset, read_glue_tsv, read_saved_dataset, read_task_file
 from mometas_ds.finetune.tasks import TaskSpec
+from mometas_ds.finetune.text_files import TEXT_CHARS_PER_TOKEN, bound_text
+
+logger = logging.getLogger(__name__)
+
+
+def _bounded(texts: List[str], max_seq_len: int) -> Tuple[List[str], int]:
+    """``texts`` each cut by text_files.bound_text (a 10 MB line would cost the tokenizer gigabytes for the
+    max_seq_len tokens kept), and how many were cut."""
+    out, cut = [], 0
+    for text in texts:
+        text, was_cut = bound_text(text, max_seq_len)
+        out.append(text)
+        cut += was_cut
+    return out, cut
 
 
 # --------------------------------------------------------------------------- sequence classification
@@ -100,8 +115,13 @@ class SequenceClassification(TaskKind):
 
     # ---- features
     def _encode(self, examples: list, tokenizer, args, labels: Optional[List[str]]):
-        a = [e["text_a"] for e in examples]
-        b = [e["text_b"] for e in examples] if examples and examples[0]["text_b"] is not None else None
+        a, cut_a = _bounded([e["text_a"] for e in examples], args.max_seq_len)
+        b, cut_b = (_bounded([e["text_b"] for e in examples], args.max_seq_len)
+                    if examples and examples[0]["text_b"] is not None else (None, 0))
+        if cut_a or cut_b:
+            logger.info("%d text(s) over %d characters cut to that length before tokenizing (%d characters per "
+                        "token of --max_seq_len %d; the tokens kept are the same)", cut_a + cut_b,
+                        TEXT_CHARS_PER_TOKEN * args.max_seq_len, TEXT_CHARS_PER_TOKEN, args.max_seq_len)
         enc = tokenizer(a, b, truncation=True, max_length=args.max_seq_len)
         if self.regression:
             enc["labels"] = [float(e["label"]) for e in examples]

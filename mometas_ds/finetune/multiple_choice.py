@@ -17,6 +17,7 @@ from sklearn.metrics import accuracy_score
 
 from mometas_ds.config import DataError
 from mometas_ds.finetune.skips import SkipCounter, no_examples_error
+from mometas_ds.finetune.text_files import bound_text, utf8_lines
 
 _ENDING = re.compile(r"ending(\d+)")
 
@@ -55,46 +56,46 @@ def read_swag(path: str) -> Tuple[List[dict], SkipCounter]:
     skipped = SkipCounter(path=path)
     examples: List[dict] = []
     try:
-        with open(path, encoding="utf-8", newline="") as handle:
-            reader = csv.DictReader(handle)
-            header = reader.fieldnames
-            if not header:
-                raise no_examples_error(path, skipped, "SWAG row")
-            columns = set(header)
-            n_endings = 0
-            while f"ending{n_endings}" in columns:
-                n_endings += 1
-            if n_endings < 2:
-                raise DataError(f"{path}: missing column 'ending{n_endings}' (SWAG needs ending0, ending1, ...; "
-                                f"the header has {', '.join(header)})")
-            if "label" not in columns:
-                raise DataError(f"{path}: missing column 'label' (an unlabelled split cannot be trained or scored)")
-            split_form = {"sent1", "sent2"} <= columns
-            if not split_form and "startphrase" not in columns:
-                raise DataError(f"{path}: missing columns 'sent1' and 'sent2' (or 'startphrase') for the context")
-            row_index = -1
-            while True:
-                try:
-                    row = next(reader)
-                except StopIteration:
-                    break
-                except csv.Error:  # e.g. a NUL byte; the reader has consumed the line and goes on
-                    row_index += 1
-                    skipped.skip("malformed_csv", reader.line_num)
-                    continue
+        # BOM, non-UTF-8 bytes, an empty file: text_files' policy
+        reader = csv.DictReader(utf8_lines(path))
+        header = reader.fieldnames
+        if not header:
+            raise no_examples_error(path, skipped, "SWAG row")
+        columns = set(header)
+        n_endings = 0
+        while f"ending{n_endings}" in columns:
+            n_endings += 1
+        if n_endings < 2:
+            raise DataError(f"{path}: missing column 'ending{n_endings}' (SWAG needs ending0, ending1, ...; "
+                            f"the header has {', '.join(header)})")
+        if "label" not in columns:
+            raise DataError(f"{path}: missing column 'label' (an unlabelled split cannot be trained or scored)")
+        split_form = {"sent1", "sent2"} <= columns
+        if not split_form and "startphrase" not in columns:
+            raise DataError(f"{path}: missing columns 'sent1' and 'sent2' (or 'startphrase') for the context")
+        row_index = -1
+        while True:
+            try:
+                row = next(reader)
+            except StopIteration:
+                break
+            except csv.Error:  # e.g. a NUL byte; the reader has consumed the line and goes on
                 row_index += 1
-                if None in row or any(value is None for value in row.values()):
-                    skipped.skip("wrong_field_count", reader.line_num)
-                    continue
-                label = _label(row["label"], n_endings, skipped, reader.line_num)
-                if label is None:
-                    continue
-                endings = [row[f"ending{i}"] for i in range(n_endings)]
-                if split_form:
-                    context, endings = row["sent1"].strip(), [_join(row["sent2"], e) for e in endings]
-                else:
-                    context, endings = row["startphrase"].strip(), [e.strip() for e in endings]
-                examples.append({"id": str(row_index), "context": context, "endings": endings, "label": label})
+                skipped.skip("malformed_csv", reader.line_num)
+                continue
+            row_index += 1
+            if None in row or any(value is None for value in row.values()):
+                skipped.skip("wrong_field_count", reader.line_num)
+                continue
+            label = _label(row["label"], n_endings, skipped, reader.line_num)
+            if label is None:
+                continue
+            endings = [row[f"ending{i}"] for i in range(n_endings)]
+            if split_form:
+                context, endings = row["sent1"].strip(), [_join(row["sent2"], e) for e in endings]
+            else:
+                context, endings = row["startphrase"].strip(), [e.strip() for e in endings]
+            examples.append({"id": str(row_index), "context": context, "endings": endings, "label": label})
     except (OSError, UnicodeDecodeError) as err:
         raise DataError(f"{path}: cannot read the SWAG file: {err}") from err
     if not examples:
@@ -117,41 +118,41 @@ def read_hellaswag(path: str) -> Tuple[List[dict], SkipCounter]:
     examples: List[dict] = []
     n_endings = None
     try:
-        with open(path, encoding="utf-8") as handle:
-            for number, line in enumerate(handle, start=1):
-                if not line.strip():
-                    continue
-                try:
-                    record = json.loads(line)
-                except json.JSONDecodeError:
-                    record = None
-                if not isinstance(record, dict):
-                    skipped.skip("malformed_json", number)
-                    continue
-                endings = record.get("endings")
-                if not isinstance(endings, list) or len(endings) < 2 or not all(isinstance(e, str) for e in endings):
-                    skipped.skip("missing_endings" if endings is None else "malformed_endings", number)
-                    continue
-                if "label" not in record:
-                    skipped.skip("missing_label", number)
-                    continue
-                if isinstance(record.get("ctx_a"), str):
-                    start = record.get("ctx_b") if isinstance(record.get("ctx_b"), str) else ""
-                    context, endings = record["ctx_a"].strip(), [_join(start, e) for e in endings]
-                elif isinstance(record.get("ctx"), str):
-                    context, endings = record["ctx"].strip(), [e.strip() for e in endings]
-                else:
-                    skipped.skip("missing_context", number)
-                    continue
-                if n_endings is not None and len(endings) != n_endings:
-                    skipped.skip("wrong_ending_count", number)
-                    continue
-                label = _label(record["label"], len(endings), skipped, number)
-                if label is None:
-                    continue
-                n_endings = len(endings)
-                examples.append({"id": str(record.get("ind", number)), "context": context, "endings": endings,
-                                 "label": label})
+        # BOM, non-UTF-8 bytes, an empty file: text_files' policy
+        for number, line in enumerate(utf8_lines(path), start=1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                record = None
+            if not isinstance(record, dict):
+                skipped.skip("malformed_json", number)
+                continue
+            endings = record.get("endings")
+            if not isinstance(endings, list) or len(endings) < 2 or not all(isinstance(e, str) for e in endings):
+                skipped.skip("missing_endings" if endings is None else "malformed_endings", number)
+                continue
+            if "label" not in record:
+                skipped.skip("missing_label", number)
+                continue
+            if isinstance(record.get("ctx_a"), str):
+                start = record.get("ctx_b") if isinstance(record.get("ctx_b"), str) else ""
+                context, endings = record["ctx_a"].strip(), [_join(start, e) for e in endings]
+            elif isinstance(record.get("ctx"), str):
+                context, endings = record["ctx"].strip(), [e.strip() for e in endings]
+            else:
+                skipped.skip("missing_context", number)
+                continue
+            if n_endings is not None and len(endings) != n_endings:
+                skipped.skip("wrong_ending_count", number)
+                continue
+            label = _label(record["label"], len(endings), skipped, number)
+            if label is None:
+                continue
+            n_endings = len(endings)
+            examples.append({"id": str(record.get("ind", number)), "context": context, "endings": endings,
+                             "label": label})
     except (OSError, UnicodeDecodeError) as err:
         raise DataError(f"{path}: cannot read the HellaSwag file: {err}") from err
     if not examples:
@@ -163,15 +164,16 @@ def prepare_features(examples: Sequence[dict], tokenizer, max_seq_len: int, *,
                      pad_to_max_length: bool = True) -> Dict[str, list]:
     """Features shaped [examples][k][seq] (``input_ids``, ``attention_mask``, ``token_type_ids`` when the
     tokenizer makes them) plus ``labels`` [examples]; each of the k rows encodes (context, ending i), cut to
-    ``max_seq_len`` by trimming the longer side first. Every example must have the same k."""
+    ``max_seq_len`` by trimming the longer side first (a text is first cut by text_files.bound_text, which keeps
+    the same tokens). Every example must have the same k."""
     if not examples:
         return {"input_ids": [], "attention_mask": [], "labels": []}
     k = len(examples[0]["endings"])
     for example in examples:
         if len(example["endings"]) != k:
             raise ValueError(f"example {example['id']} has {len(example['endings'])} endings, the first has {k}")
-    encoded = tokenizer([e["context"] for e in examples for _ in range(k)],
-                        [ending for e in examples for ending in e["endings"]],
+    encoded = tokenizer([bound_text(e["context"], max_seq_len)[0] for e in examples for _ in range(k)],
+                        [bound_text(ending, max_seq_len)[0] for e in examples for ending in e["endings"]],
                         truncation=True, max_length=max_seq_len,
                         padding="max_length" if pad_to_max_length else False)
     features = {key: [encoded[key][i * k:(i + 1) * k] for i in range(len(examples))]

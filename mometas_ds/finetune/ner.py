@@ -16,6 +16,7 @@ import numpy as np
 
 from mometas_ds.config import ConfigError, DataError
 from mometas_ds.finetune.skips import SkipCounter, no_examples_error
+from mometas_ds.finetune.text_files import read_utf8
 
 IGNORE_INDEX = -100  # the label torch's cross-entropy (and HF's token-classification models) ignore
 DOCSTART = "-DOCSTART-"
@@ -31,11 +32,7 @@ def read_conll(path: str) -> Tuple[List[dict], SkipCounter]:
     is the sentence's index in the file, as a string). An unreadable file, one whose lines have fewer than 2
     columns, or one with no sentence raises DataError naming the file.
     """
-    try:
-        with open(path, encoding="utf-8") as handle:
-            lines = handle.read().splitlines()
-    except (OSError, UnicodeDecodeError) as err:
-        raise DataError(f"{path}: cannot read the CoNLL file: {err}") from err
+    lines = read_utf8(path).splitlines()  # BOM, non-UTF-8 bytes, an empty file: text_files' policy
     rows = [(number, line.split()) for number, line in enumerate(lines, start=1)]
     widths = collections.Counter(len(cols) for _, cols in rows if cols and cols[0] != DOCSTART)
     skipped = SkipCounter(path=path)

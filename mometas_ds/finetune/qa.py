@@ -20,6 +20,7 @@ import numpy as np
 
 from mometas_ds.config import ConfigError, DataError
 from mometas_ds.finetune.skips import SkipCounter, no_examples_error
+from mometas_ds.finetune.text_files import read_utf8
 
 # ---------------------------------------------------------------------------------------------------- reading
 
@@ -35,14 +36,12 @@ def read_squad(path: str) -> Tuple[List[dict], SkipCounter]:
     counted too. An unreadable or malformed JSON file, a missing top-level ``data`` list, or a file with no
     usable question raises DataError naming the file.
     """
+    text = read_utf8(path)  # BOM, non-UTF-8 bytes, an empty file: text_files' policy
     try:
-        with open(path, encoding="utf-8") as handle:
-            document = json.load(handle)
+        document = json.loads(text)
     except json.JSONDecodeError as err:
         raise DataError(f"{path}: not valid JSON (truncated or malformed?): {err.msg} "
                         f"at line {err.lineno} column {err.colno}") from err
-    except (OSError, UnicodeDecodeError) as err:
-        raise DataError(f"{path}: cannot read the SQuAD file: {err}") from err
     if not isinstance(document, dict) or not isinstance(document.get("data"), list):
         raise DataError(f"{path}: not a SQuAD file: expected a JSON object with a top-level \"data\" list")
 

@@ -20,6 +20,7 @@ import datasets
 from mometas_ds.config import DataError
 
 from mometas_ds.finetune.tasks import TaskSpec
+from mometas_ds.finetune.text_files import read_utf8, utf8_lines
 
 Examples = List[dict]
 
@@ -43,11 +44,9 @@ def _label(spec_labels: Optional[Sequence[str]], regression: bool, raw, where: s
 
 
 def _read_lines(path: str) -> List[str]:
-    if not os.path.isfile(path):
-        raise DataError(f"{path}: file not found")
-    with open(path, encoding="utf-8", errors="replace", newline="") as f:
-        # Only \n ends a line: GLUE's texts contain stray \r and quote characters.
-        return f.read().split("\n")
+    # Only \n ends a line: GLUE's texts contain stray \r and quote characters. BOM, non-UTF-8 bytes and an
+    # empty file: text_files' policy.
+    return read_utf8(path).split("\n")
 
 
 def read_glue_tsv(spec: TaskSpec, path: str) -> Tuple[Examples, Counter]:
@@ -146,46 +145,52 @@ def read_task_file(path: str, text_column: str, pair_column: Optional[str], labe
 
     ``labels``: the label set the training file defined; a dev label outside it is an error."""
     ext = os.path.splitext(path)[1].lower()
-    if not os.path.isfile(path):
-        raise DataError(f"{path}: file not found")
+    if ext not in (".jsonl", ".json", ".csv", ".tsv"):
+        raise DataError(f"{path}: unknown format {ext or '(no extension)'}; use .csv, .tsv or .jsonl")
     rows: List[Tuple[int, dict]] = []
     skipped = Counter()
     if ext in (".jsonl", ".json"):
-        with open(path, encoding="utf-8", errors="replace") as f:
-            for lineno, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError:
-                    skipped["invalid JSON line"] += 1
-                    continue
-                if not isinstance(row, dict):
-                    skipped["JSON line is not an object"] += 1
-                    continue
-                rows.append((lineno, row))
+        for lineno, line in enumerate(utf8_lines(path), 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                skipped["invalid JSON line"] += 1
+                continue
+            if not isinstance(row, dict):
+                skipped["JSON line is not an object"] += 1
+                continue
+            rows.append((lineno, row))
         columns = None
-    elif ext in (".csv", ".tsv"):
-        with open(path, encoding="utf-8", errors="replace", newline="") as f:
-            if ext == ".csv":
-                reader = csv.reader(f)
-            else:
-                reader = csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
-            header = next(reader, None) or []
-            columns = header
-            for name in (text_column, pair_column, label_column):
-                if name is not None and name not in header:
-                    raise DataError(f"{path}:1: missing column {name!r} (header: {', '.join(header) or 'empty'})")
-            for record in reader:
-                lineno = reader.line_num
-                if not any(field.strip() for field in record):
-                    continue
-                if len(record) != len(header):
-                    skipped[f"{len(record)} fields, header has {len(header)}"] += 1
-                    continue
-                rows.append((lineno, dict(zip(header, record))))
     else:
-        raise DataError(f"{path}: unknown format {ext or '(no extension)'}; use .csv, .tsv or .jsonl")
+        lines = utf8_lines(path)
+        if ext == ".csv":
+            reader = csv.reader(lines)
+        else:
+            reader = csv.reader(lines, delimiter="\t", quoting=csv.QUOTE_NONE)
+        try:
+            header = next(reader, None) or []
+        except csv.Error as err:
+            raise DataError(f"{path}:1: cannot read the header: {err}") from None
+        columns = header
+        for name in (text_column, pair_column, label_column):
+            if name is not None and name not in header:
+                raise DataError(f"{path}:1: missing column {name!r} (header: {', '.join(header) or 'empty'})")
+        while True:
+            try:
+                record = next(reader)
+            except StopIteration:
+                break
+            except csv.Error as err:  # e.g. a field over csv's field_size_limit (128 KiB): skipped, counted
+                skipped[f"unreadable {ext[1:]} record ({err})"] += 1
+                continue
+            if not any(field.strip() for field in record):
+                continue
+            if len(record) != len(header):
+                skipped[f"{len(record)} fields, header has {len(header)}"] += 1
+                continue
+            rows.append((reader.line_num, dict(zip(header, record))))
     examples = []
     for lineno, row in rows:
         where = f"{path}:{lineno}"

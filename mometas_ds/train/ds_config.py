@@ -9,6 +9,7 @@ any work; the valid top-level names are the ones DeepSpeed's own config parser r
 from __future__ import annotations
 
 import functools
+import inspect
 import json
 from typing import Dict, Iterable, Optional
 
@@ -125,15 +126,51 @@ def deepspeed_top_level_keys() -> frozenset:
     return frozenset(seen | extra | set(TOP_LEVEL))
 
 
-def _check_params(params: dict, table: Dict[str, Check], where: str, path: str) -> None:
+def _check_params(params: dict, table: Dict[str, Check], where: str, path: str,
+                  accepted: Iterable[str] = ()) -> None:
     """Known keys by type; an unknown key close to a known one is a typo (another optimizer's own
-    keys, far from every known one, pass through to it)."""
+    keys, far from every known one, pass through to it, and so do those ``accepted``: the arguments of the
+    torch.optim class named, e.g. Rprop's ``etas``)."""
     check_fields(params, table, where, path)
+    accepted = set(accepted)
     for key in params:
-        if key not in table:
+        if key not in table and key not in accepted:
             hint = suggestion(key, table)
             if hint:
                 raise ConfigError(f"{path}: unknown field {where}{key}{hint}")
+
+
+def _torch_optimizer_args(optimizer) -> frozenset:
+    """The keyword arguments of the torch.optim class an ``optimizer`` section names (DeepSpeed builds a
+    torch.optim class for a type that is not one of its own), else none."""
+    if not isinstance(optimizer, dict) or not isinstance(optimizer.get("type"), str):
+        return frozenset()
+    import torch  # heavy: only when a config names an optimizer
+
+    cls = getattr(torch.optim, optimizer["type"], None)
+    if not isinstance(cls, type):
+        return frozenset()
+    try:
+        return frozenset(inspect.signature(cls.__init__).parameters) - {"self", "params"}
+    except (TypeError, ValueError):
+        return frozenset()
+
+
+_BOOLEAN_STRINGS = {"true", "false", "yes", "no", "on", "off"}
+
+
+def _check_booleans(section: dict, where: str, path: str) -> None:
+    """Anywhere in the config, an ``enabled`` that is not a JSON boolean, or a string that spells one:
+    DeepSpeed reads many switches with plain truth tests, so ``"enabled": "false"`` would switch it on."""
+    for key, value in section.items():
+        name = f"{where}{key}"
+        if isinstance(value, dict):
+            _check_booleans(value, f"{name}.", path)
+        elif key == "enabled" and not isinstance(value, bool):
+            raise ConfigError(f"{path}: {name} must be true or false (a JSON boolean, not a string), got {value!r}")
+        elif isinstance(value, str) and value.strip().lower() in _BOOLEAN_STRINGS:
+            raise ConfigError(f"{path}: {name} is the string {value!r}: write a JSON boolean (true / false, no "
+                              "quotes); DeepSpeed would read any non-empty string as true")
 
 
 def check_ds_config(ds_config: dict, path: str, known_keys: Optional[Iterable[str]] = None,
@@ -161,7 +198,9 @@ def _check_ds_config(ds_config: dict, path: str, known_keys: Optional[Iterable[s
     for name, table in (("optimizer", OPTIMIZER_PARAMS), ("scheduler", SCHEDULER_PARAMS)):
         params = (ds_config.get(name) or {}).get("params")
         if isinstance(params, dict):
-            _check_params(params, table, f"{name}.params.", path)
+            accepted = _torch_optimizer_args(ds_config.get("optimizer")) if name == "optimizer" else ()
+            _check_params(params, table, f"{name}.params.", path, accepted)
+    _check_booleans(ds_config, "", path)  # after the typed fields: their messages say more
 
 
 def check_batch_fields(ds_config: dict, path: str, world_size: Optional[int] = None) -> Optional[int]:
@@ -233,3 +272,36 @@ def check_with_deepspeed(ds_config: dict, path: str) -> None:
         DeepSpeedConfig(json.loads(json.dumps(ds_config)))
     except Exception as exc:  # pydantic's ValidationError names the key; DeepSpeed's asserts say what is wrong
         raise ConfigError(f"{path}: DeepSpeed rejects this config: {type(exc).__name__}: {exc}") from None
+
+
+# ---------------------------------------------------------------- schedules fitted to --max_steps
+# Schedulers with a total-steps field follow --max_steps: DeepSpeed's WarmupDecayLR and WarmupCosineLR get
+# total_num_steps = --max_steps and keep the warm-up's fraction of the schedule (a config written for a long run
+# would otherwise leave a short one in warm-up, or decay a long one to its floor halfway).
+# The schedulers that end at total_num_steps (DeepSpeed's names).
+FITTED = ("WarmupDecayLR", "WarmupCosineLR")
+
+
+def fit_schedule_to_max_steps(ds_config: dict, max_steps: int) -> None:
+    """Fit a FITTED scheduler's total_num_steps (and warmup_num_steps, in proportion) to ``max_steps``."""
+    scheduler = ds_config.get("scheduler")
+    if not scheduler or scheduler.get("type") not in FITTED:
+        return
+    params = scheduler.setdefault("params", {})
+    total = params.get("total_num_steps")
+    warmup = params.get("warmup_num_steps", 0)
+    if total and total != max_steps:
+        params["warmup_num_steps"] = max(1, round(warmup / total * max_steps)) if warmup else 0
+        params["total_num_steps"] = max_steps
+
+
+def check_schedule_fits(ds_config: dict, path: str) -> None:
+    """A FITTED scheduler needs total_num_steps to fit from (without it DeepSpeed uses its own default, and the
+    warm-up fraction is unknown)."""
+    scheduler = ds_config.get("scheduler")
+    if not isinstance(scheduler, dict) or scheduler.get("type") not in FITTED:
+        return
+    params = scheduler.get("params") or {}
+    if "total_num_steps" not in params:
+        raise ConfigError(f"{path}: scheduler {scheduler['type']} needs params.total_num_steps (it is fitted to "
+                          "--max_steps, the warm-up keeping its fraction of it)")

@@ -8,6 +8,9 @@ import deepspeed
 from deepspeed.accelerator import get_accelerator
 
 from mometas_ds.train.optim import Lamb, bert_param_groups
+from mometas_ds.train.ds_config import fit_schedule_to_max_steps
+
+__all__ = ["build_engine", "fit_schedule_to_max_steps"]
 
 logger = logging.getLogger("mometas_ds")
 
@@ -35,16 +38,3 @@ def build_engine(model, ds_config: dict, max_steps: int, rank: int = 0):
         optimizer=client_optimizer, config=ds_config,
     )
     return engine
-
-
-def fit_schedule_to_max_steps(ds_config: dict, max_steps: int) -> None:
-    """WarmupDecayLR's total steps follow --max_steps; the warm-up keeps its fraction of the schedule."""
-    scheduler = ds_config.get("scheduler")
-    if not scheduler or scheduler.get("type") != "WarmupDecayLR":
-        return
-    params = scheduler.setdefault("params", {})
-    total = params.get("total_num_steps")
-    warmup = params.get("warmup_num_steps", 0)
-    if total and total != max_steps:
-        params["warmup_num_steps"] = max(1, round(warmup / total * max_steps)) if warmup else 0
-        params["total_num_steps"] = max_steps

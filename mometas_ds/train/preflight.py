@@ -10,24 +10,28 @@ from __future__ import annotations
 import json
 import math
 import os
+import sys
 from dataclasses import dataclass
 from typing import List, Optional
 
 from mometas_ds.checkpoint import find_resume_checkpoint, latest_complete_tag, resume_checkpoint, run_identity_of
 from mometas_ds.checkpoint.loading import read_client_state
 from mometas_ds.config.choices import MIN_SEQ_LEN, MODEL_PRESETS
+from mometas_ds.config.paths import RunPaths
 from mometas_ds.config.settings import PretrainConfig, sampler_kwargs
 from mometas_ds.data.parts import MIN_SHARD_SIZE_MB, input_bytes
 from mometas_ds.distributed.launch import LaunchInfo, init_distributed
 from mometas_ds.errors import ConfigError, read_json_object
 from mometas_ds.model import position_embeddings
-from mometas_ds.model_config_check import check_model_config_fields, read_model_config
+from mometas_ds.model_config_check import check_model_config_fields, read_model_config, transformer_dir
 from mometas_ds.objectives import objective_class, objective_names_problem
 from mometas_ds.registry import import_user_modules
 from mometas_ds.safe_io import check_writable, check_writable_dir
 from mometas_ds.samplers import available_samplers, build_sampler
-from mometas_ds.train.ds_config import check_batch_fields, check_ds_config, check_optimizer, check_with_deepspeed
-from mometas_ds.config.paths import RunPaths
+from mometas_ds.train.ds_config import (
+    check_batch_fields, check_ds_config, check_optimizer, check_schedule_fits, check_with_deepspeed,
+)
+from mometas_ds.train.ds_trial import check_sections, trial_initialize
 
 
 @dataclass
@@ -49,6 +53,9 @@ def preflight(cfg: PretrainConfig) -> Preflight:
     launch = init_distributed(cfg.dist_timeout_minutes)
     lock_output_dir(cfg.output_dir, launch, cfg.setup_timeout_minutes)  # one writer: before anything reads or writes
     check_world_size(cfg, ds_config, launch.world_size)
+    # DeepSpeed itself, on a stand-in model with the run's parameter groups: what it rejects at initialize or
+    # at its first step stops here, before the corpus is read.
+    trial_initialize(ds_config, cfg.deepspeed_config, cfg.max_steps, launch.rank)
     return Preflight(ds_config, launch, run_identity(cfg, ds_config, launch.world_size))
 
 
@@ -90,6 +97,8 @@ def validate_config(cfg: PretrainConfig) -> dict:
         fail("deepspeed_config", f"file not found: {cfg.deepspeed_config}")
     ds_config = read_json_object(cfg.deepspeed_config, "--deepspeed_config")
     check_ds_config(ds_config, cfg.deepspeed_config)  # strict types, no unknown top-level key
+    check_sections(ds_config, cfg.deepspeed_config)  # sections the trainer does not honour; monitors installed
+    check_schedule_fits(ds_config, cfg.deepspeed_config)
     if not cfg.train_files:
         fail("train_files", "no corpus given")
     if (cfg.model_name_or_path is None) == (cfg.model_config is None):
@@ -107,6 +116,12 @@ def validate_config(cfg: PretrainConfig) -> dict:
                             f"of --model_config {cfg.model_config}")
     if cfg.model_name_or_path is not None and not os.path.isdir(cfg.model_name_or_path):
         fail("model_name_or_path", f"{cfg.model_name_or_path} is not a local directory")
+    if cfg.model_name_or_path is not None:
+        inner = transformer_dir(cfg.model_name_or_path)
+        if inner != cfg.model_name_or_path:  # an older sentence-transformers directory: BERT is in 0_Transformer/
+            print(f"--model_name_or_path {cfg.model_name_or_path}: a sentence-transformers directory; its BERT "
+                  f"(and tokenizer) are read from {inner}", file=sys.stderr)
+            cfg.model_name_or_path = inner
     if cfg.tokenizer is None and cfg.train_tokenizer is None:
         tok_in_model = cfg.model_name_or_path and os.path.exists(
             os.path.join(cfg.model_name_or_path, "tokenizer_config.json"))

@@ -51,6 +51,15 @@ class Corruption:
                                              generator=generator)
 
 
+def global_grad_norm(parameters) -> Optional[torch.Tensor]:
+    """The L2 norm of all gradients together (fp32), as torch's clip_grad_norm_ computes it; None without any.
+    Under ZeRO stage 0 every rank holds the whole reduced gradient, so every rank gets the same norm."""
+    norms = [torch.linalg.vector_norm(p.grad.detach().float()) for p in parameters if p.grad is not None]
+    if not norms:
+        return None
+    return torch.linalg.vector_norm(torch.stack(norms))
+
+
 class TrainStep:
     def __init__(self, engine, model, objectives: Dict[str, object], sampler, batches, meta: MetaValidation,
                  corrupt: Callable, state: TrainState, *, seed: int, rank: int = 0, world_size: int = 1,
@@ -65,6 +74,7 @@ class TrainStep:
         self.stop = stop or StopRequest()
         self._boundary_done = False
         self.faults = faults  # None unless a test injects faults (train.faults)
+        self.grad_norm = None  # the last optimizer step's global gradient norm (before clipping), for the logs
 
     def optimizer_step(self, trace, on_micro_step: Optional[Callable] = None) -> Tuple[List[str], List[float]]:
         """Micro-steps until DeepSpeed's accumulation boundary, then ``state.step += 1``; the names and losses of
@@ -128,8 +138,16 @@ class TrainStep:
         self._boundary_done = self.engine.is_gradient_accumulation_boundary()
         if self._boundary_done and self.engine.zero_optimization_stage() == 3:
             self._zero_unused_head_grads(name)
+        # DeepSpeed reports the norm only through optimizers that compute it (ZeRO 1-3, its fp16/bf16
+        # wrappers); with a bare torch optimizer (ZeRO stage 0 in fp32, e.g. the Lamb path) ours is taken from
+        # the reduced gradients before DeepSpeed clips them, so every step logs one.
+        own_norm = self._boundary_done and not hasattr(self.engine.optimizer, "_global_grad_norm")
+        if own_norm:
+            self.grad_norm = global_grad_norm(self.model.parameters())
         self.engine.step()
         if self._boundary_done:
+            if not own_norm:
+                self.grad_norm = self.engine.get_global_grad_norm()
             self._count_update()
         return name, loss_value
 

@@ -145,7 +145,7 @@ class Trainer:
             logs.step({
                 "step": state.step, "objective": ",".join(dict.fromkeys(names)),
                 "loss": sum(losses) / len(losses), "lr": float(self.engine.get_lr()[0]),
-                "grad_norm": as_float(self.engine.get_global_grad_norm()),
+                "grad_norm": as_float(self.steps.grad_norm),
                 "samples_per_s": samples_per_step / elapsed,
                 "tokens_per_s": samples_per_step * cfg.seq_len / elapsed, "skipped_micro_steps": state.skipped_steps,
                 "skipped_updates": state.skipped_updates,

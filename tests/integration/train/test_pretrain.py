@@ -298,7 +298,8 @@ def test_continual_pretraining_from_an_hf_checkpoint(assets, tmp_path, capsys):
     out = str(tmp_path / "run")
     result = run_pretrain(continual_args(out))
     assert_ok(result)
-    assert f"mlm head loaded from {start_dir}" in result.stderr + result.stdout
+    loaded = next(line for line in (result.stderr + result.stdout).splitlines() if f"loaded from {start_dir}:" in line)
+    assert "mlm head; starting fresh:" in loaded, loaded
     before = BertForMaskedLM.from_pretrained(start_dir).state_dict()
     after = BertForMaskedLM.from_pretrained(os.path.join(out, "hf_model")).state_dict()
     assert before.keys() == after.keys()
