@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import List, Optional
+from typing import Optional, Sequence
 
 from mometas_ds.checkpoint.export import consolidated_state_dict
 from mometas_ds.checkpoint.layout import ResumeRefused, latest_complete_tag, read_run_identity
@@ -33,9 +33,9 @@ logger = logging.getLogger("mometas_ds")
 
 class Checkpointer:
     def __init__(self, cfg: PretrainConfig, engine, ranks: Ranks, run_identity: dict, *, state: TrainState,
-                 sampler, data, objective_names: List[str], signals, faults: Optional[Faults] = None):
+                 sampler, data, objective_names: Sequence[str], signals, faults: Optional[Faults] = None):
         self.cfg, self.engine, self.ranks, self.run_identity = cfg, engine, ranks, run_identity
-        self.state, self.sampler, self.data, self.objective_names = state, sampler, data, list(objective_names)
+        self.state, self.sampler, self.data, self.objective_names = state, sampler, data, objective_names
         self.faults = faults
         self.signals = signals  # a signal during a save or the export waits for its end (stop_signals)
         self.root = RunPaths(cfg.output_dir).checkpoints
@@ -47,7 +47,7 @@ class Checkpointer:
         return {
             **self.state.state_dict(),
             "sampler": self.sampler.state_dict(),
-            "objectives": self.objective_names,
+            "objectives": list(self.objective_names),  # a list, as checkpoints have always held it
             "data": [r["data"] for r in per_rank], "rng": [r["rng"] for r in per_rank],
         }
 

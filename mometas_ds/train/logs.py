@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import math
 import os
-from typing import List, Optional
+from typing import Optional, Sequence
 
 from tqdm.auto import tqdm
 
@@ -15,8 +15,8 @@ from mometas_ds.config.paths import RunPaths
 
 
 class RunLogs:
-    def __init__(self, output_dir: str, rank: int, objective_names: List[str], monitor=None):
-        self.output_dir, self.rank, self.objective_names = output_dir, rank, list(objective_names)
+    def __init__(self, output_dir: str, rank: int, objective_names: Sequence[str], monitor=None):
+        self.output_dir, self.rank, self.objective_names = output_dir, rank, objective_names
         self._monitor_backend = monitor
         self.metrics = self.sampler = self.trace = self.progress = None
 

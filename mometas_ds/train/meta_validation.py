@@ -39,7 +39,7 @@ class MetaValidation:
                  *, device: torch.device, seed: int, meta_batch_size: int, micro_batch: int, rank: int = 0,
                  world_size: int = 1, fixed_set: bool = False):
         self.engine, self.objectives, self.meta_rows, self.corrupt = engine, objectives, meta_rows, corrupt
-        self.objective_names = list(objectives)
+        self.objective_names = tuple(objectives)  # the mapping's order (the run's --objectives)
         self.device, self.seed = device, seed
         self.meta_batch_size, self.micro_batch = meta_batch_size, micro_batch
         self.rank, self.world_size = rank, world_size

@@ -66,7 +66,7 @@ class TrainStep:
                  max_skipped_steps: int = 10, stop: Optional[StopRequest] = None,
                  faults: Optional[Faults] = None):
         self.engine, self.model, self.objectives = engine, model, objectives
-        self.objective_names: List[str] = list(objectives)
+        self.objective_names = tuple(objectives)  # the mapping's order (the run's --objectives)
         self.sampler, self.batches, self.meta, self.corrupt, self.state = sampler, batches, meta, corrupt, state
         self.device = engine.device
         self.seed, self.rank, self.world_size = seed, rank, world_size

@@ -68,7 +68,7 @@ class Trainer:
         # Pinned by content: a resume with another vocabulary (even the same tokens with other ids) stops.
         self.run_identity = {**self.run_identity, TOKENIZER_KEY: tokenizer_identity(self.tokenizer)}
         self.objectives = build_objectives(cfg, self.data.special)
-        self.objective_names = list(cfg.objectives)
+        self.objective_names = tuple(self.objectives)  # the run's objective order: every component reads this one
         self.model = self._build_model()
         self.engine = build_engine(self.model, self.ds_config, cfg.max_steps, self.rank)
         self.device = self.engine.device
