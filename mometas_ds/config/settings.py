@@ -80,8 +80,8 @@ class PretrainConfig:
         help="Python files or modules to import first: they register your own objectives or samplers",
         factory=list, nargs="+", metavar="FILE_OR_MODULE")
     sampler: str = option("mometas", "objective sampler: mometas (default, as in the paper), mometas_credit "
-                          "(per-objective credit: docs/sampler_study.md), uniform, round_robin, fixed, temperature, "
-                          "exp3")
+                          "(per-objective credit: docs/sampler_study.md), mometas_transfer (credit from the other "
+                          "objectives' losses only: docs/samplers.md), uniform, round_robin, fixed, temperature, exp3")
     sampler_args: dict = option(
         help='extra sampler keyword arguments as JSON, e.g. \'{"weights": [2,1,1,1,1]}\' or \'{"prob_floor": 0.05}\'',
         factory=dict, type=json.loads)
