@@ -15,6 +15,10 @@ which objectives help should draw both less and less; ``mometas-study`` does thi
   tokens were randomly permuted first, trained through the mlm head. It teaches the shared head and
   encoder that word order carries nothing (the targets are predictable only from the bag of words),
   the opposite of what mlm on real text needs; its own loss does fall (unigram statistics).
+* ``permuted_mlm`` (harmful, a learnable task that conflicts with a useful one): BERT's masking, but each
+  masked position is labelled with a fixed random permutation of its original token (the same
+  permutation in every run), trained through the mlm head. It is learnable -- its loss falls, so a
+  reward made of loss drops pays for it -- and every step of it teaches the shared head the wrong token.
 * ``easy_position`` (useless, a loss easy to lower): per real token, the label is its position's
   parity (0/1) on its own binary head. The position embeddings give it away, so its loss drops to
   near zero within a few dozen steps -- a large relative drop that a reward made of loss drops pays
@@ -111,6 +115,40 @@ class ShuffledMaskedLM(MaskedLM):
         source_of = torch.empty_like(slots).scatter_(1, slots, torch.where(take, sources, slots))
         shuffled = torch.gather(input_ids, 1, source_of)
         return super().corrupt(shuffled, attention_mask, generator, **kwargs)
+
+
+PERMUTATION_SEED = 20261206  # one permutation for every run and every process
+
+
+@register_objective("permuted_mlm")
+class PermutedMaskedLM(MaskedLM):
+    """MLM input corruption with targets mapped through a fixed permutation of the ordinary ids (harmful to mlm)."""
+
+    @property
+    def head_name(self) -> str:
+        return "mlm"
+
+    def __init__(self, special, noise_probability: Optional[float] = None, **kwargs):
+        super().__init__(special, noise_probability, **kwargs)
+        excluded = set(special.ids) | set(special.reserved_ids)
+        ordinary = torch.tensor([i for i in range(special.vocab_size) if i not in excluded], dtype=torch.long)
+        shuffled = ordinary[torch.randperm(len(ordinary), generator=torch.Generator().manual_seed(PERMUTATION_SEED))]
+        self.mapping = torch.arange(special.vocab_size)
+        self.mapping[ordinary] = shuffled
+
+    def corrupt(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        generator: Optional[torch.Generator] = None,
+        **kwargs,
+    ) -> Dict[str, torch.Tensor]:
+        batch = super().corrupt(input_ids, attention_mask, generator, **kwargs)
+        labels = batch["labels"]
+        chosen = labels != IGNORE_INDEX
+        mapping = self.mapping.to(input_ids.device)
+        batch["labels"] = torch.where(chosen, mapping[labels.clamp(min=0)], IGNORE_INDEX)
+        return batch
 
 
 @register_objective("easy_position")

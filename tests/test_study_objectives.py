@@ -51,3 +51,20 @@ def test_easy_position_labels_are_the_position_parity_of_real_tokens():
     positions = torch.arange(ids.shape[1]).expand_as(ids)
     assert torch.equal(batch["labels"][real], positions[real] % 2)
     assert (batch["labels"][~real] == IGNORE_INDEX).all()
+
+
+def test_permuted_mlm_labels_are_a_fixed_permutation_of_mlm_labels():
+    ids, mask = _batch()
+    objective = build_objective("permuted_mlm", SPECIAL)
+    assert objective.head_name == "mlm"
+    mlm = build_objective("mlm", SPECIAL).corrupt(ids, mask, generator=torch.Generator().manual_seed(3))
+    permuted = objective.corrupt(ids, mask, generator=torch.Generator().manual_seed(3))
+    assert torch.equal(permuted["input_ids"], mlm["input_ids"])  # the same masking as mlm
+    chosen = mlm["labels"] != IGNORE_INDEX
+    assert torch.equal(permuted["labels"] != IGNORE_INDEX, chosen)
+    mapping = objective.mapping
+    assert torch.equal(permuted["labels"][chosen], mapping[mlm["labels"][chosen]])
+    ordinary = torch.arange(4, SPECIAL.vocab_size)
+    assert sorted(mapping[ordinary].tolist()) == ordinary.tolist()  # a permutation of the ordinary ids
+    assert (mapping[ordinary] != ordinary).float().mean() > 0.9  # that moves almost every token
+    assert torch.equal(build_objective("permuted_mlm", SPECIAL).mapping, mapping)  # the same in every process
