@@ -121,7 +121,8 @@ def test_transfer_credit_of_exact_linear_data_ignores_own_effects():
 def test_defaults_and_first_update():
     sampler = build_sampler("mometas_transfer", N)
     assert sampler.fixed_meta_set is True and sampler.needs_meta_validation
-    assert (sampler.lr, sampler.window, sampler.decay, sampler.prob_floor) == (2.0, 20, 0.05, 0.1)
+    assert (sampler.lr, sampler.window, sampler.decay, sampler.prob_floor) == (2.0, 20, 0.01, 0.1)
+    assert sampler.progress_scale == 0.01 and sampler.ablate is True
     info = sampler.update([3.0] * N)
     assert info["reward"] is None and sampler.probs.tolist() == pytest.approx([0.2] * N, abs=1e-15)
     with pytest.raises(ValueError, match="needs one meta-validation loss"):
@@ -136,6 +137,8 @@ def test_defaults_and_first_update():
         ({"ridge": -1.0}, "ridge"),
         ({"decay": 1.0}, "decay"),
         ({"prob_floor": 1.5}, "prob_floor"),
+        ({"progress_scale": -0.1}, "progress_scale"),
+        ({"ablate": 1}, "ablate"),
         ({"fixed_meta_set": "yes"}, "fixed_meta_set"),
     ],
 )
@@ -156,7 +159,7 @@ def _drive(sampler, bandit, start, stop, interval=20):
 
 
 def test_state_round_trip_mid_interval_resumes_exactly():
-    first, bandit = build_sampler("mometas_transfer", N, seed=5, interval=20, window=8), TransferBandit(1)
+    first, bandit = build_sampler("mometas_transfer", N, seed=5, interval=20, window=12), TransferBandit(1)
     first.update(bandit.measure())
     _drive(first, bandit, 0, 410)  # 20 updates (the ring buffer has wrapped), 10 draws into the next round
     assert first.probs.max() - first.probs.min() > 0.01  # the policy has moved: the resume has something to keep
@@ -164,13 +167,13 @@ def test_state_round_trip_mid_interval_resumes_exactly():
     twin = TransferBandit(1)
     twin.losses, twin.gen = bandit.losses.clone(), torch.Generator().manual_seed(77)
     bandit.gen = torch.Generator().manual_seed(77)
-    resumed = build_sampler("mometas_transfer", N, seed=0, interval=20, window=8)
+    resumed = build_sampler("mometas_transfer", N, seed=0, interval=20, window=12)
     resumed.load_state_dict(state)
     assert resumed.probs.tolist() == first.probs.tolist() and resumed.rollout_counts() == first.rollout_counts()
     assert torch.equal(resumed.credit, first.credit) and torch.equal(resumed.targets, first.targets)
     assert _drive(resumed, twin, 410, 1200) == _drive(first, bandit, 410, 1200)
     with pytest.raises(ValueError, match="window"):
-        build_sampler("mometas_transfer", N, window=9).load_state_dict(state)
+        build_sampler("mometas_transfer", N, window=13).load_state_dict(state)
 
 
 def test_sync_state_carries_everything():

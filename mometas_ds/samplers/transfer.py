@@ -17,10 +17,16 @@ mometas_transfer``) never credits an objective with its own loss:
     (it explains most of i's drop) but never in the credit;
   * each target's row is put on the scale of a correlation (times sd(x) / sd(d_i net of the trend)) and
     gated by the adjusted partial R^2 of the other objectives' shares beyond i's own share and the trend
-    (clipped to [0, 1]): a target whose drops the others' shares do not explain moves nothing;
+    beyond twice the share chance explains (clipped to [0, 1]): a target whose drops the others' shares do
+    not explain moves nothing;
   * i's own entry in its row is the largest C_ij of the others (its draws count as much for its own loss
     as the best other objective's, never more: a loss that is easy to lower earns nothing extra), and the
     row is centred; the credit b_j is the mean of the gated rows over the targets;
+  * each target's row is weighted by how much that target is still learning (its mean relative drop per
+    round over the window / ``progress_scale``, clipped to [0, 1]): once the useful objectives have
+    plateaued, the small interference between them would otherwise make an objective that touches
+    nothing (no signal, or a loss already at its floor) look best; what was learnt while they were
+    learning is kept (a small ``decay``);
   * theta <- (1 - decay) * theta + lr * b; ``probs`` = (1 - prob_floor) * softmax(theta) + prob_floor / N;
   * ``ablate`` (default on): each round leaves one objective out (its probability 0, the others renormalised;
     the rounds cycle through the objectives), so the compositions vary far more than the draws' own noise
@@ -47,6 +53,11 @@ from .credit import learnt_mask
 from .registry import register_sampler
 
 
+# The gate counts only the variance the other shares explain beyond twice what chance explains on average
+# (pure noise passes that rarely; at once chance, about half the noise windows would move the policy).
+CHANCE_MULTIPLE = 2.0
+
+
 def _ridge_fit(design: torch.Tensor, y: torch.Tensor, penalty: torch.Tensor) -> torch.Tensor:
     gram = design.T @ design
     return torch.linalg.solve(gram + torch.diag(penalty), design.T @ y)
@@ -60,10 +71,18 @@ def _sse(y: torch.Tensor, design: torch.Tensor) -> float:
 
 
 def transfer_credit(
-    shares: torch.Tensor, drops: torch.Tensor, rounds: torch.Tensor, targets: torch.Tensor, ridge: float
+    shares: torch.Tensor,
+    drops: torch.Tensor,
+    rounds: torch.Tensor,
+    targets: torch.Tensor,
+    ridge: float,
+    progress_scale: float = 0.0,
 ) -> torch.Tensor:
     """Per-objective credit from rounds' compositions [W, N], every objective's drops [W, N], round indices [W]
-    and the target mask [N] (1.0: a target). Centred; zero when the window cannot say anything."""
+    and the target mask [N] (1.0: a target). Centred; zero when the window cannot say anything.
+
+    ``progress_scale`` > 0 weights each target's row by how much it is still learning: its mean relative drop
+    per round over the window divided by ``progress_scale``, clipped to [0, 1] (0: every row counts fully)."""
     w, n = shares.shape
     zero = torch.zeros(n, dtype=torch.float64)
     if w < 4 or n < 3:
@@ -79,7 +98,7 @@ def transfer_credit(
     penalty[n] = 1e-12 * max(float(t @ t), 1.0)  # the trend is not shrunk; only kept solvable
     share_sd = (share_var / w) ** 0.5
     extra = n - 2  # the other shares' free directions beyond i's own share (the shares sum to one)
-    chance = extra / (w - 3)
+    chance = CHANCE_MULTIPLE * extra / (w - 3)
     total = torch.zeros(n, dtype=torch.float64)
     counted = torch.zeros(n, dtype=torch.float64)
     for i in range(n):
@@ -102,7 +121,10 @@ def transfer_credit(
         row = torch.zeros(n, dtype=torch.float64)
         row[others] = beta[others] - beta[others].mean()
         row[i] = row[others].max()  # i's own draws: as good for i as the best other objective's, never more
-        total += (row - row.mean()) * (share_sd / residual_sd) * gate
+        weight = 1.0
+        if progress_scale > 0:
+            weight = min(1.0, max(0.0, float(drops[:, i].mean()) / progress_scale))
+        total += (row - row.mean()) * (share_sd / residual_sd) * gate * weight
         counted += 1.0
     if float(counted.sum()) == 0:
         return zero
@@ -122,8 +144,9 @@ class MometasTransferSampler(Sampler):
         lr: float = 2.0,
         window: int = 20,
         ridge: float = 0.1,
-        decay: float = 0.05,
+        decay: float = 0.01,
         prob_floor: float = 0.1,
+        progress_scale: float = 0.01,
         ablate: bool = True,
         fixed_meta_set: bool = True,
     ):
@@ -134,6 +157,7 @@ class MometasTransferSampler(Sampler):
         self.ridge = check_float(owner, "ridge", ridge, low=0.0)
         self.decay = check_float(owner, "decay", decay, low=0.0, high=1.0, high_open=True)
         self.prob_floor = check_float(owner, "prob_floor", prob_floor, low=0.0, high=1.0)
+        self.progress_scale = check_float(owner, "progress_scale", progress_scale, low=0.0)
         for flag, value in (("ablate", ablate), ("fixed_meta_set", fixed_meta_set)):
             if not isinstance(value, bool):
                 raise ValueError(f"{owner}: {flag} must be True or False, got {value!r}")
@@ -146,6 +170,7 @@ class MometasTransferSampler(Sampler):
             ridge=self.ridge,
             decay=self.decay,
             prob_floor=self.prob_floor,
+            progress_scale=self.progress_scale,
             fixed_meta_set=self.fixed_meta_set,
         )
         n = self.num_objectives
@@ -190,7 +215,7 @@ class MometasTransferSampler(Sampler):
 
     def _credit(self) -> torch.Tensor:
         shares, drops, rounds = self._window()
-        return transfer_credit(shares, drops, rounds, self.targets, self.ridge)
+        return transfer_credit(shares, drops, rounds, self.targets, self.ridge, self.progress_scale)
 
     def _update_policy(self, losses, counts: List[int]):
         drops = self._relative_drops(losses)
