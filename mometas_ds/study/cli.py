@@ -149,7 +149,7 @@ def build_arg_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--downstream_epochs", type=float, default=3.0, help="fine-tuning epochs (default 3)")
     p.add_argument(
-        "--downstream_examples", type=int, default=400, help="generated training examples per task (default 400)"
+        "--downstream_examples", type=int, default=256, help="generated training examples per task (default 256)"
     )
     return p
 
