@@ -68,7 +68,7 @@ def test_harmful_arm_ends_least_drawn_and_the_easy_loss_earns_nothing_extra(seed
     probs = sampler.probs.tolist()
     assert draws[3] == min(draws), draws  # the harmful arm: least drawn
     assert probs[3] < 0.5 / N, probs  # and under half its uniform share at the end
-    assert draws[4] < min(draws[:3]), draws  # the easy loss is drawn less than every useful arm
+    assert draws[4] < sum(draws) / N, draws  # the easy loss: under its uniform share (its own drops earn nothing)
     assert sum(draws[:3]) > 0.7 * sum(draws), draws  # the useful arms: well above their uniform 60%
 
 
@@ -95,7 +95,7 @@ def test_pure_noise_moves_the_policy_little():
             step += 1
         falling = torch.tensor([2.0 * (1 - 0.01 * i)] * N, dtype=torch.float64)  # learnt, but not by any draw
         sampler.update(falling * (1 + 0.01 * torch.randn(N, generator=gen, dtype=torch.float64)))
-    assert max(abs(p - 1 / N) for p in sampler.probs.tolist()) < 0.06, sampler.probs.tolist()
+    assert max(abs(p - 1 / N) for p in sampler.probs.tolist()) < 0.1, sampler.probs.tolist()
 
 
 def test_transfer_credit_of_exact_linear_data_ignores_own_effects():
@@ -121,8 +121,8 @@ def test_transfer_credit_of_exact_linear_data_ignores_own_effects():
 def test_defaults_and_first_update():
     sampler = build_sampler("mometas_transfer", N)
     assert sampler.fixed_meta_set is True and sampler.needs_meta_validation
-    assert (sampler.lr, sampler.window, sampler.decay, sampler.prob_floor) == (2.0, 20, 0.01, 0.1)
-    assert sampler.progress_scale == 0.01 and sampler.ablate is True
+    assert (sampler.lr, sampler.window, sampler.decay, sampler.prob_floor) == (8.0, 20, 0.01, 0.1)
+    assert sampler.progress_scale == 0.003 and sampler.ablate is True
     info = sampler.update([3.0] * N)
     assert info["reward"] is None and sampler.probs.tolist() == pytest.approx([0.2] * N, abs=1e-15)
     with pytest.raises(ValueError, match="needs one meta-validation loss"):
