@@ -227,6 +227,8 @@ def test_captured_gain_against_the_best_oracle():
     assert goals["s"]["gain_mean"] == pytest.approx(0.0) and goals["s"]["gain_min"] == pytest.approx(-0.5)
     assert goals["s"]["within_1pct"] == 1  # seed 2 is 4.5% worse than uniform
     assert goals["uniform"]["bad_least_drawn"] == 0
-    # an oracle no better than uniform leaves nothing to capture
+    # an oracle no better than uniform, or better by less than 1%, leaves nothing to capture
     flat = captured_gain([_grun("uniform", 1, 2.0), _grun("oracle_a", 1, 2.1), _grun("s", 1, 1.9)], ["oracle_a"])
     assert flat["per_seed"]["s"] == {1: None}
+    small = captured_gain([_grun("uniform", 1, 2.0), _grun("oracle_a", 1, 1.99), _grun("s", 1, 2.03)], ["oracle_a"])
+    assert small["per_seed"]["s"] == {1: None} and small["relative"]["s"][1] == pytest.approx(0.015)

@@ -190,12 +190,18 @@ def plot_study(runs: List[dict], objectives: List[str], out_dir: str) -> List[st
 # ------------------------------------------------------------------------------------------------ oracle, gain
 
 
+# Below this relative gain of the oracle over uniform (same seed) there is nothing to capture beyond seed noise:
+# the ratio would divide by noise (e.g. every objective useful), so the gain is reported as n/a.
+MIN_ORACLE_GAIN = 0.01
+
+
 def captured_gain(runs: List[dict], oracles: List[str], reference: str = "uniform") -> dict:
     """Each sampler's captured gain per seed: (uniform - sampler) / (uniform - oracle), useful mean held-out loss.
 
     The oracle is the label in ``oracles`` with the lowest mean useful held-out loss over its seeds (the best
-    of the fixed mixtures), taken at the same seed. A seed where the oracle is not better than uniform has
-    no gain (None): there was nothing to capture. Returns ``{"oracle": label or None, "oracle_means": {..},
+    of the fixed mixtures), taken at the same seed. A seed where the oracle is not better than uniform by at
+    least ``MIN_ORACLE_GAIN`` (1%) has no gain (None): there was nothing to capture beyond noise.
+    Returns ``{"oracle": label or None, "oracle_means": {..},
     "per_seed": {label: {seed: gain or None}}, "relative": {label: {seed: sampler / uniform - 1}}}``.
     """
     by_label: Dict[str, Dict[int, float]] = {}
@@ -212,7 +218,7 @@ def captured_gain(runs: List[dict], oracles: List[str], reference: str = "unifor
                 continue
             relative[label][seed] = loss / ref[seed] - 1.0
             target = by_label.get(oracle, {}).get(seed) if oracle else None
-            if target is None or ref[seed] - target <= 0:
+            if target is None or ref[seed] - target <= MIN_ORACLE_GAIN * ref[seed]:
                 per_seed[label][seed] = None
             else:
                 per_seed[label][seed] = (ref[seed] - loss) / (ref[seed] - target)
