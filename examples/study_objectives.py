@@ -1,4 +1,4 @@
-"""Test objectives for checking a sampler on your own corpus: one harmful, one that carries no signal.
+"""Test objectives for checking a sampler on your own corpus: harmful or useless, each by its own mechanism.
 
 Add them to a run with ``--user_modules examples/study_objectives.py`` and name them in
 ``--objectives``, e.g. ``--objectives mlm,dtd,atd,noisy_mlm,coin_flip``. A sampler that learns
@@ -11,6 +11,20 @@ which objectives help should draw both less and less; ``mometas-study`` does thi
 * ``coin_flip`` (no signal): the clean input, and per real token a random 0/1 label
   independent of the text, on its own binary head. Nothing about the text can be learnt from
   it: its loss stays at ln 2, and each step it is drawn is a step the useful objectives lose.
+* ``shuffled_mlm`` (harmful, scrambled text): BERT's masking and targets, but on rows whose real
+  tokens were randomly permuted first, trained through the mlm head. It teaches the shared head and
+  encoder that word order carries nothing (the targets are predictable only from the bag of words),
+  the opposite of what mlm on real text needs; its own loss does fall (unigram statistics).
+* ``permuted_mlm`` (harmful, a learnable task that conflicts with a useful one): BERT's masking, but each
+  masked position is labelled with a fixed random permutation of its original token (the same
+  permutation in every run), trained through the mlm head. It is learnable -- its loss falls, so a
+  reward made of loss drops pays for it -- and every step of it teaches the shared head the wrong token.
+* ``easy_position`` (useless, a loss easy to lower): per real token, the label is its position's
+  parity (0/1) on its own binary head. The position embeddings give it away, so its loss drops to
+  near zero within a few dozen steps -- a large relative drop that a reward made of loss drops pays
+  for -- while it teaches nothing about the text.
+
+``mometas-study --suite NAME`` (docs/sampler_study.md) puts these into suites of known worth.
 """
 
 from __future__ import annotations
@@ -67,6 +81,92 @@ class CoinFlipDetection(Objective):
         real = real_token_mask(input_ids, attention_mask, self.special)
         coin = (rand(input_ids.shape, generator, input_ids.device) < self.noise_probability).long()
         labels = torch.where(real, coin, IGNORE_INDEX)
+        return {"input_ids": input_ids.clone(), "attention_mask": attention_mask.clone(), "labels": labels}
+
+    def build_head(self, config, word_embeddings: nn.Embedding) -> nn.Module:
+        return TokenDetectionHead(config)
+
+
+@register_objective("shuffled_mlm")
+class ShuffledMaskedLM(MaskedLM):
+    """MLM on scrambled rows: the real non-special tokens of each row randomly permuted, then masked (harmful)."""
+
+    @property
+    def head_name(self) -> str:
+        return "mlm"
+
+    def corrupt(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        generator: Optional[torch.Generator] = None,
+        **kwargs,
+    ) -> Dict[str, torch.Tensor]:
+        validate_batch(input_ids, attention_mask, self.special)
+        real = real_token_mask(input_ids, attention_mask, self.special)
+        # Real positions in ascending order (then the others), and the real positions in a random order:
+        # the i-th real slot takes the token of the i-th random real position. Both orders are permutations.
+        inf = torch.full(input_ids.shape, float("inf"), device=input_ids.device)
+        positions = torch.arange(input_ids.shape[1], device=input_ids.device, dtype=inf.dtype).expand_as(inf)
+        slots = torch.sort(torch.where(real, positions, inf), dim=1).indices
+        keys = rand(input_ids.shape, generator, input_ids.device)
+        sources = torch.sort(torch.where(real, keys, inf), dim=1).indices
+        take = torch.arange(input_ids.shape[1], device=input_ids.device)[None, :] < real.sum(dim=1, keepdim=True)
+        source_of = torch.empty_like(slots).scatter_(1, slots, torch.where(take, sources, slots))
+        shuffled = torch.gather(input_ids, 1, source_of)
+        return super().corrupt(shuffled, attention_mask, generator, **kwargs)
+
+
+PERMUTATION_SEED = 20261206  # one permutation for every run and every process
+
+
+@register_objective("permuted_mlm")
+class PermutedMaskedLM(MaskedLM):
+    """MLM input corruption with targets mapped through a fixed permutation of the ordinary ids (harmful to mlm)."""
+
+    @property
+    def head_name(self) -> str:
+        return "mlm"
+
+    def __init__(self, special, noise_probability: Optional[float] = None, **kwargs):
+        super().__init__(special, noise_probability, **kwargs)
+        excluded = set(special.ids) | set(special.reserved_ids)
+        ordinary = torch.tensor([i for i in range(special.vocab_size) if i not in excluded], dtype=torch.long)
+        shuffled = ordinary[torch.randperm(len(ordinary), generator=torch.Generator().manual_seed(PERMUTATION_SEED))]
+        self.mapping = torch.arange(special.vocab_size)
+        self.mapping[ordinary] = shuffled
+
+    def corrupt(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        generator: Optional[torch.Generator] = None,
+        **kwargs,
+    ) -> Dict[str, torch.Tensor]:
+        batch = super().corrupt(input_ids, attention_mask, generator, **kwargs)
+        labels = batch["labels"]
+        chosen = labels != IGNORE_INDEX
+        mapping = self.mapping.to(input_ids.device)
+        batch["labels"] = torch.where(chosen, mapping[labels.clamp(min=0)], IGNORE_INDEX)
+        return batch
+
+
+@register_objective("easy_position")
+class PositionParity(Objective):
+    """Per real token, its position's parity as a 0/1 label, on its own head (an easy loss that teaches nothing)."""
+
+    def corrupt(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        generator: Optional[torch.Generator] = None,
+        **kwargs,
+    ) -> Dict[str, torch.Tensor]:
+        validate_batch(input_ids, attention_mask, self.special)
+        reject_unknown_kwargs(self.name, kwargs)
+        real = real_token_mask(input_ids, attention_mask, self.special)
+        parity = (torch.arange(input_ids.shape[1], device=input_ids.device) % 2).expand_as(input_ids)
+        labels = torch.where(real, parity, IGNORE_INDEX)
         return {"input_ids": input_ids.clone(), "attention_mask": attention_mask.clone(), "labels": labels}
 
     def build_head(self, config, word_embeddings: nn.Embedding) -> nn.Module:

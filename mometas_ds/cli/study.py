@@ -17,6 +17,13 @@ What it does (see docs/sampler_study.md):
    mean over seeds with a min-max band) and heldout.png (held-out loss per objective, mean
    with std error bars).
 
+Suites (``--suite NAME [NAME ...]``, see ``--list_suites``): named sets of objectives with known worth, each
+declared dev (a sampler's defaults may be chosen on it) or test (reporting only). Each suite runs into
+OUTPUT_DIR/SUITE/ with the objectives, --bad and oracle runs (fixed weights over the useful objectives,
+and a small grid of fixed mixtures) of the suite; study.md then also reports each sampler's captured gain
+(uniform - sampler) / (uniform - best oracle) on the useful objectives' mean held-out loss, per seed.
+``--downstream`` fine-tunes every finished run on generated tasks and compares every sampler with uniform.
+
 Sampler specs: ``LABEL=NAME`` or ``LABEL=NAME:JSON`` (JSON = --sampler_args), or just ``NAME``,
 e.g. ``uniform mometas exp3 credit=mometas_credit 'floor=mometas:{"prob_floor": 0.2}'``; the JSON may also
 hold ``"meta_fixed_set": "on"`` (or true/false), given to the run as --meta_fixed_set.
@@ -53,9 +60,11 @@ from mometas_ds.study.common import (
     logger,
     parse_sampler_spec,
 )
+from mometas_ds.study.downstream import DOWNSTREAM_TASKS, GENERATED_TASKS, run_downstream
 from mometas_ds.study.heldout import HeldOutEvaluator
-from mometas_ds.study.report import check_criteria, plot_study, summary_table
+from mometas_ds.study.report import captured_gain, check_criteria, goal_checks, gain_table, plot_study, summary_table
 from mometas_ds.study.runs import prepare_inputs, read_run, run_dir, train_one
+from mometas_ds.study.suites import get_suite, suites_table
 
 
 def build_arg_parser() -> argparse.ArgumentParser:
@@ -121,6 +130,32 @@ def build_arg_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--summarize_only", action="store_true", help="train nothing: evaluate and summarise the runs present"
     )
+    p.add_argument(
+        "--suite",
+        nargs="+",
+        default=None,
+        metavar="NAME",
+        help="named suites of objectives with known worth (replace --objectives/--bad; each into OUTPUT_DIR/NAME, "
+        "with its oracle runs); see --list_suites",
+    )
+    p.add_argument("--list_suites", action="store_true", help="print the suites (dev/test) and exit")
+    p.add_argument(
+        "--downstream",
+        action="store_true",
+        help="after pre-training, fine-tune every run on generated downstream tasks and compare with uniform",
+    )
+    p.add_argument(
+        "--downstream_tasks",
+        default=",".join(DOWNSTREAM_TASKS),
+        help=f"generated GLUE-layout tasks of --downstream (default: {','.join(DOWNSTREAM_TASKS)})",
+    )
+    p.add_argument(
+        "--downstream_seeds", nargs="+", type=int, default=[1, 2, 3], help="fine-tuning seeds (default 1 2 3)"
+    )
+    p.add_argument("--downstream_epochs", type=float, default=3.0, help="fine-tuning epochs (default 3)")
+    p.add_argument(
+        "--downstream_examples", type=int, default=256, help="generated training examples per task (default 256)"
+    )
     return p
 
 
@@ -144,8 +179,10 @@ def _check_args(args) -> None:
             import_user_module(module)
         except Exception as exc:
             raise StudyError(f"--user_modules: could not import {module}: {type(exc).__name__}: {exc}") from None
-    args.objectives = [o.strip() for o in args.objectives.split(",") if o.strip()]
-    args.bad = [o.strip() for o in args.bad.split(",") if o.strip()]
+    if isinstance(args.objectives, str):
+        args.objectives = [o.strip() for o in args.objectives.split(",") if o.strip()]
+    if isinstance(args.bad, str):
+        args.bad = [o.strip() for o in args.bad.split(",") if o.strip()]
     unknown = [o for o in args.objectives if o not in available_objectives()]
     if unknown or len(args.objectives) < 2:
         raise StudyError(
@@ -154,7 +191,7 @@ def _check_args(args) -> None:
         )
     if not set(args.bad) <= set(args.objectives) or len(args.bad) >= len(args.objectives):
         raise StudyError(f"--bad: {','.join(args.bad)} must be some, not all, of --objectives")
-    specs = [parse_sampler_spec(text) for text in args.samplers]
+    specs = [parse_sampler_spec(text) for text in args.samplers] + list(getattr(args, "extra_specs", []))
     if len({s.label for s in specs}) != len(specs):
         raise StudyError("--samplers: two specs have the same label")
     for spec in specs:
@@ -162,10 +199,28 @@ def _check_args(args) -> None:
             raise StudyError(f"--samplers: unknown sampler {spec.name!r}; available: {', '.join(available_samplers())}")
         try:
             extra = {"lr": args.meta_lr} if spec.name == "mometas" else {}
+            if spec.name == "fixed" and len(spec.args.get("weights", ())) != len(args.objectives):
+                raise StudyError(f"--samplers {spec.label}: needs one weight per objective ({len(args.objectives)})")
             build_sampler(spec.name, len(args.objectives), **{**spec.args, **extra})
         except (ValueError, TypeError) as exc:
             raise StudyError(f"--samplers {spec.label}: {exc}") from None
     args.specs = specs
+    if args.downstream:
+        args.downstream_tasks = [t.strip() for t in args.downstream_tasks.split(",") if t.strip()]
+        unknown = [t for t in args.downstream_tasks if t not in GENERATED_TASKS]
+        if unknown or not args.downstream_tasks:
+            raise StudyError(
+                f"--downstream_tasks: unknown or none: {', '.join(unknown) or '-'} "
+                f"(generated tasks: {', '.join(GENERATED_TASKS)})"
+            )
+        for flag, value in (
+            ("--downstream_epochs", args.downstream_epochs),
+            ("--downstream_examples", args.downstream_examples),
+        ):
+            if not value > 0:
+                raise StudyError(f"{flag} must be > 0, got {value}")
+        if len(set(args.downstream_seeds)) != len(args.downstream_seeds):
+            raise StudyError("--downstream_seeds: repeated seed")
     if len(set(args.seeds)) != len(args.seeds):
         raise StudyError("--seeds: repeated seed")
     if args.train_files is not None and not args.train_files:
@@ -229,6 +284,15 @@ def run_study(args) -> int:
         return 1
     criteria = check_criteria(runs, args.objectives, args.bad)
     table = summary_table(runs, args.objectives, args.bad, criteria)
+    oracles = [spec.label for spec in args.specs if spec.label.startswith("oracle")]
+    gains = captured_gain(runs, oracles)
+    goals = goal_checks(runs, args.objectives, args.bad, gains)
+    table += gain_table(runs, gains, goals, suite=getattr(args, "suite_name", None))
+    downstream = None
+    if args.downstream:
+        downstream = run_downstream(args, runs)
+        if downstream is not None:
+            table += "\n" + downstream["table"]
     settings = {
         key: getattr(args, key)
         for key in (
@@ -245,8 +309,22 @@ def run_study(args) -> int:
             "samplers",
         )
     }
+    settings["suite"] = getattr(args, "suite_name", None)
+    settings["suite_split"] = getattr(args, "suite_split", None)
     with open(os.path.join(args.output_dir, "study.json"), "w", encoding="utf-8") as f:
-        json.dump({"settings": settings, "criteria": criteria, "runs": runs, "run_seconds": timing}, f, indent=1)
+        json.dump(
+            {
+                "settings": settings,
+                "criteria": criteria,
+                "captured_gain": gains,
+                "goal": goals,
+                "downstream": None if downstream is None else downstream["result"],
+                "runs": runs,
+                "run_seconds": timing,
+            },
+            f,
+            indent=1,
+        )
     with open(os.path.join(args.output_dir, "study.md"), "w", encoding="utf-8") as f:
         f.write(table)
     figures = plot_study(runs, args.objectives, args.output_dir)
@@ -258,10 +336,35 @@ def run_study(args) -> int:
     return 1 if failed else 0
 
 
+def _suite_args(args, name: str):
+    """A copy of ``args`` for one suite: its objectives, bad ones, oracle runs and OUTPUT_DIR/NAME (data shared)."""
+    suite = get_suite(name)
+    sub = argparse.Namespace(**vars(args))
+    sub.objectives, sub.bad = list(suite.objectives), list(suite.bad)
+    labels = {parse_sampler_spec(text).label for text in args.samplers}
+    sub.extra_specs = [spec for spec in suite.oracle_specs() if spec.label not in labels]
+    sub.output_dir = os.path.join(os.path.abspath(args.output_dir), name)
+    sub.data_dir = os.path.join(os.path.abspath(args.output_dir), "data")
+    sub.suite_name, sub.suite_split = suite.name, suite.split
+    return sub
+
+
 def main(argv=None) -> int:
     logging.basicConfig(level=logging.INFO, format="[%(asctime)s] %(levelname)s %(name)s: %(message)s")
     args = build_arg_parser().parse_args(argv)
+    if args.list_suites:
+        print(suites_table())
+        return 0
     try:
+        if args.suite:
+            subs = [_suite_args(args, name) for name in args.suite]
+            for sub in subs:  # every suite's flags are checked before any run
+                _check_args(sub)
+            code = 0
+            for sub in subs:
+                logger.info("suite %s (%s): %s", sub.suite_name, sub.suite_split, ", ".join(sub.objectives))
+                code = max(code, run_study(sub))
+            return code
         _check_args(args)
         return run_study(args)
     except (StudyError, ConfigError, DataError) as exc:

@@ -80,8 +80,8 @@ class PretrainConfig:
         help="Python files or modules to import first: they register your own objectives or samplers",
         factory=list, nargs="+", metavar="FILE_OR_MODULE")
     sampler: str = option("mometas", "objective sampler: mometas (default, as in the paper), mometas_credit "
-                          "(per-objective credit: docs/sampler_study.md), uniform, round_robin, fixed, temperature, "
-                          "exp3")
+                          "(per-objective credit: docs/sampler_study.md), mometas_transfer (credit from the other "
+                          "objectives' losses only: docs/samplers.md), uniform, round_robin, fixed, temperature, exp3")
     sampler_args: dict = option(
         help='extra sampler keyword arguments as JSON, e.g. \'{"weights": [2,1,1,1,1]}\' or \'{"prob_floor": 0.05}\'',
         factory=dict, type=json.loads)
@@ -93,7 +93,7 @@ class PretrainConfig:
     meta_fixed_set: str = option(
         "auto", "on: measure every sampler update on the same meta-validation batch (rows and corruption seeds), so a "
         "loss drop is the model's change, not the batch's; off: a fresh batch each update (the paper's); auto: what "
-        "the sampler asks (on for mometas_credit, off for the others)", choices=("auto", "on", "off"))
+        "the sampler asks (on for mometas_credit and mometas_transfer, off for the others)", choices=("auto", "on", "off"))
     max_steps: int = option(1000, "optimizer steps of the whole schedule", type=int)
     steps_this_run: Optional[int] = option(
         None, "stop after this many steps with a checkpoint, without changing the schedule (resume later)", type=int)

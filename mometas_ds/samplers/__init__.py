@@ -18,6 +18,7 @@ from mometas_ds.samplers.fixed import FixedSampler  # noqa: E402
 from mometas_ds.samplers.temperature import TemperatureSampler  # noqa: E402
 from mometas_ds.samplers.exp3 import Exp3Sampler  # noqa: E402
 from mometas_ds.samplers.credit import MometasCreditSampler  # noqa: E402
+from mometas_ds.samplers.transfer import MometasTransferSampler  # noqa: E402
 from mometas_ds.samplers.distributed import meta_update_distributed, shard_range  # noqa: E402
 
 DEFAULT_SAMPLER = "mometas"
@@ -26,6 +27,6 @@ __all__ = [
     "Sampler", "build_sampler", "available_samplers", "register_sampler", "sampler_options",
     "meta_update_distributed", "shard_range", "relative_loss_drop", "uniform_from", "inverse_cdf",
     "MometasSampler", "UniformSampler", "RoundRobinSampler", "FixedSampler", "TemperatureSampler", "Exp3Sampler",
-    "MometasCreditSampler",
+    "MometasCreditSampler", "MometasTransferSampler",
     "DEFAULT_SAMPLER",
 ]

@@ -185,3 +185,121 @@ def plot_study(runs: List[dict], objectives: List[str], out_dir: str) -> List[st
     paths.append(os.path.join(out_dir, "heldout.png"))
     fig.savefig(paths[-1])
     return paths
+
+
+# ------------------------------------------------------------------------------------------------ oracle, gain
+
+
+# Below this relative gain of the oracle over uniform (same seed) there is nothing to capture beyond seed noise:
+# the ratio would divide by noise (e.g. every objective useful), so the gain is reported as n/a.
+MIN_ORACLE_GAIN = 0.01
+
+
+def captured_gain(runs: List[dict], oracles: List[str], reference: str = "uniform") -> dict:
+    """Each sampler's captured gain per seed: (uniform - sampler) / (uniform - oracle), useful mean held-out loss.
+
+    The oracle is the label in ``oracles`` with the lowest mean useful held-out loss over its seeds (the best
+    of the fixed mixtures), taken at the same seed. A seed where the oracle is not better than uniform by at
+    least ``MIN_ORACLE_GAIN`` (1%) has no gain (None): there was nothing to capture beyond noise.
+    Returns ``{"oracle": label or None, "oracle_means": {..},
+    "per_seed": {label: {seed: gain or None}}, "relative": {label: {seed: sampler / uniform - 1}}}``.
+    """
+    by_label: Dict[str, Dict[int, float]] = {}
+    for run in runs:
+        by_label.setdefault(run["label"], {})[run["seed"]] = run["useful_heldout"]
+    ref = by_label.get(reference, {})
+    means = {label: float(np.mean(list(by_label[label].values()))) for label in oracles if by_label.get(label)}
+    oracle = min(means, key=means.get) if means else None
+    per_seed, relative = {}, {}
+    for label, losses in by_label.items():
+        per_seed[label], relative[label] = {}, {}
+        for seed, loss in sorted(losses.items()):
+            if seed not in ref:
+                continue
+            relative[label][seed] = loss / ref[seed] - 1.0
+            target = by_label.get(oracle, {}).get(seed) if oracle else None
+            if target is None or ref[seed] - target <= MIN_ORACLE_GAIN * ref[seed]:
+                per_seed[label][seed] = None
+            else:
+                per_seed[label][seed] = (ref[seed] - loss) / (ref[seed] - target)
+    return {"oracle": oracle, "oracle_means": means, "per_seed": per_seed, "relative": relative}
+
+
+def goal_checks(runs: List[dict], objectives: List[str], bad: List[str], gains: dict) -> Dict[str, dict]:
+    """Per sampler label, the goal of issue 30 (docs/sampler_study.md), counted in seeds.
+
+    bad_least_drawn:  every harmful/useless objective drawn less than every useful one
+    bad_below_half:   every harmful/useless objective's final probability < half its uniform share
+    gain_mean, gain_min: captured gain over the seeds that have one (None without an oracle gain)
+    within_1pct:      seeds whose useful held-out loss is at most 1% above uniform's (same seed)
+    """
+    useful = [o for o in objectives if o not in bad]
+    share = 1.0 / len(objectives)
+    out = {}
+    for label in dict.fromkeys(run["label"] for run in runs):
+        group = [run for run in runs if run["label"] == label]
+        checks = {"seeds": len(group)}
+        if bad:
+            checks["bad_least_drawn"] = sum(
+                max(run["draws"][b] for b in bad) < min(run["draws"][u] for u in useful) for run in group
+            )
+            checks["bad_below_half"] = sum(all(run["final_probs"][b] < 0.5 * share for b in bad) for run in group)
+            checks["bad_share"] = float(np.mean([sum(run["draws"][b] for b in bad) / run["steps"] for run in group]))
+        values = [g for g in gains["per_seed"].get(label, {}).values() if g is not None]
+        checks["gain_mean"] = float(np.mean(values)) if values else None
+        checks["gain_min"] = float(min(values)) if values else None
+        rel = list(gains["relative"].get(label, {}).values())
+        checks["within_1pct"] = sum(r <= 0.01 for r in rel)
+        checks["paired_seeds"] = len(rel)
+        checks["worst_vs_uniform"] = float(max(rel)) if rel else None
+        out[label] = checks
+    return out
+
+
+def gain_table(runs: List[dict], gains: dict, goals: Dict[str, dict], suite: Optional[str] = None) -> str:
+    seeds = sorted({run["seed"] for run in runs})
+    labels = list(dict.fromkeys(run["label"] for run in runs))
+    oracle = gains["oracle"]
+    lines = [
+        f"**Captured gain** (uniform − sampler) / (uniform − {oracle or 'oracle'}) on the useful objectives' mean "
+        f"held-out loss, per seed{' — suite ' + suite if suite else ''}; oracle = the best fixed mixture "
+        "(lowest mean); in brackets: the useful held-out loss vs uniform's",
+        "",
+        "| sampler | " + " | ".join(f"seed {s}" for s in seeds) + " | mean | min |",
+        "|---" * (len(seeds) + 3) + "|",
+    ]
+    if oracle is None:
+        lines[0] += " (no oracle run: gains not defined)"
+    for label in labels:
+        cells = []
+        for s in seeds:
+            g = gains["per_seed"].get(label, {}).get(s)
+            r = gains["relative"].get(label, {}).get(s)
+            if r is None:
+                cells.append("–")
+            else:
+                cells.append(("n/a" if g is None else f"{g:.2f}") + f" ({100 * r:+.1f}%)")
+        c = goals[label]
+        mean = "–" if c["gain_mean"] is None else f"{c['gain_mean']:.2f}"
+        low = "–" if c["gain_min"] is None else f"{c['gain_min']:.2f}"
+        lines.append(f"| {label} | " + " | ".join(cells) + f" | {mean} | {low} |")
+    lines.extend(
+        [
+            "",
+            "**Goal checks** (counts are seeds; bad = every harmful/useless objective)",
+            "",
+            "| sampler | seeds | bad drawn least | bad final < ½ uniform share | bad share of steps | "
+            "≤ 1% above uniform | worst vs uniform |",
+            "|---|---|---|---|---|---|---|",
+        ]
+    )
+    for label in labels:
+        c = goals[label]
+        worst = "–" if c["worst_vs_uniform"] is None else f"{100 * c['worst_vs_uniform']:+.1f}%"
+        share = f"{100 * c['bad_share']:.1f}%" if "bad_share" in c else "-"
+        lines.append(
+            f"| {label} | {c['seeds']} | {c.get('bad_least_drawn', '-')} | {c.get('bad_below_half', '-')} | "
+            f"{share} | {c['within_1pct']}/{c['paired_seeds']} | {worst} |"
+        )
+    lines.append("")
+    return "\n".join(lines)

@@ -51,7 +51,7 @@ def split_corpus(train_files: Sequence[str], text_field: str, every: int, out_di
 
 def prepare_inputs(args) -> Dict[str, str]:
     """The shared corpus split and tokenizer of the study (made once; reused when present)."""
-    data_dir = os.path.join(args.output_dir, "data")
+    data_dir = getattr(args, "data_dir", None) or os.path.join(args.output_dir, "data")
     train_path, heldout_path = os.path.join(data_dir, "train.jsonl"), os.path.join(data_dir, "heldout.jsonl")
     if not (os.path.isfile(train_path) and os.path.isfile(heldout_path)):
         sources = args.train_files
