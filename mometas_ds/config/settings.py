@@ -93,7 +93,8 @@ class PretrainConfig:
     meta_fixed_set: str = option(
         "auto", "on: measure every sampler update on the same meta-validation batch (rows and corruption seeds), so a "
         "loss drop is the model's change, not the batch's; off: a fresh batch each update (the paper's); auto: what "
-        "the sampler asks (on for mometas_credit and mometas_transfer, off for the others)", choices=("auto", "on", "off"))
+        "the sampler asks (on for mometas_credit and mometas_transfer, off for the others)",
+        choices=("auto", "on", "off"))
     max_steps: int = option(1000, "optimizer steps of the whole schedule", type=int)
     steps_this_run: Optional[int] = option(
         None, "stop after this many steps with a checkpoint, without changing the schedule (resume later)", type=int)
