@@ -51,7 +51,8 @@ from mometas_ds.errors import DataError
 _LAZY = {
     "ShardedBatches": "batches", "rows_as_tensors": "batches",
     "PrefetchedBatches": "prefetch", "prefetched": "prefetch",
-    "CACHE_FORMAT_VERSION": "shards", "PACKING_MODES": "shards", "REPORT_FILE": "shards", "ROWS_FILE": "shards",
+    "CACHE_FORMAT_VERSION": "shards", "PACKING_MODES": "shards",
+    "REPORT_FILE": "shard_files", "ROWS_FILE": "shard_files",
     "DataConfig": "cache", "PreparedData": "cache", "meta_split_rows": "cache", "prepare_data": "cache",
     "read_shard": "cache", "MIN_DOC_TOKENS": "report", "SKIP_REASONS": "report", "CorpusReport": "report",
     "iter_documents": "readers", "iter_path": "readers", "iter_texts": "readers", "resolve_files": "readers",

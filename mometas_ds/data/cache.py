@@ -26,8 +26,8 @@ from mometas_ds.data import readers
 from mometas_ds.data.formats import Part, format_of
 from mometas_ds.data.parts import MIN_SHARD_SIZE_MB, plan_parts, scan_ranges, with_scans
 from mometas_ds.data.report import MIN_DOC_TOKENS, CorpusReport
-from mometas_ds.data.shards import (CACHE_FORMAT_VERSION, PACKING_MODES, REPORT_FILE, ROWS_FILE, ShardJob, build_shards,
-                     check_shard, report_stamp)
+from mometas_ds.data.shard_files import REPORT_FILE, ROWS_FILE, check_shard, report_stamp
+from mometas_ds.data.shards import CACHE_FORMAT_VERSION, PACKING_MODES, ShardJob, build_shards
 
 logger = logging.getLogger(__name__)
 

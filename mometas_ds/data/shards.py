@@ -12,11 +12,9 @@ them."""
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import logging
 import os
-import re
 import shutil
 import signal
 import sys
@@ -32,6 +30,8 @@ import tokenizers
 from mometas_ds.data import readers
 from mometas_ds.data.formats import Part
 from mometas_ds.data.parts import input_bytes
+from mometas_ds.data.pieces import document_pieces
+from mometas_ds.data.shard_files import FILES_FIELD, REPORT_FILE, ROWS_FILE, report_stamp, shard_lock
 from mometas_ds.data.report import MIN_DOC_TOKENS, CorpusReport
 from mometas_ds.data.workers import run_as_claimed
 from mometas_ds.registry import import_user_module
@@ -42,10 +42,6 @@ logger = logging.getLogger(__name__)
 # 3: unsplit rows, the meta split drawn on load; 4: one cache per input file (shard), [SEP] between packed
 # documents, --packing).
 CACHE_FORMAT_VERSION = 4
-ROWS_FILE = "rows.arrow"
-REPORT_FILE = "shard.json"  # written last: a shard directory without it is incomplete
-LOCK_SUFFIX = ".lock"  # cache_dir/shards/<key>.lock: held (flock) by the process building <key>
-FILES_FIELD = "files"  # in shard.json: {"rows.arrow": {"size": bytes, "xxh3_64": hex}}
 PACKING_MODES = ("packed", "per_document")
 _DOCS_PER_BATCH = 1024  # documents per encode_batch call ...
 _CHARS_PER_BATCH = 4 << 20  # ... or fewer, once they hold this many characters (bounded memory)
@@ -67,82 +63,6 @@ def _publish(built: str, shard_dir: str) -> None:
         shutil.rmtree(aside, ignore_errors=True)
         return
     os.rename(built, shard_dir)
-
-
-def report_stamp(shard_dir: str) -> Optional[tuple]:
-    """What identifies the shard.json on disk now (None: not there), to tell whether another process
-    published the shard since it was looked at."""
-    try:
-        st = os.stat(os.path.join(shard_dir, REPORT_FILE))
-    except OSError:
-        return None
-    return (st.st_dev, st.st_ino, st.st_mtime_ns, st.st_size)
-
-
-@contextlib.contextmanager
-def shard_lock(shard_dir: str, wait: bool) -> Iterator[bool]:
-    """Hold the shard's build lock (``<shard_dir>.lock``, removed by its holder when done); yields False
-    (holding nothing) when ``wait`` is False and another process holds it."""
-    path = shard_dir.rstrip(os.sep) + LOCK_SUFFIX
-    while True:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
-        except BlockingIOError:
-            os.close(fd)
-            yield False
-            return
-        try:  # the previous holder may have removed the file after this process opened it: lock the new one
-            held = os.fstat(fd)
-            now = os.stat(path)
-            if (held.st_dev, held.st_ino) == (now.st_dev, now.st_ino):
-                break
-        except FileNotFoundError:
-            pass
-        os.close(fd)
-    try:
-        yield True
-    finally:
-        with contextlib.suppress(OSError):
-            os.remove(path)
-        os.close(fd)  # releases the lock
-
-
-def check_shard(shard_dir: str, full: bool) -> Tuple[Optional[dict], List[str]]:
-    """(shard.json's content or None when the shard is not built, problems found): the size of each file it
-    records always, their xxh3_64 checksums when ``full``. No problem means intact."""
-    from mometas_ds.checkpoint.layout import HASH, file_digest  # imports torch: only the parent process checks
-
-    path = os.path.join(shard_dir, REPORT_FILE)
-    try:
-        with open(path, "rb") as f:
-            data = f.read()
-    except FileNotFoundError:
-        return None, []
-    except OSError as err:
-        return {}, [f"{path}: unreadable ({err.strerror or err})"]
-    try:
-        stored = json.loads(data.decode("utf-8"))
-        CorpusReport.from_dict(stored["report"])
-        int(stored["rows"])
-    except Exception:  # anything malformed is damage
-        return {}, [f"{path}: not a shard report (truncated or overwritten)"]
-    files = stored.get(FILES_FIELD)
-    if not isinstance(files, dict) or ROWS_FILE not in files:
-        return stored, [f"{path}: records no checksums (written before shards carried them)"]
-    problems = []
-    for name, record in sorted(files.items()):
-        file = os.path.join(shard_dir, name)
-        if os.path.basename(name) != name or not isinstance(record, dict):
-            problems.append(f"{path}: a malformed entry {name!r}")
-        elif not os.path.isfile(file):
-            problems.append(f"{file}: missing")
-        elif os.path.getsize(file) != record.get("size"):
-            problems.append(f"{file}: {os.path.getsize(file)} bytes, {REPORT_FILE} records {record.get('size')}")
-        elif full and file_digest(file) != record.get(HASH):
-            problems.append(f"{file}: {HASH} checksum differs from the one {REPORT_FILE} records (same size: "
-                            f"overwritten or corrupted in place)")
-    return stored, problems
 
 
 def _finish(job: "ShardJob", work: str, rows: int, report: CorpusReport) -> None:
@@ -312,53 +232,20 @@ def _encoder(spec: tuple):
 def _build_shard(job: ShardJob, encode) -> Tuple[str, int, CorpusReport]:
     """Read one input, tokenize it in bounded batches, pack its rows straight into one Arrow file in a new
     temporary directory beside the shard's. Returns (that directory, rows, report); _finish publishes it.
-    A document longer than _PIECE_CHARS is tokenized in pieces (split_pieces), which give its tokens."""
+    A document longer than pieces.PIECE_CHARS is tokenized in pieces (pieces.split_pieces), which give its tokens."""
     parent = os.path.dirname(job.shard_dir)
     work = tempfile.mkdtemp(prefix=f".tmp-{os.path.basename(job.shard_dir)}-", dir=parent)
     try:
         report = CorpusReport(max_examples=job.max_examples)
         with _RowWriter(os.path.join(work, ROWS_FILE), job.seq_len, job.special, job.packing, report) as rows:
             document = _Document(rows, report)
-            for batch in _batches(_pieces(readers.iter_path(job.path, job.text_field, report, job.part))):
+            for batch in _batches(document_pieces(readers.iter_path(job.path, job.text_field, report, job.part))):
                 for (_, source, line, first, last), ids in zip(batch, encode([piece[0] for piece in batch])):
                     document.feed(np.asarray(ids, dtype=np.int32), first, last, f"{source}:{line}")
     except BaseException:
         shutil.rmtree(work, ignore_errors=True)
         raise
     return work, rows.num_rows, report
-
-
-_PIECE_CHARS = 1 << 20  # a document longer than this many characters is tokenized in pieces of at most this
-_BOUNDARY = re.compile(r"[^\s][ \t\n\r]")  # a whitespace character after a non-whitespace one
-
-
-def split_pieces(text: str, size: int = _PIECE_CHARS) -> Iterator[str]:
-    """``text`` in consecutive pieces of at most ``size`` characters that join to it, each cut just before a
-    space, tab or newline that follows a non-whitespace character, in the second half of the piece. BERT's
-    pre-tokenizer splits words there too, so the pieces' tokens are the whole text's
-    (tests/unit/data/test_long_documents.py checks it for WordPiece). Only a stretch of ``size // 2`` characters
-    without such a place (one "word" of half a million characters) is cut anywhere, where its tokens may differ."""
-    start, end = 0, len(text)
-    while end - start > size:
-        found = _BOUNDARY.search(text, start + size // 2, start + size)
-        cut = found.start() + 1 if found else start + size
-        yield text[start:cut]
-        start = cut
-    yield text[start:]
-
-
-def _pieces(documents):
-    """(piece, source, line, first piece, last piece) for each document's pieces (a short document: one)."""
-    for text, source, line in documents:
-        if len(text) <= _PIECE_CHARS:
-            yield text, source, line, True, True
-            continue
-        pieces = split_pieces(text, _PIECE_CHARS)
-        previous, first = next(pieces), True
-        for piece in pieces:
-            yield previous, source, line, first, False
-            previous, first = piece, False
-        yield previous, source, line, first, True
 
 
 def _batches(pieces):

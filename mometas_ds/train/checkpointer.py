@@ -25,7 +25,7 @@ from mometas_ds.config.paths import RunPaths
 from mometas_ds.distributed.ranks import Ranks
 from mometas_ds.safe_io import export_retry_hint, write_dir_atomically
 from mometas_ds.train.faults import Faults
-from mometas_ds.train.preflight import TOKENIZER_KEY, elastic_changes, tokenizer_refusal
+from mometas_ds.train.identity import TOKENIZER_KEY, elastic_changes, tokenizer_refusal
 from mometas_ds.train.state import TrainState, rng_state, seeded_rng_state, set_rng_state
 
 logger = logging.getLogger("mometas_ds")

@@ -31,7 +31,8 @@ from mometas_ds.train.engine import build_engine
 from mometas_ds.train.faults import Faults
 from mometas_ds.train.logs import RunLogs, as_float
 from mometas_ds.train.meta_validation import MetaValidation, fixed_meta_set
-from mometas_ds.train.preflight import TOKENIZER_KEY, Preflight, preflight, tokenizer_identity
+from mometas_ds.train.preflight import Preflight, preflight
+from mometas_ds.train.identity import TOKENIZER_KEY, tokenizer_identity
 from mometas_ds.train.state import TrainState
 from mometas_ds.train.step import Corruption, NonFiniteLossError, StopRequest, TrainStep
 

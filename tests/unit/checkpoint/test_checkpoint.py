@@ -144,7 +144,8 @@ def test_resume_refuses_a_checkpoint_written_by_a_run_with_other_settings(tmp_pa
     ranks (tests/unit/train/test_elastic.py has the rest of what may change)."""
     from mometas_ds.checkpoint import COMPLETE_MARKER, LATEST_FILE, RUN_IDENTITY_FILE
     from mometas_ds.config import ConfigError, PretrainConfig
-    from mometas_ds.train.preflight import check_world_size, run_identity, validate_config
+    from mometas_ds.train.preflight import check_world_size, validate_config
+    from mometas_ds.train.identity import run_identity
 
     out = tmp_path / "run"
     tag_dir = out / "checkpoints" / "step6"

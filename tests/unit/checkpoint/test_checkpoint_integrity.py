@@ -20,7 +20,8 @@ from mometas_ds import checkpoint as ckpt
 from mometas_ds.checkpoint import layout as layout_mod, verify as verify_mod
 from mometas_ds.cli.checkpoint import main as checkpoint_cli
 from mometas_ds.config import ConfigError, PretrainConfig
-from mometas_ds.train.preflight import check_resume_matches, validate_config
+from mometas_ds.train.preflight import validate_config
+from mometas_ds.train.identity import check_resume_matches
 from tests.pretrain_helpers import (
     CPU_CONFIG, make_corpus_and_tokenizer, pretrain_args, read_jsonl, read_trace, run_pretrain,
 )
@@ -308,7 +309,7 @@ def test_a_malformed_run_identity_names_the_file_and_the_intact_tag_to_resume_fr
     cfg = PretrainConfig(deepspeed_config=CPU_CONFIG, train_files=["x.jsonl"], model_config="tiny", train_tokenizer=100,
                          output_dir=str(out), resume="auto")
     ds_config = validate_config(cfg)
-    from mometas_ds.train.preflight import run_identity
+    from mometas_ds.train.identity import run_identity
 
     _legacy_tags(root, [2, 4], identity=run_identity(cfg, ds_config, 1))
     bad = os.path.join(root, "step4", ckpt.RUN_IDENTITY_FILE)

@@ -21,7 +21,8 @@ from mometas_ds.checkpoint import verify as verify_mod
 from mometas_ds.train import run_lock
 from mometas_ds.cli.checkpoint import main as checkpoint_cli
 from mometas_ds.config import ConfigError, PretrainConfig
-from mometas_ds.train.preflight import check_resume_matches, run_identity, validate_config
+from mometas_ds.train.preflight import validate_config
+from mometas_ds.train.identity import check_resume_matches, run_identity
 from tests.pretrain_helpers import (
     CPU_CONFIG, REPO_ROOT, make_corpus_and_tokenizer, pretrain_args, run_pretrain, subprocess_env,
 )
@@ -190,7 +191,7 @@ def tokenizer_dir(tmp_path_factory):
 
 
 def test_resume_with_another_tokenizer_or_model_config_names_the_field_and_both_values(tmp_path, tokenizer_dir):
-    from mometas_ds.train.preflight import TOKENIZER_KEY, tokenizer_identity
+    from mometas_ds.train.identity import TOKENIZER_KEY, tokenizer_identity
     from mometas_ds.data.tokenizer import load_tokenizer
 
     model_json = tmp_path / "bert.json"
@@ -349,7 +350,7 @@ def test_stale_files_of_a_killed_2_rank_save_never_reach_a_1_rank_resume_and_uni
 @pytest.mark.integration
 def test_two_runs_on_one_output_dir_the_second_stops_naming_the_first_and_a_requeue_checks_the_tokenizer(
         assets, tmp_path):
-    from mometas_ds.train.preflight import TOKENIZER_KEY, tokenizer_identity
+    from mometas_ds.train.identity import TOKENIZER_KEY, tokenizer_identity
     from mometas_ds.data.tokenizer import load_tokenizer, train_wordpiece_tokenizer
 
     out = str(tmp_path / "run")

@@ -324,7 +324,7 @@ def test_resume_of_a_checkpoint_without_run_identity_compares_its_stored_objecti
     assert_untouched(before, out)
     # The same objectives in the same order pass the check.
     from mometas_ds.checkpoint.loading import read_client_state
-    from mometas_ds.train.preflight import check_resume_objectives
+    from mometas_ds.train.identity import check_resume_objectives
 
     tag_dir = os.path.join(out, "checkpoints", "step4")
     assert read_client_state(tag_dir)["mometas"]["objectives"] == ["mlm", "atd"]

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from mometas_ds.data import DataConfig, prepare_data
-from mometas_ds.data.shards import REPORT_FILE, ROWS_FILE, shard_lock
+from mometas_ds.data.shard_files import REPORT_FILE, ROWS_FILE, shard_lock
 from mometas_ds.cli.prepare import main as prepare_main
 from mometas_ds.data.demo_corpus import generate_documents
 from mometas_ds.data.tokenizer import train_wordpiece_tokenizer

@@ -6,8 +6,9 @@ import random
 import numpy as np
 import pytest
 
-from mometas_ds.data import DataConfig, prepare_data, shards
-from mometas_ds.data.shards import _encoder, split_pieces
+from mometas_ds.data import DataConfig, pieces as pieces_module, prepare_data
+from mometas_ds.data.pieces import split_pieces
+from mometas_ds.data.shards import _encoder
 from mometas_ds.data.demo_corpus import generate_documents
 from mometas_ds.data.tokenizer import train_wordpiece_tokenizer
 
@@ -78,7 +79,7 @@ def test_a_corpus_of_long_documents_gives_the_same_rows_and_report_in_pieces(pac
                                        packing=packing), tokenizer)
 
     whole = prepare("whole")
-    monkeypatch.setattr(shards, "_PIECE_CHARS", 97)
+    monkeypatch.setattr(pieces_module, "PIECE_CHARS", 97)
     pieces = prepare("pieces")
     assert whole.report.to_dict() == pieces.report.to_dict()
     assert whole.report.skipped.get("too_short") == 1

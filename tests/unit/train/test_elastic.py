@@ -105,7 +105,8 @@ def test_a_rank_without_a_saved_random_state_is_seeded_from_seed_rank_and_step()
 def _write_identity(tmp_path, world_size=1, ds_config=CPU_CONFIG, **flags):
     from mometas_ds.checkpoint import COMPLETE_MARKER, LATEST_FILE, RUN_IDENTITY_FILE
     from mometas_ds.config import PretrainConfig
-    from mometas_ds.train.preflight import run_identity, validate_config
+    from mometas_ds.train.preflight import validate_config
+    from mometas_ds.train.identity import run_identity
 
     out = tmp_path / "run"
     tag_dir = out / "checkpoints" / "step6"
@@ -129,7 +130,8 @@ def _ds_config(tmp_path, name, **changes):
 
 def test_resume_may_change_seq_len_batch_shape_and_ranks_but_not_the_experiment(tmp_path):
     from mometas_ds.config import ConfigError, PretrainConfig
-    from mometas_ds.train.preflight import check_world_size, elastic_changes, run_identity, validate_config
+    from mometas_ds.train.preflight import check_world_size, validate_config
+    from mometas_ds.train.identity import elastic_changes, run_identity
 
     written = _write_identity(tmp_path)
 
