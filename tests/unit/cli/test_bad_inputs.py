@@ -24,11 +24,16 @@ USER_FILE = "my_notes.txt"  # a file of the user's that every run finds in its o
 
 # ------------------------------------------------------------------------------------------ helpers
 def snapshot(root):
-    """Every file under root with a hash of its content."""
+    """Every file under root with a hash of its content; but the run lock (--output_dir/run.lock), which every
+    run that gets as far as the process group rewrites with its own pid and start time, and which holds no data."""
+    from mometas_ds.train.run_lock import LOCK_FILE
+
     files = {}
     for dirpath, _, names in os.walk(root):
         for name in names:
             path = os.path.join(dirpath, name)
+            if name == LOCK_FILE:
+                continue
             if os.path.isfile(path) and not os.path.islink(path):
                 with open(path, "rb") as f:
                     files[os.path.relpath(path, root)] = hashlib.sha256(f.read()).hexdigest()
