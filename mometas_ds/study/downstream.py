@@ -30,7 +30,7 @@ def _finetune(args, data_dir: str, run: dict) -> int:
     out = os.path.join(args.output_dir, "runs", run["label"], f"seed{run['seed']}")
     log = os.path.join(out, "finetune.log")
     cmd = [
-        sys.executable, "-m", "mometas_ds.finetune",
+        sys.executable, "-m", "mometas_ds.cli.finetune",
         "--model_name_or_path", os.path.join(out, "hf_model"),
         "--data_dir", data_dir,
         "--tasks", ",".join(args.downstream_tasks),
