@@ -10,8 +10,10 @@ from mometas_ds.train.ds_trial import StandIn
 from mometas_ds.train.step import global_grad_norm
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def process_group():
+    """A one-rank process group for one test, then gone with its MASTER_* variables (a later test's pre-training
+    subprocess must not inherit the port this process listens on)."""
     import torch.distributed as dist
 
     from mometas_ds.distributed.launch import init_distributed
