@@ -27,7 +27,7 @@ demo: venv
 lint: venv
 	$(PY) -m ruff check .
 
-# Everything (about 14 minutes on 2 CPU cores): system packages, lint, every test.
+# Everything (about 18 minutes on 2 CPU cores): system packages, lint, every test.
 test: system-deps lint
 	$(PY) -m pytest tests -q -ra --durations=20
 
