@@ -35,12 +35,11 @@ theta (N), the round counter, the first update's losses (N), and a ring buffer o
 
 from __future__ import annotations
 
-from typing import List
-
 import torch
 
-from mometas_ds.samplers.base import Sampler, check_float, check_int
+from mometas_ds.samplers.base import check_float, check_int
 from mometas_ds.samplers.registry import register_sampler
+from mometas_ds.samplers.windowed import WindowedPolicySampler
 
 
 def learnt_mask(initial: torch.Tensor, current: torch.Tensor, margin: float = 0.02) -> torch.Tensor:
@@ -102,10 +101,7 @@ def _significance(x: torch.Tensor, t: torch.Tensor, y: torch.Tensor, fitted: tor
 
 
 @register_sampler("mometas_credit")
-class MometasCreditSampler(Sampler):
-    needs_meta_validation = True
-    fixed_meta_set = True  # asks --meta_fixed_set auto for one meta-validation batch: see the module docstring
-
+class MometasCreditSampler(WindowedPolicySampler):
     def __init__(
         self,
         num_objectives: int,
@@ -119,11 +115,12 @@ class MometasCreditSampler(Sampler):
     ):
         super().__init__(num_objectives, seed)
         owner = self._owner()
-        self.lr = check_float(owner, "lr", lr, low=0.0, low_open=True)
-        self.window = check_int(owner, "window", window, minimum=3)
+        lr = check_float(owner, "lr", lr, low=0.0, low_open=True)
+        window = check_int(owner, "window", window, minimum=3)
         self.ridge = check_float(owner, "ridge", ridge, low=0.0)
-        self.decay = check_float(owner, "decay", decay, low=0.0, high=1.0, high_open=True)
-        self.prob_floor = check_float(owner, "prob_floor", prob_floor, low=0.0, high=1.0)
+        decay = check_float(owner, "decay", decay, low=0.0, high=1.0, high_open=True)
+        prob_floor = check_float(owner, "prob_floor", prob_floor, low=0.0, high=1.0)
+        self._init_policy(window=window, decay=decay, lr=lr, prob_floor=prob_floor)
         self.config.update(
             lr=self.lr,
             window=self.window,
@@ -131,64 +128,18 @@ class MometasCreditSampler(Sampler):
             decay=self.decay,
             prob_floor=self.prob_floor,
         )
-        n = self.num_objectives
-        self.logits = torch.zeros(n, dtype=torch.float64)
-        self.rounds = 0  # rounds with a reward seen so far
-        # Ring buffer, one row per round: [round index, shares (N), reward].
-        self.history = torch.zeros(self.window, n + 2, dtype=torch.float64)
-        self.initial_losses = torch.zeros(n, dtype=torch.float64)  # the first update's losses (0: none yet)
-        self.credit = torch.zeros(n, dtype=torch.float64)  # the last update's b (for logging; derived)
 
     @property
-    def probs(self) -> torch.Tensor:
-        eps = self.prob_floor
-        return (1.0 - eps) * torch.softmax(self.logits, dim=-1) + eps / self.num_objectives
+    def row_width(self) -> int:
+        return self.num_objectives + 2  # [round index, shares (N), reward]
 
     def _window(self):
-        rows = self.history[: min(self.rounds, self.window)]
+        rows = self._rows()
         return rows[:, 1:-1], rows[:, -1], rows[:, 0]
 
-    def _update_policy(self, losses, counts: List[int]):
-        drops = self._relative_drops(losses)
-        total = sum(counts)
-        if drops is None:
-            self.initial_losses = losses.clone()
-        if drops is None or total == 0:
-            return None, None, None  # first update: the losses become the baseline; or no draw to credit
+    def _round_row(self, losses, drops, shares):
         reward = float((learnt_mask(self.initial_losses, losses) * drops).sum())
-        shares = torch.tensor(counts, dtype=torch.float64) / total
-        row = torch.cat(
-            [
-                torch.tensor([float(self.rounds)], dtype=torch.float64),
-                shares,
-                torch.tensor([reward], dtype=torch.float64),
-            ]
-        )
-        self.history[self.rounds % self.window] = row
-        self.rounds += 1
-        self.credit = composition_credit(*self._window(), ridge=self.ridge)
-        self.logits = (1.0 - self.decay) * self.logits + self.lr * self.credit
-        return reward, float(self.credit.abs().max()), None
+        return torch.cat([shares, torch.tensor([reward], dtype=torch.float64)]), reward
 
-    def _policy_state(self) -> List[float]:
-        return (
-            self.logits.tolist()
-            + [float(self.rounds)]
-            + self.initial_losses.tolist()
-            + self.history.reshape(-1).tolist()
-        )
-
-    def _load_policy_state(self, values: List[float]) -> None:
-        n, w = self.num_objectives, self.window
-        expected = 2 * n + 1 + w * (n + 2)
-        if len(values) != expected:
-            raise ValueError(f"{self._owner()}: policy state needs {expected} values (window {w}), got {len(values)}")
-        self.logits = torch.tensor(values[:n], dtype=torch.float64)
-        self.rounds = int(values[n])
-        self.initial_losses = torch.tensor(values[n + 1 : 2 * n + 1], dtype=torch.float64)
-        self.history = torch.tensor(values[2 * n + 1 :], dtype=torch.float64).reshape(w, n + 2)
-        self.credit = (
-            composition_credit(*self._window(), ridge=self.ridge)
-            if self.rounds
-            else torch.zeros(n, dtype=torch.float64)
-        )
+    def _credit(self) -> torch.Tensor:
+        return composition_credit(*self._window(), ridge=self.ridge)

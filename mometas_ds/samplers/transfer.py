@@ -44,13 +44,13 @@ the last ``window`` rounds' (round index, composition (N), drops (N)).
 from __future__ import annotations
 
 import bisect
-from typing import List
 
 import torch
 
-from mometas_ds.samplers.base import Sampler, check_float, check_int, inverse_cdf, uniform_from
+from mometas_ds.samplers.base import check_float, check_int, inverse_cdf, uniform_from
 from mometas_ds.samplers.credit import learnt_mask
 from mometas_ds.samplers.registry import register_sampler
+from mometas_ds.samplers.windowed import WindowedPolicySampler
 
 
 # The gate counts only the variance the other shares explain beyond twice what chance explains on average
@@ -132,10 +132,7 @@ def transfer_credit(
 
 
 @register_sampler("mometas_transfer")
-class MometasTransferSampler(Sampler):
-    needs_meta_validation = True
-    fixed_meta_set = True  # asks --meta_fixed_set auto for one meta-validation batch (see mometas_credit)
-
+class MometasTransferSampler(WindowedPolicySampler):
     def __init__(
         self,
         num_objectives: int,
@@ -151,15 +148,16 @@ class MometasTransferSampler(Sampler):
     ):
         super().__init__(num_objectives, seed)
         owner = self._owner()
-        self.lr = check_float(owner, "lr", lr, low=0.0, low_open=True)
-        self.window = check_int(owner, "window", window, minimum=4)
+        lr = check_float(owner, "lr", lr, low=0.0, low_open=True)
+        window = check_int(owner, "window", window, minimum=4)
         self.ridge = check_float(owner, "ridge", ridge, low=0.0)
-        self.decay = check_float(owner, "decay", decay, low=0.0, high=1.0, high_open=True)
-        self.prob_floor = check_float(owner, "prob_floor", prob_floor, low=0.0, high=1.0)
+        decay = check_float(owner, "decay", decay, low=0.0, high=1.0, high_open=True)
+        prob_floor = check_float(owner, "prob_floor", prob_floor, low=0.0, high=1.0)
         self.progress_scale = check_float(owner, "progress_scale", progress_scale, low=0.0)
         if not isinstance(ablate, bool):
             raise ValueError(f"{owner}: ablate must be True or False, got {ablate!r}")
         self.ablate = ablate
+        self._init_policy(window=window, decay=decay, lr=lr, prob_floor=prob_floor)
         self.config.update(
             ablate=self.ablate,
             lr=self.lr,
@@ -169,19 +167,11 @@ class MometasTransferSampler(Sampler):
             prob_floor=self.prob_floor,
             progress_scale=self.progress_scale,
         )
-        n = self.num_objectives
-        self.logits = torch.zeros(n, dtype=torch.float64)
-        self.rounds = 0
-        # Ring buffer, one row per round: [round index, shares (N), drops (N)].
-        self.history = torch.zeros(self.window, 2 * n + 1, dtype=torch.float64)
-        self.initial_losses = torch.zeros(n, dtype=torch.float64)  # the first update's losses
-        self.targets = torch.zeros(n, dtype=torch.float64)  # derived: the last update's learnt_mask
-        self.credit = torch.zeros(n, dtype=torch.float64)  # derived: the last update's b (for logging)
+        self.targets = torch.zeros(num_objectives, dtype=torch.float64)  # derived: the last update's learnt_mask
 
     @property
-    def probs(self) -> torch.Tensor:
-        eps = self.prob_floor
-        return (1.0 - eps) * torch.softmax(self.logits, dim=-1) + eps / self.num_objectives
+    def row_width(self) -> int:
+        return 2 * self.num_objectives + 1  # [round index, shares (N), drops (N)]
 
     def ablated(self) -> int:
         """The objective left out of the current round (-1: none): the rounds cycle through the objectives."""
@@ -206,53 +196,19 @@ class MometasTransferSampler(Sampler):
 
     def _window(self):
         n = self.num_objectives
-        rows = self.history[: min(self.rounds, self.window)]
+        rows = self._rows()
         return rows[:, 1 : n + 1], rows[:, n + 1 :], rows[:, 0]
+
+    def _round_row(self, losses, drops, shares):
+        reward = float((learnt_mask(self.initial_losses, losses) * drops).sum())  # logged only
+        return torch.cat([shares, drops.to(torch.float64)]), reward
+
+    def _derive(self, losses) -> None:
+        n = self.num_objectives
+        learnt = self.rounds and losses is not None
+        self.targets = learnt_mask(self.initial_losses, losses) if learnt else torch.zeros(n, dtype=torch.float64)
+        super()._derive(losses)
 
     def _credit(self) -> torch.Tensor:
         shares, drops, rounds = self._window()
         return transfer_credit(shares, drops, rounds, self.targets, self.ridge, self.progress_scale)
-
-    def _update_policy(self, losses, counts: List[int]):
-        drops = self._relative_drops(losses)
-        total = sum(counts)
-        if drops is None:
-            self.initial_losses = losses.clone()
-        if drops is None or total == 0:
-            return None, None, None  # first update: the losses become the baseline; or no draw to credit
-        shares = torch.tensor(counts, dtype=torch.float64) / total
-        row = torch.cat([torch.tensor([float(self.rounds)], dtype=torch.float64), shares, drops.to(torch.float64)])
-        self.history[self.rounds % self.window] = row
-        self.rounds += 1
-        self.targets = learnt_mask(self.initial_losses, losses)
-        self.credit = self._credit()
-        self.logits = (1.0 - self.decay) * self.logits + self.lr * self.credit
-        reward = float((self.targets * drops).sum())  # logged only: the learnt objectives' summed drops
-        return reward, float(self.credit.abs().max()), None
-
-    def _policy_state(self) -> List[float]:
-        return (
-            self.logits.tolist()
-            + [float(self.rounds)]
-            + self.initial_losses.tolist()
-            + self.history.reshape(-1).tolist()
-        )
-
-    def _load_policy_state(self, values: List[float]) -> None:
-        n, w = self.num_objectives, self.window
-        expected = 2 * n + 1 + w * (2 * n + 1)
-        if len(values) != expected:
-            raise ValueError(f"{self._owner()}: policy state needs {expected} values (window {w}), got {len(values)}")
-        self.logits = torch.tensor(values[:n], dtype=torch.float64)
-        self.rounds = int(values[n])
-        self.initial_losses = torch.tensor(values[n + 1 : 2 * n + 1], dtype=torch.float64)
-        self.history = torch.tensor(values[2 * n + 1 :], dtype=torch.float64).reshape(w, 2 * n + 1)
-        if self.rounds:
-            last = self._last_val_losses
-            self.targets = (
-                learnt_mask(self.initial_losses, last) if last is not None else torch.zeros(n, dtype=torch.float64)
-            )
-            self.credit = self._credit()
-        else:
-            self.targets = torch.zeros(n, dtype=torch.float64)
-            self.credit = torch.zeros(n, dtype=torch.float64)
