@@ -23,6 +23,11 @@ which objectives help should draw both less and less; ``mometas-study`` does thi
   parity (0/1) on its own binary head. The position embeddings give it away, so its loss drops to
   near zero within a few dozen steps -- a large relative drop that a reward made of loss drops pays
   for -- while it teaches nothing about the text.
+* ``next_token_mlm`` (harmful, a learnable task that conflicts with a useful one -- the dev suites' kind):
+  BERT's masking, but each masked position is labelled with the token that follows it in the original
+  row (a position whose next token is not an ordinary one is not labelled), trained through the mlm head.
+  The masked input is the same as mlm's, so the shared head cannot tell which of the two it is asked for:
+  its loss falls (bigram statistics) while it pulls mlm's predictions one position to the right.
 
 ``mometas-study --suite NAME`` (docs/sampler_study.md) puts these into suites of known worth.
 """
@@ -148,6 +153,31 @@ class PermutedMaskedLM(MaskedLM):
         chosen = labels != IGNORE_INDEX
         mapping = self.mapping.to(input_ids.device)
         batch["labels"] = torch.where(chosen, mapping[labels.clamp(min=0)], IGNORE_INDEX)
+        return batch
+
+
+@register_objective("next_token_mlm")
+class NextTokenMaskedLM(MaskedLM):
+    """MLM input corruption with each masked position labelled by the original row's next token (harmful to mlm)."""
+
+    @property
+    def head_name(self) -> str:
+        return "mlm"
+
+    def corrupt(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        generator: Optional[torch.Generator] = None,
+        **kwargs,
+    ) -> Dict[str, torch.Tensor]:
+        batch = super().corrupt(input_ids, attention_mask, generator, **kwargs)
+        real = real_token_mask(input_ids, attention_mask, self.special)
+        following = torch.roll(input_ids, shifts=-1, dims=1)
+        has_next = torch.roll(real, shifts=-1, dims=1)
+        has_next[:, -1] = False
+        chosen = (batch["labels"] != IGNORE_INDEX) & has_next
+        batch["labels"] = torch.where(chosen, following, IGNORE_INDEX)
         return batch
 
 

@@ -68,3 +68,25 @@ def test_permuted_mlm_labels_are_a_fixed_permutation_of_mlm_labels():
     assert sorted(mapping[ordinary].tolist()) == ordinary.tolist()  # a permutation of the ordinary ids
     assert (mapping[ordinary] != ordinary).float().mean() > 0.9  # that moves almost every token
     assert torch.equal(build_objective("permuted_mlm", SPECIAL).mapping, mapping)  # the same in every process
+
+
+def test_next_token_mlm_labels_a_masked_position_with_the_next_ordinary_token_of_the_original_row():
+    ids, mask = _batch()
+    objective = build_objective("next_token_mlm", SPECIAL)
+    assert objective.head_name == "mlm"
+    mlm = build_objective("mlm", SPECIAL, noise_probability=0.5).corrupt(
+        ids, mask, generator=torch.Generator().manual_seed(3)
+    )
+    nxt = build_objective("next_token_mlm", SPECIAL, noise_probability=0.5).corrupt(
+        ids, mask, generator=torch.Generator().manual_seed(3)
+    )
+    assert torch.equal(nxt["input_ids"], mlm["input_ids"])  # the same masking as mlm
+    chosen = mlm["labels"] != IGNORE_INDEX
+    labelled = nxt["labels"] != IGNORE_INDEX
+    assert labelled.any() and not (labelled & ~chosen).any()  # only masked positions are labelled
+    for row, col in chosen.nonzero().tolist():
+        following = ids[row, col + 1].item() if col + 1 < ids.shape[1] else 0
+        if following > 2:  # an ordinary token follows: it is the label
+            assert nxt["labels"][row, col].item() == following
+        else:  # a separator, padding or the row's end: no label
+            assert not labelled[row, col]
