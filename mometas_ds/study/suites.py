@@ -13,8 +13,9 @@ The objectives not built in come from examples/study_objectives.py:
   coin_flip      no signal: random 0/1 labels on its own head                    (dev)
   permuted_mlm   harmful: learnable but wrong targets (a fixed permutation of the tokens), shared mlm head (test)
   easy_position  useless: a loss easy to lower (position parity), its own head   (test)
-  next_token_mlm harmful: learnable but wrong targets (the next token at a masked position), shared mlm
-                 head (dev: a learnable conflict of another mechanism than permuted_mlm's)
+  next_token_mlm the next token as the target at a masked position, through the mlm head: meant as a dev
+                 suite's learnable conflict, measured *not* harmful at the study's scale (the useful-only
+                 oracle was no better than uniform), so in no suite
   shuffled_mlm   mlm on scrambled rows through the mlm head: measured *not* harmful at the study's scale
                  (a useful-only oracle was no better than uniform), so in no suite
 """
@@ -72,14 +73,6 @@ SUITES: Dict[str, Suite] = {
             ("noisy_mlm",),
             "one harmful objective (noisy_mlm) among three useful ones",
             {"oracle_mlm2": (2.0, 1.0, 1.0, 0.0)},
-        ),
-        Suite(
-            "dev_conflict",
-            DEV,
-            ("mlm", "dtd", "atd", "next_token_mlm", "coin_flip"),
-            ("next_token_mlm", "coin_flip"),
-            "a learnable task that conflicts with mlm through its head (next_token_mlm), one without signal",
-            {"oracle_mlm2": (2.0, 1.0, 1.0, 0.0, 0.0)},
         ),
         Suite(
             "dev_all_useful",
