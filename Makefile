@@ -8,11 +8,12 @@ STAMP := $(VENV)/.installed
 
 venv: $(STAMP)
 
-# Re-installs only when the pinned requirements or setup.py change.
+# Re-installs only when the pinned requirements or setup.py change. --no-compile: pip would byte-compile
+# every file of every package (torch, transformers: ~60 s of a fresh install); Python compiles what is imported.
 $(STAMP): requirements-ci.txt setup.py
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -r requirements-ci.txt
+	$(PY) -m pip install -q --no-compile --upgrade pip
+	$(PY) -m pip install -q --no-compile -r requirements-ci.txt
 	$(PY) -m pip install -q --no-deps -e .
 	touch $(STAMP)
 
