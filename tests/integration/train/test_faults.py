@@ -172,19 +172,19 @@ def test_killed_dead_and_hung_ranks_cost_only_the_steps_since_the_last_checkpoin
     assert not ckpt.is_complete(os.path.join(out, "checkpoints"), os.path.basename(half_saved))
     assert _latest(out) == resume_from, "a checkpoint caught mid-save is never taken as the latest"
 
-    # 3. A rank hangs: the other gives up after --dist_timeout_minutes (15 s) instead of waiting forever.
-    # Rank 0's data preparation takes longer than that (20 s): waiting for it is not bound by that timeout.
+    # 3. A rank hangs: the other gives up after --dist_timeout_minutes (9 s) instead of waiting forever.
+    # Rank 0's data preparation takes longer than that (12 s): waiting for it is not bound by that timeout.
     hang_at = _step_of(resume_from) + 2
-    run = runs(assets, out, extra=["--resume", "--dist_timeout_minutes", "0.25"],
-               faults=({"MOMETAS_FAULT_SLEEP_IN_SETUP": "20"}, {"MOMETAS_FAULT_HANG_AT_STEP": str(hang_at)}),
+    run = runs(assets, out, extra=["--resume", "--dist_timeout_minutes", "0.15"],
+               faults=({"MOMETAS_FAULT_SLEEP_IN_SETUP": "12"}, {"MOMETAS_FAULT_HANG_AT_STEP": str(hang_at)}),
                tag="hang")
     codes = [run.procs[0].wait(timeout=180), run.procs[1].poll()]
     assert codes[1] is None, "rank 1 is still hanging"
     assert codes[0] != 0
     log0 = run.log(0)
     assert f"resumed from {os.path.join(out, 'checkpoints', resume_from)} " in log0
-    assert "Timed out" in log0 and "--dist_timeout_minutes 0.25" in log0, log0[-3000:]
-    assert "fault injection: sleeping 20 s in data preparation" in log0
+    assert "Timed out" in log0 and "--dist_timeout_minutes 0.15" in log0, log0[-3000:]
+    assert "fault injection: sleeping 12 s in data preparation" in log0
     assert f"stopped at step {hang_at} " in log0
     run.kill_left()  # what the launcher or srun does to the rest of a failed job
 
