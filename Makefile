@@ -8,12 +8,13 @@ STAMP := $(VENV)/.installed
 
 venv: $(STAMP)
 
-# Re-installs only when the pinned requirements or setup.py change. --no-compile: pip would byte-compile
-# every file of every package (torch, transformers: ~60 s of a fresh install); Python compiles what is imported.
+# Re-installs only when the pinned requirements or setup.py change. pip byte-compiles every package here
+# (~60 s of a fresh install): not --no-compile, because with PYTHONDONTWRITEBYTECODE=1 (set on the machines
+# this was measured on) every process would then compile torch and transformers again at each import.
 $(STAMP): requirements-ci.txt setup.py
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --no-compile --upgrade pip
-	$(PY) -m pip install -q --no-compile -r requirements-ci.txt
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -r requirements-ci.txt
 	$(PY) -m pip install -q --no-deps -e .
 	touch $(STAMP)
 
