@@ -3,6 +3,9 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+# Each venv keeps the DeepSpeed ops it JIT-builds (torch keys ~/.cache/torch_extensions by the venv's path, so
+# two venvs sharing it rebuild each other's CPU comm op and fused Adam, ~75 s, at every switch).
+export TORCH_EXTENSIONS_DIR ?= $(abspath $(VENV))/torch_extensions
 
 .PHONY: venv system-deps demo lint test test-fast bench clean
 
