@@ -32,7 +32,7 @@ demo: venv
 lint: venv
 	$(PY) -m ruff check .
 
-# Everything (about 20 minutes on 2 CPU cores, 22 on a fresh clone): system packages, lint, every test.
+# Everything (20-22 minutes on 2 CPU cores): system packages, lint, every test.
 test: system-deps lint
 	$(PY) -m pytest tests -q -ra --durations=20
 
