@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import torch
 
-from mometas_ds.samplers.base import check_float, check_int
 from mometas_ds.samplers.registry import register_sampler
 from mometas_ds.samplers.windowed import WindowedPolicySampler
 
@@ -114,13 +113,7 @@ class MometasCreditSampler(WindowedPolicySampler):
         prob_floor: float = 0.25,
     ):
         super().__init__(num_objectives, seed)
-        owner = self._owner()
-        lr = check_float(owner, "lr", lr, low=0.0, low_open=True)
-        window = check_int(owner, "window", window, minimum=3)
-        self.ridge = check_float(owner, "ridge", ridge, low=0.0)
-        decay = check_float(owner, "decay", decay, low=0.0, high=1.0, high_open=True)
-        prob_floor = check_float(owner, "prob_floor", prob_floor, low=0.0, high=1.0)
-        self._init_policy(window=window, decay=decay, lr=lr, prob_floor=prob_floor)
+        self._init_policy(lr=lr, window=window, min_window=3, ridge=ridge, decay=decay, prob_floor=prob_floor)
         self.config.update(
             lr=self.lr,
             window=self.window,

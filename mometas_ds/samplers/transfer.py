@@ -47,7 +47,7 @@ import bisect
 
 import torch
 
-from mometas_ds.samplers.base import check_float, check_int, inverse_cdf, uniform_from
+from mometas_ds.samplers.base import check_float, inverse_cdf, uniform_from
 from mometas_ds.samplers.credit import learnt_mask
 from mometas_ds.samplers.registry import register_sampler
 from mometas_ds.samplers.windowed import WindowedPolicySampler
@@ -147,17 +147,12 @@ class MometasTransferSampler(WindowedPolicySampler):
         ablate: bool = True,
     ):
         super().__init__(num_objectives, seed)
+        self._init_policy(lr=lr, window=window, min_window=4, ridge=ridge, decay=decay, prob_floor=prob_floor)
         owner = self._owner()
-        lr = check_float(owner, "lr", lr, low=0.0, low_open=True)
-        window = check_int(owner, "window", window, minimum=4)
-        self.ridge = check_float(owner, "ridge", ridge, low=0.0)
-        decay = check_float(owner, "decay", decay, low=0.0, high=1.0, high_open=True)
-        prob_floor = check_float(owner, "prob_floor", prob_floor, low=0.0, high=1.0)
         self.progress_scale = check_float(owner, "progress_scale", progress_scale, low=0.0)
         if not isinstance(ablate, bool):
             raise ValueError(f"{owner}: ablate must be True or False, got {ablate!r}")
         self.ablate = ablate
-        self._init_policy(window=window, decay=decay, lr=lr, prob_floor=prob_floor)
         self.config.update(
             ablate=self.ablate,
             lr=self.lr,

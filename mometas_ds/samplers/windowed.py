@@ -14,7 +14,7 @@ from typing import List, Optional, Tuple
 
 import torch
 
-from mometas_ds.samplers.base import Sampler
+from mometas_ds.samplers.base import Sampler, check_float, check_int
 
 
 class WindowedPolicySampler(Sampler):
@@ -23,8 +23,16 @@ class WindowedPolicySampler(Sampler):
     needs_meta_validation = True
     fixed_meta_set = True  # asks --meta_fixed_set auto for one meta-validation batch (see mometas_credit)
 
-    def _init_policy(self, window: int, decay: float, lr: float, prob_floor: float) -> None:
-        self.window, self.decay, self.lr, self.prob_floor = window, decay, lr, prob_floor
+    def _init_policy(
+        self, *, lr: float, window: int, min_window: int, ridge: float, decay: float, prob_floor: float
+    ) -> None:
+        """Checks the options every windowed sampler has (an error names the option) and sets up the policy."""
+        owner = self._owner()
+        self.lr = check_float(owner, "lr", lr, low=0.0, low_open=True)
+        self.window = check_int(owner, "window", window, minimum=min_window)
+        self.ridge = check_float(owner, "ridge", ridge, low=0.0)
+        self.decay = check_float(owner, "decay", decay, low=0.0, high=1.0, high_open=True)
+        self.prob_floor = check_float(owner, "prob_floor", prob_floor, low=0.0, high=1.0)
         n = self.num_objectives
         self.logits = torch.zeros(n, dtype=torch.float64)
         self.rounds = 0  # rounds credited so far

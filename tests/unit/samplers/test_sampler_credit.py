@@ -1,15 +1,13 @@
 """mometas_credit: the regression credit on synthetic bandits whose best and harmful arms are known; state and ranks."""
 
 import json
-import os
 
 import pytest
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
 
-from mometas_ds.samplers import MometasSampler, build_sampler, meta_update_distributed, shard_range
+from mometas_ds.samplers import MometasSampler, build_sampler
 from mometas_ds.samplers.credit import composition_credit, learnt_mask
+from tests.sampler_ranks import assert_two_gloo_ranks_agree_with_one_process
 
 N = 5
 
@@ -215,35 +213,8 @@ def _losses(update_index, counts):
     return trend + 0.05 * torch.rand(META_BATCH, N, generator=gen, dtype=torch.float64)
 
 
-def _gloo_worker(rank, world, init_file, out_dir):
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
-    sampler = build_sampler("mometas_credit", N, seed=11, window=12)
-    lo, hi = shard_range(META_BATCH, rank, world)
-    draws, infos = [], []
-    for step in range(STEPS):
-        draws.append(sampler.sample(step))
-        if (step + 1) % INTERVAL == 0:
-            shard = _losses(step // INTERVAL, sampler.rollout_counts())[lo:hi]
-            infos.append(meta_update_distributed(sampler, shard.sum(0), torch.full((N,), float(hi - lo))))
-    torch.save({"draws": draws, "infos": infos, "state": sampler.state_dict()}, os.path.join(out_dir, f"rank{rank}.pt"))
-    dist.destroy_process_group()
-
-
 def test_two_gloo_ranks_agree_with_each_other_and_with_one_process(tmp_path):
-    mp.spawn(_gloo_worker, args=(2, str(tmp_path / "init"), str(tmp_path)), nprocs=2, join=True)
-    r0, r1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in range(2))
-    assert r0["draws"] == r1["draws"] and json.dumps(r0["infos"]) == json.dumps(r1["infos"])
-    assert r0["state"]["policy"] == r1["state"]["policy"]
-    assert max(max(i["probs"]) - min(i["probs"]) for i in r0["infos"]) > 0.01  # the policy moved
-    single = build_sampler("mometas_credit", N, seed=11, window=12)
-    draws = []
-    for step in range(STEPS):
-        draws.append(single.sample(step))
-        if (step + 1) % INTERVAL == 0:
-            single.update(_losses(step // INTERVAL, single.rollout_counts()).mean(0))
-    assert draws == r0["draws"]
-    assert single.probs.tolist() == pytest.approx(r0["infos"][-1]["probs"], rel=1e-9)
+    assert_two_gloo_ranks_agree_with_one_process(tmp_path, "mometas_credit", N, _losses, STEPS, INTERVAL, META_BATCH)
 
 
 def test_pure_noise_windows_move_the_policy_far_less_than_a_real_effect():
